@@ -1,0 +1,186 @@
+"""The model registry: keyword-only builders in one explicit dict, and weight loading.
+
+build_model(name, num_classes=21, **options) takes, for every model:
+  weights           a full FCN checkpoint with the reference layer names (name, url or file)
+  backbone_weights  an ImageNet classifier in torchvision's layout: its convs are copied and
+                    fc6/fc7 reshaped into the FCN; the score layers start at zero
+  init_from         a coarser FCN (model, state dict or file) for staged training: shared
+                    layers are copied (FCN-16s from FCN-32s, FCN-8s from FCN-16s), new ones
+                    keep their init (score layers zero, upsamplers bilinear)
+  preprocessing     override the preprocessing the weights imply
+VGG16 models also take width (channel multiplier) and layout ("reference" or "same").
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..weights import CAFFE_BGR, GOOGLENET_RGB, IMAGENET_RGB, Preprocessing, load_state
+from .backbones import ALEXNET, VGG16, Arch, build_trunk, torchvision_to_fcn
+from .fcn import FCN, HEADS, Head
+from .googlenet import googlenet_trunk
+
+__all__ = ["build_model", "list_models", "load_checked"]
+
+
+def _vgg16(variant: str) -> Callable[..., FCN]:
+    def build(*, num_classes: int = 21, width: float = 1.0, layout: str = "reference") -> FCN:
+        trunk = build_trunk(VGG16, width=width, layout=layout)
+        return FCN(trunk, HEADS[variant], num_classes, same_padding=layout == "same")
+
+    build.__doc__ = f"{variant} on VGG16 (reference layout unless layout='same')."
+    return build
+
+
+def fcn32s_alexnet(*, num_classes: int = 21, width: float = 1.0) -> FCN:
+    """FCN-AlexNet: conv1 padded by 100, upscore 63/32 (crop 18), as the reference."""
+    trunk = build_trunk(ALEXNET, width=width, layout="reference")
+    return FCN(trunk, Head((), "upscore", 32, final_kernel=63), num_classes)
+
+
+def fcn32s_googlenet(*, num_classes: int = 21) -> FCN:
+    """FCN-32s on GoogLeNet (the paper drops its final average pooling).
+
+    Input is zero-padded to a multiple of 32; upscore is 63/32 because GoogLeNet's stem puts
+    its stride-32 grid half a pixel off the 64/32 kernel's centre (63 gives an integer crop).
+    """
+    return FCN(googlenet_trunk(), Head((), "upscore", 32, final_kernel=63), num_classes, pad_to=32)
+
+
+_BUILDERS: dict[str, tuple[Callable[..., FCN], Arch | str]] = {
+    "fcn32s_vgg16": (_vgg16("fcn32s"), VGG16),
+    "fcn16s_vgg16": (_vgg16("fcn16s"), VGG16),
+    "fcn8s_vgg16": (_vgg16("fcn8s"), VGG16),
+    "fcn8s_atonce_vgg16": (_vgg16("fcn8s_atonce"), VGG16),
+    "fcn32s_alexnet": (fcn32s_alexnet, ALEXNET),
+    "fcn32s_googlenet": (fcn32s_googlenet, "googlenet"),
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by build_model."""
+    return sorted(_BUILDERS)
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int = 21,
+    weights=None,
+    backbone_weights=None,
+    init_from=None,
+    preprocessing: Preprocessing | None = None,
+    **options,
+) -> FCN:
+    """Build a registered FCN; see the module docstring for the options."""
+    if name not in _BUILDERS:
+        close = difflib.get_close_matches(name, _BUILDERS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown model '{name}'.{hint} Valid names: {', '.join(list_models())}")
+    builder, arch = _BUILDERS[name]
+    try:
+        model = builder(num_classes=num_classes, **options)
+    except TypeError as e:
+        raise ValueError(f"bad option for model '{name}': {e}") from None
+    model.name = name
+    model.preprocessing = IMAGENET_RGB
+    if backbone_weights is not None:
+        _load_backbone(model, arch, backbone_weights)
+    if init_from is not None:
+        transfer(model, init_from)
+    if weights is not None:
+        state, spec = load_state(weights)
+        classes = state.get("score_fr.weight")
+        if classes is not None and classes.shape[0] != num_classes:
+            raise ValueError(
+                f"weights {_label(weights)} have {classes.shape[0]} classes but num_classes="
+                f"{num_classes}: pass num_classes={classes.shape[0]}, or use init_from= / "
+                f"backbone_weights= to start a new {num_classes}-class head"
+            )
+        load_checked(model, state, _label(weights))
+        model.preprocessing = spec.preprocessing if spec else CAFFE_BGR
+    if preprocessing is not None:
+        model.preprocessing = preprocessing
+    return model
+
+
+def _label(source) -> str:
+    return (
+        f"'{source}'"
+        if isinstance(source, str | bytes) or hasattr(source, "__fspath__")
+        else (f"({type(source).__name__})")
+    )
+
+
+def load_checked(model: nn.Module, state: dict[str, torch.Tensor], what: str = "weights") -> None:
+    """load_state_dict(strict=True), with a message that lists what differs."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in own.items() if k in state and state[k].shape != v.shape]  # fmt: skip
+    if missing or extra or shapes:
+        parts = [f"{label} ({len(keys)}): {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", extra),
+                                     ("shape mismatch", shapes)) if keys]  # fmt: skip
+        raise ValueError(
+            f"{what} do not fit {getattr(model, 'name', type(model).__name__)}: "
+            + "; ".join(parts)
+            + ". Is it a checkpoint of another architecture, class count or width?"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _load_backbone(model: FCN, arch: Arch | str, source) -> None:
+    state, spec = load_state(source)
+    arch_name = arch if isinstance(arch, str) else arch.name
+    if spec is not None and spec.arch != arch_name:
+        raise ValueError(f"backbone weights '{spec.name}' are for {spec.arch}, not {arch_name}")
+    if isinstance(arch, Arch):
+        trunk_state, _fc8 = torchvision_to_fcn(state, arch)  # fc8 (1000 classes) is replaced
+    else:  # GoogLeNet: our trunk uses torchvision's names; drop fc and the auxiliary heads
+        trunk_state = {
+            k: v for k, v in state.items() if not k.startswith(("fc.", "aux1.", "aux2."))
+        }
+    own = model.state_dict()
+    head = {k for k in own if k not in trunk_state}
+    # every trunk tensor must come from the file; only the FCN head keeps its own init
+    expected_head = {k for k in own if k.startswith(("score_", "upscore"))}
+    if head != expected_head:
+        raise ValueError(
+            f"backbone weights {_label(source)} miss trunk tensors "
+            f"{sorted(head - expected_head)[:6]}"
+        )
+    load_checked(model, {**{k: own[k] for k in head}, **trunk_state}, f"backbone {_label(source)}")
+    model.preprocessing = (
+        spec.preprocessing
+        if spec
+        else (GOOGLENET_RGB if arch_name == "googlenet" else IMAGENET_RGB)
+    )
+
+
+def transfer(model: nn.Module, source) -> list[str]:
+    """Staged initialisation: copy every tensor of `source` that `model` has with the same name.
+
+    Shapes must agree (same trunk, width and class count); layers only `model` has keep their
+    init. Returns the copied keys. Raises if nothing is shared.
+    """
+    state, _ = load_state(source)
+    own = model.state_dict()
+    shared = [k for k in own if k in state]
+    if not shared:
+        raise ValueError("init_from shares no layer names with this model")
+    bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+           for k in shared if state[k].shape != own[k].shape]  # fmt: skip
+    if bad:
+        raise ValueError(f"init_from does not fit (class count or width differ): {bad[:4]}")
+    with torch.no_grad():
+        for k in shared:
+            own[k].copy_(state[k])
+    if isinstance(source, FCN) and source.preprocessing is not None:
+        model.preprocessing = source.preprocessing
+    return shared
