@@ -1,0 +1,16 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def randomize_(model: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
+    """Give every parameter (score layers included) random non-zero values."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
