@@ -1,0 +1,62 @@
+"""The command line and the demo, run as a user would (in-process)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fcnseg.cli import main
+
+
+def test_models_lists_registry(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "fcn8s_vgg16" in out and "vgg16_imagenet" in out
+
+
+def test_unknown_option_is_rejected_with_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--quik"])
+    assert e.value.code == 2
+    assert "did you mean --quick" in capsys.readouterr().err
+
+
+def test_heatmap_missing_image_names_the_file(tmp_path):
+    with pytest.raises(SystemExit, match=r"nope\.jpg"):
+        main(["heatmap", str(tmp_path / "nope.jpg")])
+
+
+def test_heatmap_not_an_image(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(SystemExit, match="cannot read image"):
+        main(["heatmap", str(bad)])
+
+
+@pytest.mark.slow
+def test_heatmap_finds_the_cat(tmp_path, capsys):
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = tmp_path / "cat.jpg"
+    Image.fromarray(skimage_data.chelsea()).save(photo, quality=95)
+    out = tmp_path / "heat.png"
+    assert main(["heatmap", str(photo), "--class", "cat", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    top = printed.splitlines()[1]
+    assert "cat" in top  # the best class anywhere in the photo is a cat class
+    assert Image.open(out).size[0] > 300
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_a_report(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    for section in ("1. The models", "2. Convolutionalization", "3. A convolutionalized", "4. FCN"):
+        assert section in report
+    for line in report.splitlines():  # every linked image exists
+        if line.startswith("!["):
+            assert (out / line.split("(")[1].rstrip(")")).is_file(), line
+    mask = Image.open(out / "cat_mask.png")
+    assert mask.mode == "P"
+    values = set(np.unique(np.asarray(mask)).tolist())
+    assert values == {0, 8}  # background and VOC "cat", read back as class indices
+    assert "Egyptian cat" in report or "tabby" in report or "tiger cat" in report
