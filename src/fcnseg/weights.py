@@ -27,6 +27,7 @@ __all__ = [
     "Weights",
     "fetch",
     "load_state",
+    "verify",
 ]
 
 
@@ -47,7 +48,8 @@ class Preprocessing:
         a = np.asarray(image)
         if a.ndim != 3 or a.shape[2] != 3:
             raise ValueError(f"expected an RGB image (H, W, 3), got array of shape {a.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float()
+        # np.array copies: a PIL image's buffer is read-only, which torch warns about
+        x = torch.from_numpy(np.array(a)).permute(2, 0, 1).float()
         if self.channel_order == "BGR":
             x = x.flip(0)
         mean = torch.tensor(self.mean).view(3, 1, 1)
@@ -138,8 +140,8 @@ def _digest(path: Path, algo: str) -> str:
     return h.hexdigest()
 
 
-def verify(path: Path, spec: Weights) -> None:
-    """Raise if the file's checksum differs from the one the weights are published with."""
+def _mismatch(path: Path, spec: Weights) -> str | None:
+    """What is wrong with the file's checksum, or None when it matches what is published."""
     checks = [("sha256", spec.sha256, False), ("sha256", spec.hash_prefix, True),
               ("md5", spec.md5, False)]  # fmt: skip
     for algo, expected, prefix in checks:
@@ -147,25 +149,40 @@ def verify(path: Path, spec: Weights) -> None:
             continue
         got = _digest(path, algo)
         if not (got.startswith(expected) if prefix else got == expected):
-            raise ValueError(
-                f"{path}: {algo} is {got}, but weights '{spec.name}' are published with "
-                f"{expected}{'...' if prefix else ''}. The file is corrupt or not these "
-                f"weights: delete it and download again"
+            return (
+                f"its {algo} is {got}, but weights '{spec.name}' are published with "
+                f"{expected}{'...' if prefix else ''}"
             )
+    return None
+
+
+def verify(path: Path, spec: Weights) -> None:
+    """Raise if the file's checksum differs from the one the weights are published with."""
+    problem = _mismatch(path, spec)
+    if problem:
+        raise ValueError(
+            f"{path}: {problem}. The file is corrupt or not these weights: "
+            f"delete it and download again"
+        )
 
 
 def fetch(spec: Weights, *, progress: bool = True) -> Path:
-    """Download `spec` into torch.hub's cache (``$TORCH_HOME/checkpoints``) once; verify it."""
+    """Download `spec` into torch.hub's cache (``torch.hub.get_dir()/checkpoints``, by default
+    ``$TORCH_HOME/hub/checkpoints``) once; verify it."""
     dst = Path(torch.hub.get_dir()) / "checkpoints" / spec.file_name
     if not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_suffix(dst.suffix + ".part")
+        # per-process name: two processes fetching the same file do not clobber each other
+        tmp = dst.with_name(f"{dst.name}.{os.getpid()}.part")
         torch.hub.download_url_to_file(spec.url, str(tmp), hash_prefix=None, progress=progress)
-        try:
-            verify(tmp, spec)
-        except ValueError:
-            tmp.unlink(missing_ok=True)
-            raise
+        problem = _mismatch(tmp, spec)
+        if problem:
+            tmp.unlink(missing_ok=True)  # never leave a bad download in the cache
+            raise ValueError(
+                f"downloaded {spec.url} for {dst}, but {problem}. The download was corrupt "
+                f"or the url serves other weights; it was deleted: download again, or fix "
+                f"the url / checksum of '{spec.name}'"
+            )
         os.replace(tmp, dst)  # never leave a half-written file under the final name
     else:
         verify(dst, spec)

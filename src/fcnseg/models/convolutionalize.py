@@ -31,8 +31,17 @@ def fc_to_conv(linear: nn.Linear, in_channels: int, kernel: int) -> nn.Conv2d:
             f"Linear has {in_f} inputs, not {in_channels} x {kernel} x {kernel} = "
             f"{in_channels * kernel * kernel}: wrong kernel or channel count"
         )
-    conv = nn.Conv2d(in_channels, out_f, kernel, bias=linear.bias is not None)
-    conv = conv.to(linear.weight.dtype)
+    # Built where the Linear lives (device and dtype), and not randomly initialised first:
+    # every value is overwritten below.
+    conv = nn.utils.skip_init(
+        nn.Conv2d,
+        in_channels,
+        out_f,
+        kernel,
+        bias=linear.bias is not None,
+        device=linear.weight.device,
+        dtype=linear.weight.dtype,
+    )
     conv.weight.copy_(linear.weight.reshape(out_f, in_channels, kernel, kernel))
     if linear.bias is not None:
         conv.bias.copy_(linear.bias)

@@ -141,7 +141,10 @@ def _load_backbone(model: FCN, arch: Arch | str, source) -> None:
     if spec is not None and spec.arch != arch_name:
         raise ValueError(f"backbone weights '{spec.name}' are for {spec.arch}, not {arch_name}")
     if isinstance(arch, Arch):
-        trunk_state, _fc8 = torchvision_to_fcn(state, arch)  # fc8 (1000 classes) is replaced
+        try:
+            trunk_state, _fc8 = torchvision_to_fcn(state, arch)  # fc8 (1000 classes) is replaced
+        except KeyError as e:  # not a torchvision file of this architecture
+            raise ValueError(f"backbone weights {_label(source)}: {e.args[0]}") from None
     else:  # GoogLeNet: our trunk uses torchvision's names; drop fc and the auxiliary heads
         trunk_state = {
             k: v for k, v in state.items() if not k.startswith(("fc.", "aux1.", "aux2."))
