@@ -16,10 +16,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# Three real PASCAL VOC photos with palette masks, for the VOC reader's tests (Debian package).
+LABELME := /usr/share/doc/labelme-examples/examples/semantic_segmentation/data_dataset_voc
+$(LABELME):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq labelme-examples; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq labelme-examples; \
+	else echo "warning: install Debian's labelme-examples for the VOC reader tests"; fi
+
 demo: $(STAMP)
 	$(BIN)/fcnseg demo --out $(OUT)
 
-test: $(STAMP)
+test: $(STAMP) | $(LABELME)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
