@@ -87,6 +87,7 @@ def build_model(
     except TypeError as e:
         raise ValueError(f"bad option for model '{name}': {e}") from None
     model.name = name
+    model.options = dict(options)  # what a checkpoint needs to rebuild this model
     model.preprocessing = IMAGENET_RGB
     if backbone_weights is not None:
         _load_backbone(model, arch, backbone_weights)
