@@ -1,5 +1,13 @@
-"""Data sets, image/mask IO and paired transforms for semantic segmentation."""
+"""Data sets, image/mask IO and paired transforms for semantic segmentation.
 
+io          read_image / read_mask / write_mask / colorize, ImageError
+voc         VOCSegmentation, split files, seg11valid_ids (the paper's validation set)
+sbd         SBDSegmentation (the paper's training set)
+folder      FolderSegmentation: your own images/, masks/, classes.txt
+transforms  paired image/mask transforms, pad_collate
+"""
+
+from .folder import FolderSegmentation, read_classes
 from .io import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -9,13 +17,40 @@ from .io import (
     read_mask,
     write_mask,
 )
+from .sbd import SBDSegmentation, read_sbd_mat
+from .transforms import (
+    Compose,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomScale,
+    ToTensor,
+    pad_collate,
+)
+from .voc import DatasetError, VOCSegmentation, read_split, seg11valid_ids, write_split
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "Compose",
+    "DatasetError",
+    "FolderSegmentation",
     "ImageError",
+    "Normalize",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "RandomScale",
+    "SBDSegmentation",
+    "ToTensor",
+    "VOCSegmentation",
     "check_labels",
     "colorize",
+    "pad_collate",
+    "read_classes",
     "read_image",
     "read_mask",
+    "read_sbd_mat",
+    "read_split",
+    "seg11valid_ids",
     "write_mask",
+    "write_split",
 ]
