@@ -212,3 +212,12 @@ def test_fewer_classes(tmp_path):
     ds[1]
     with pytest.raises(ImageError, match="values 2"):
         ds[2]
+
+
+def test_exif_rotated_photo_with_unrotated_mask_gets_a_hint(tmp_path):
+    root = _tree(tmp_path, ["a"])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated: 8 x 6 stored -> 6 x 8 shown
+    Image.new("RGB", (8, 6)).save(root / "JPEGImages" / "a.jpg", exif=exif)
+    with pytest.raises(ImageError, match="EXIF rotation"):
+        VOCSegmentation(root, "train")[0]

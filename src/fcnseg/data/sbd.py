@@ -24,7 +24,7 @@ from .voc import DatasetError, PairedFiles, check_files, check_ids, read_split
 __all__ = ["SBDSegmentation", "read_sbd_mat"]
 
 _SBD_LAYOUT = (
-    "expected the SBD layout: root/dataset/img/<id>.jpg, root/dataset/cls/<id>.mat, "
+    "the SBD layout is root/dataset/img/<id>.jpg, root/dataset/cls/<id>.mat, "
     "root/dataset/<split>.txt (root is benchmark_RELEASE)"
 )
 

@@ -144,9 +144,16 @@ class PairedFiles(Dataset):
         target = self.read_target(mask_path)
         if image.shape[:2] != target.shape:
             (h, w), (mh, mw) = image.shape[:2], target.shape
+            hint = (
+                " The sizes are swapped: the photo probably carries an EXIF rotation (applied on "
+                "reading) that the labelling tool ignored; rotate the mask to match."
+                if (h, w) == (mw, mh)
+                else ""
+            )
             raise ImageError(
                 f"image {image_path} is {w} x {h} but its mask {mask_path} is {mw} x {mh}: "
-                f"a mask must label every pixel of its image; re-export the mask at the image size"
+                f"a mask must label every pixel of its image; re-export the mask at the image "
+                f"size.{hint}"
             )
         x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (3, H, W) uint8
         t = torch.from_numpy(target.astype(np.int64))  # (H, W), 255 = ignore
@@ -178,7 +185,7 @@ class PairedFiles(Dataset):
 
 
 _VOC_LAYOUT = (
-    "expected the VOC layout: root/JPEGImages/<id>.jpg, root/SegmentationClass/<id>.png, "
+    "the VOC layout is root/JPEGImages/<id>.jpg, root/SegmentationClass/<id>.png, "
     "root/ImageSets/Segmentation/<split>.txt (root is VOCdevkit/VOC2012)"
 )
 
