@@ -214,6 +214,18 @@ def test_pixel_limit_guard(tmp_path):
     _raises(tmp_path / "big.png", fn=read_mask, max_pixels=10)
 
 
+def test_pillows_own_bomb_limits_are_replaced_or_explained(tmp_path, monkeypatch):
+    import warnings
+
+    Image.new("L", (40, 40)).save(tmp_path / "warn.png")  # 1,600 px: Pillow would warn
+    Image.new("L", (50, 50)).save(tmp_path / "refuse.png")  # 2,500 px: Pillow refuses
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # our max_pixels decides, without Pillow's warning
+        assert read_image(tmp_path / "warn.png", max_pixels=None).shape == (40, 40, 3)
+    assert "MAX_IMAGE_PIXELS" in _raises(tmp_path / "refuse.png", max_pixels=None)
+
+
 # --------------------------------------------------------------------------- masks
 
 
