@@ -1,0 +1,261 @@
+"""Evaluation: one confusion matrix over a loader, and the tables and figures that report it."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .metrics import ConfusionMatrix
+
+__all__ = [
+    "evaluate",
+    "format_per_class",
+    "format_table",
+    "load_confusion",
+    "plot_confusion",
+    "save_confusion",
+]
+
+# The paper's column order (Table 1 onwards), as (metrics key, header).
+COLUMNS = (
+    ("pixel_acc", "pixel acc."),
+    ("mean_acc", "mean acc."),
+    ("mean_iu", "mean IU"),
+    ("fw_iu", "f.w. IU"),
+)
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    num_classes: int,
+    *,
+    device: str | torch.device = "cpu",
+    ignore_index: int = 255,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> ConfusionMatrix:
+    """Run `model` over `loader` and accumulate its argmax predictions in a ConfusionMatrix.
+
+    The loader yields (images float (N, 3, H, W), targets int64 (N, H, W)); targets hold
+    `ignore_index` where images were padded, so padding is never scored. The model runs in
+    eval mode under `torch.inference_mode` (autocast to `amp_dtype` when given) and must return
+    scores (N, num_classes, H, W). Its training flag is restored afterwards, also on error.
+
+    The matrix is this process's only: under torch.distributed with a sharded loader, call
+    `.all_reduce()` on the result before `.compute()`.
+    """
+    device = torch.device(device)
+    cm = ConfusionMatrix(num_classes, ignore_index)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in _progress(loader, progress):
+                images, targets = _unpack(batch)
+                images = images.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    scores = model(images)
+                if isinstance(scores, dict):  # a {"out": ...} head, as some models return
+                    scores = scores["out"]
+                _check_scores(scores, targets, num_classes)
+                cm.update(scores.argmax(1), targets)
+    finally:
+        model.train(was_training)
+    return cm
+
+
+def format_table(rows: dict[str, dict], *, percent: bool = True) -> str:
+    """A markdown table in the paper's order: model | pixel acc. | mean acc. | mean IU | f.w. IU.
+
+    Values are percentages with one decimal, as the paper prints them (percent=False: fractions
+    with four decimals). NaN (nothing labelled) shows as "n/a".
+    """
+    header = "| model | " + " | ".join(h for _, h in COLUMNS) + " |"
+    lines = [header, "|---|" + "---:|" * len(COLUMNS)]
+    for name, metrics in rows.items():
+        missing = [k for k, _ in COLUMNS if k not in metrics]
+        if missing:
+            raise ValueError(
+                f"row {name!r} lacks {missing}; pass ConfusionMatrix.compute() results "
+                f"(keys {[k for k, _ in COLUMNS]})"
+            )
+        cells = [_number(metrics[k], percent) for k, _ in COLUMNS]
+        lines.append(f"| {_cell(name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_per_class(metrics: dict, class_names: Sequence[str], *, percent: bool = True) -> str:
+    """A markdown table of per-class IU and accuracy, with a closing row of the means.
+
+    A class with no pixel in the ground truth has no accuracy and, if never predicted either,
+    no IU: those cells show "n/a" (and are skipped by the means, as in the paper).
+    """
+    iu, acc = np.asarray(metrics["iu"]), np.asarray(metrics["acc"])
+    if len(class_names) != len(iu):
+        raise ValueError(
+            f"{len(class_names)} class names for {len(iu)} classes; pass one name per class"
+        )
+    lines = ["| class | IU | acc. |", "|---|---:|---:|"]
+    for name, u, a in zip(class_names, iu, acc, strict=True):
+        lines.append(f"| {_cell(name)} | {_number(u, percent)} | {_number(a, percent)} |")
+    mean_iu, mean_acc = _number(metrics["mean_iu"], percent), _number(metrics["mean_acc"], percent)
+    lines.append(f"| **mean** | {mean_iu} | {mean_acc} |")
+    return "\n".join(lines)
+
+
+def plot_confusion(
+    matrix: np.ndarray | torch.Tensor | ConfusionMatrix,
+    class_names: Sequence[str] | None,
+    path: str | Path,
+    *,
+    normalize: str | None = "true",
+) -> Path:
+    """Draw the confusion matrix as a PNG and return its path (parent folders are created).
+
+    normalize: "true" divides each row by its ground-truth total (the diagonal is per-class
+    accuracy), "pred" each column, "all" the whole matrix, None shows raw counts. Up to 30
+    classes get a number in each cell (percent, or counts with normalize=None). Drawing uses
+    matplotlib's Agg canvas directly, so no display is needed and pyplot is untouched.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    m = _matrix(matrix)
+    n = m.shape[0]
+    names = _names(class_names, n)
+    if normalize not in ("true", "pred", "all", None):
+        raise ValueError(f"normalize must be 'true', 'pred', 'all' or None, got {normalize!r}")
+    m = m.astype(np.float64)
+    if normalize is None:
+        shown = m
+    else:
+        totals = {"true": m.sum(1, keepdims=True), "pred": m.sum(0, keepdims=True)}
+        denom = np.broadcast_to(totals.get(normalize, m.sum()), m.shape)
+        shown = np.divide(m, denom, out=np.zeros_like(m), where=denom > 0)
+    size = min(max(4.0, 0.45 * n + 2.5), 40.0)
+    fig = Figure(figsize=(size, size * 0.9))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    top = 1.0 if normalize else max(float(shown.max()), 1.0)
+    image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=top, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n), names, rotation=90)
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    title = {"true": "rows normalized", "pred": "columns normalized", "all": "fractions"}
+    ax.set_title(f"confusion matrix ({title.get(normalize, 'pixel counts')})")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                text = f"{100 * shown[i, j]:.0f}" if normalize else f"{int(m[i, j])}"
+                dark = shown[i, j] > 0.6 * top
+                ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")  # fmt: skip
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+    return path
+
+
+def save_confusion(
+    matrix: np.ndarray | torch.Tensor | ConfusionMatrix,
+    class_names: Sequence[str] | None,
+    path: str | Path,
+) -> Path:
+    """Write the raw counts as CSV: a header of prediction names, one row per ground-truth class.
+
+    `load_confusion(path)` reads it back. Parent folders are created; returns the path.
+    """
+    m = _matrix(matrix)
+    names = _names(class_names, m.shape[0])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["ground truth \\ prediction", *names])
+        for name, row in zip(names, m, strict=True):
+            writer.writerow([name, *(int(v) for v in row)])
+    return path
+
+
+def load_confusion(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Read a `save_confusion` CSV: (int64 matrix, class names)."""
+    with Path(path).open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows or len(rows) != len(rows[0]):
+        raise ValueError(f"{path}: not a square confusion-matrix CSV written by save_confusion")
+    names = rows[0][1:]
+    try:
+        m = np.array([[int(v) for v in r[1:]] for r in rows[1:]], dtype=np.int64)
+    except ValueError as e:
+        raise ValueError(f"{path}: a count is not an integer ({e})") from None
+    return m.reshape(len(names), len(names)), names
+
+
+def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, dict):
+        return batch["image"], batch["target"]
+    if isinstance(batch, list | tuple) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise ValueError(
+        f"the loader yielded a {type(batch).__name__}; it must yield (images, targets) pairs"
+    )
+
+
+def _check_scores(scores: torch.Tensor, targets: torch.Tensor, num_classes: int) -> None:
+    if scores.ndim != 4 or scores.shape[1] != num_classes:
+        raise ValueError(
+            f"the model returned shape {tuple(scores.shape)}; expected (N, {num_classes}, H, W) "
+            f"with num_classes={num_classes} (does the checkpoint match the dataset?)"
+        )
+    if scores.shape[:1] + scores.shape[2:] != targets.shape:
+        raise ValueError(
+            f"scores of shape {tuple(scores.shape)} do not cover targets of shape "
+            f"{tuple(targets.shape)}; the model must return one score map per pixel (N, C, H, W)"
+        )
+
+
+def _progress(loader: Iterable, enabled: bool) -> Iterable:
+    if not enabled:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True)
+
+
+def _matrix(matrix: np.ndarray | torch.Tensor | ConfusionMatrix) -> np.ndarray:
+    if isinstance(matrix, ConfusionMatrix):
+        return np.asarray(matrix.matrix)
+    m = matrix.cpu().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"a confusion matrix is square (C, C), got shape {m.shape}")
+    return m
+
+
+def _names(class_names: Sequence[str] | None, n: int) -> list[str]:
+    if not class_names:
+        return [str(i) for i in range(n)]
+    if len(class_names) != n:
+        raise ValueError(f"{len(class_names)} class names for a {n}x{n} matrix; pass {n} names")
+    return [str(c) for c in class_names]
+
+
+def _number(v: float, percent: bool) -> str:
+    v = float(v)
+    if math.isnan(v):
+        return "n/a"
+    return f"{100 * v:.1f}" if percent else f"{v:.4f}"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
