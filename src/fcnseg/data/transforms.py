@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -55,21 +57,19 @@ def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
     return lo + (hi - lo) * torch.rand((), generator=generator).item()
 
 
+@dataclass
 class Compose:
     """Apply paired transforms in order."""
 
-    def __init__(self, transforms: Sequence[Callable[[torch.Tensor, torch.Tensor], Pair]]):
-        self.transforms = list(transforms)
+    transforms: Sequence[Callable[[torch.Tensor, torch.Tensor], Pair]]
 
     def __call__(self, image, target) -> Pair:
         for t in self.transforms:
             image, target = t(image, target)
         return image, target
 
-    def __repr__(self) -> str:
-        return f"Compose({self.transforms!r})"
 
-
+@dataclass
 class ToTensor:
     """Arrays to tensors: image (H, W, 3) uint8 -> (3, H, W) uint8; target (H, W) -> int64.
 
@@ -86,17 +86,17 @@ class ToTensor:
             target = torch.from_numpy(np.array(target))
         return image, target.long()
 
-    def __repr__(self) -> str:
-        return "ToTensor()"
 
-
+@dataclass
 class RandomHorizontalFlip:
     """Mirror image and target left-right together with probability `p`."""
 
-    def __init__(self, p: float = 0.5, *, generator: torch.Generator | None = None):
-        if not 0 <= p <= 1:
-            raise ValueError(f"RandomHorizontalFlip: p must be in [0, 1], got {p}")
-        self.p, self.generator = p, generator
+    p: float = 0.5
+    generator: torch.Generator | None = field(default=None, kw_only=True, repr=False)
+
+    def __post_init__(self):
+        if not 0 <= self.p <= 1:
+            raise ValueError(f"RandomHorizontalFlip: p must be in [0, 1], got {self.p}")
 
     def __call__(self, image, target) -> Pair:
         _check_pair(image, target, "RandomHorizontalFlip")
@@ -104,10 +104,8 @@ class RandomHorizontalFlip:
             return image.flip(-1), target.flip(-1)
         return image, target
 
-    def __repr__(self) -> str:
-        return f"RandomHorizontalFlip(p={self.p})"
 
-
+@dataclass
 class RandomScale:
     """Resize both by a factor drawn uniformly from [min_scale, max_scale].
 
@@ -115,18 +113,16 @@ class RandomScale:
     uint8 if it was uint8; target: nearest on the same grid, so labels stay aligned.
     """
 
-    def __init__(
-        self,
-        min_scale: float = 0.5,
-        max_scale: float = 2.0,
-        *,
-        generator: torch.Generator | None = None,
-    ):
-        if not 0 < min_scale <= max_scale:
+    min_scale: float = 0.5
+    max_scale: float = 2.0
+    generator: torch.Generator | None = field(default=None, kw_only=True, repr=False)
+
+    def __post_init__(self):
+        if not 0 < self.min_scale <= self.max_scale:
             raise ValueError(
-                f"RandomScale: need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}"
+                f"RandomScale: need 0 < min_scale <= max_scale, got {self.min_scale}, "
+                f"{self.max_scale}"
             )
-        self.min_scale, self.max_scale, self.generator = min_scale, max_scale, generator
 
     def __call__(self, image, target) -> Pair:
         _check_pair(image, target, "RandomScale")
@@ -143,10 +139,8 @@ class RandomScale:
         t = F.interpolate(target[None, None].float(), size=size, mode="nearest-exact")
         return x, t[0, 0].to(target.dtype)
 
-    def __repr__(self) -> str:
-        return f"RandomScale({self.min_scale}, {self.max_scale})"
 
-
+@dataclass
 class RandomCrop:
     """Cut a random `size` window (an int or (h, w)) from both at the same place.
 
@@ -154,23 +148,21 @@ class RandomCrop:
     target with `ignore_index`, so padding never counts in the loss.
     """
 
-    def __init__(
-        self,
-        size: int | tuple[int, int],
-        ignore_index: int = 255,
-        *,
-        pad_value: float = 0,
-        generator: torch.Generator | None = None,
-    ):
-        hw = (size, size) if isinstance(size, int) else tuple(size)
-        if len(hw) != 2 or not all(isinstance(v, int) and v > 0 for v in hw):
+    size: int | tuple[int, int]
+    ignore_index: int = 255
+    pad_value: float = field(default=0.0, kw_only=True)
+    generator: torch.Generator | None = field(default=None, kw_only=True, repr=False)
+
+    def __post_init__(self):
+        size = self.size
+        hw = (size, size) if isinstance(size, Integral) else tuple(size)
+        if len(hw) != 2 or not all(isinstance(v, Integral) and v > 0 for v in hw):
             raise ValueError(f"RandomCrop: size must be a positive int or (h, w), got {size!r}")
-        self.size: tuple[int, int] = hw  # type: ignore[assignment]
-        self.ignore_index, self.pad_value, self.generator = ignore_index, pad_value, generator
+        self.size = (int(hw[0]), int(hw[1]))
 
     def __call__(self, image, target) -> Pair:
         _check_pair(image, target, "RandomCrop")
-        ch, cw = self.size
+        ch, cw = self.size  # type: ignore[misc]
         h, w = target.shape
         if h < ch or w < cw:
             pad = (0, max(cw - w, 0), 0, max(ch - h, 0))  # left, right, top, bottom
@@ -184,10 +176,8 @@ class RandomCrop:
             target[top : top + ch, left : left + cw],
         )
 
-    def __repr__(self) -> str:
-        return f"RandomCrop({self.size}, ignore_index={self.ignore_index})"
 
-
+@dataclass
 class Normalize:
     """uint8 (or 0-255 float) image (3, H, W), RGB -> float32 as `preprocessing` asks.
 
@@ -195,13 +185,14 @@ class Normalize:
     a CHW tensor (BGR weights get the channels reversed). The target is unchanged.
     """
 
-    def __init__(self, preprocessing: Preprocessing):
-        if preprocessing.channel_order not in ("RGB", "BGR"):
+    preprocessing: Preprocessing
+
+    def __post_init__(self):
+        if self.preprocessing.channel_order not in ("RGB", "BGR"):
             raise ValueError(
                 f"Normalize: channel_order must be 'RGB' or 'BGR', "
-                f"got {preprocessing.channel_order!r}"
+                f"got {self.preprocessing.channel_order!r}"
             )
-        self.preprocessing = preprocessing
 
     def __call__(self, image, target) -> Pair:
         _check_pair(image, target, "Normalize")
@@ -214,9 +205,6 @@ class Normalize:
         mean = torch.tensor(pp.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(pp.std, dtype=torch.float32).view(3, 1, 1)
         return (x * pp.scale - mean) / std, target
-
-    def __repr__(self) -> str:
-        return f"Normalize({self.preprocessing})"
 
 
 def pad_collate(
