@@ -1,0 +1,354 @@
+"""A faster exact forward for reference-layout FCNs: skip the work the 100-pixel padding causes.
+
+The reference pads conv1_1 by 100 pixels so that any input gives an output. At 500x500 this
+makes every early map ~40% larger than the image's own, and most of that border holds values
+that do not depend on the image at all: a position whose receptive field misses the image sees
+only zeros, so its activation is the one the net gives a black (all-zero) input of the same size.
+
+`FastFCN` computes, once per input size, the activations of that all-zero input (the
+"background"), then on every call runs each layer only on the "core": the positions whose
+receptive field touches the image (plus what the next layer reads). Outside the core every map
+equals the background, which also holds the thin rim that each layer's own zero padding makes at
+the map's outer edge, so no special case is needed for it. The input of each layer is a
+persistent buffer: background and zero padding written once, core pasted in on each call (the
+ReLU is fused into that paste), so large activations are not re-allocated every call.
+
+Exactness: the same arithmetic on the same values, up to float summation order (oneDNN picks
+its own kernels per shape); tests/test_fast.py compares with the model's own forward.
+Other exact changes: channels_last memory format, fc6/fc7 as a matrix product (a 7x7 conv on a
+22x22 map runs far below the conv kernels' speed), and the upsamplers as per-class (grouped)
+transposed convs when their weights are diagonal, as the bilinear ones are.
+
+At 500x500 the trunk costs ~127 GMAC instead of 181.5 (the "same" layout: 108). `bfloat16=True`
+gives a bf16 trunk (the head stays float32): not exact, ~1e-2 relative, argmax nearly always
+the same; see benchmarks/inference.py.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models.fcn import FCN
+
+__all__ = ["FastFCN", "bf16_forward", "core_interval"]
+
+
+def core_interval(
+    core: tuple[int, int], length: int, kernel: int, stride: int, padding: int, out_len: int
+) -> tuple[int, int]:
+    """Output positions [a, b) of a conv/pool whose window touches input positions `core`."""
+    a, b = core
+    lo = max(0, -(-(a + padding - kernel + 1) // stride))
+    hi = min(out_len, (b - 1 + padding) // stride + 1)
+    return lo, hi
+
+
+def _out_len(length: int, kernel: int, stride: int, padding: int, ceil: bool) -> int:
+    span = length + 2 * padding - kernel
+    n = (-(-span // stride) if ceil else span // stride) + 1
+    if ceil and (n - 1) * stride >= length + padding:  # PyTorch's rule: last window starts inside
+        n -= 1
+    return n
+
+
+@dataclass
+class _Step:
+    """One conv (with its ReLU fused) or max pool of the trunk."""
+
+    name: str  # the name of the last module it covers (e.g. "relu1_1", "pool1")
+    layer: nn.Module
+    kind: str  # "conv" | "pool"
+    relu: bool = False
+    modules: tuple[str, ...] = ()
+
+
+@dataclass
+class _Geom:
+    """Per axis: input length and core, output length and core, the input window to read."""
+
+    in_len: tuple[int, int]
+    in_core: tuple[tuple[int, int], tuple[int, int]]
+    out_len: tuple[int, int]
+    out_core: tuple[tuple[int, int], tuple[int, int]]
+    window: tuple[tuple[int, int], tuple[int, int]]  # input coords [lo, hi), may pass the edges
+
+    @property
+    def direct(self) -> bool:
+        """Input and output are all core: run the layer on the whole map, its own padding."""
+        whole_in = all(c == (0, n) for c, n in zip(self.in_core, self.in_len, strict=True))
+        whole_out = all(c == (0, n) for c, n in zip(self.out_core, self.out_len, strict=True))
+        return whole_in and whole_out
+
+
+def _parse_trunk(model: FCN) -> list[_Step]:
+    steps: list[_Step] = []
+    for name in model.trunk_names:
+        layer = getattr(model, name)
+        if isinstance(layer, nn.Conv2d):
+            if layer.groups != 1 or layer.dilation != (1, 1) or layer.padding_mode != "zeros":
+                raise ValueError(f"FastFCN: unsupported conv {name}: {layer}")
+            steps.append(_Step(name, layer, "conv", modules=(name,)))
+        elif isinstance(layer, nn.MaxPool2d):
+            if layer.padding not in (0, (0, 0)) or layer.dilation not in (1, (1, 1)):
+                raise ValueError(f"FastFCN: unsupported pool {name}: {layer}")
+            steps.append(_Step(name, layer, "pool", modules=(name,)))
+        elif isinstance(layer, nn.ReLU) and steps and steps[-1].kind == "conv":
+            if steps[-1].relu:
+                raise ValueError(f"FastFCN: two ReLUs in a row at {name}")
+            steps[-1].relu = True
+            steps[-1].modules += (name,)
+            steps[-1].name = name
+        elif isinstance(layer, nn.Dropout) and steps:  # identity in eval mode
+            steps[-1].modules += (name,)
+            steps[-1].name = name
+        else:
+            raise ValueError(
+                f"FastFCN handles plain conv/ReLU/pool trunks (VGG16, AlexNet); "
+                f"{name} is {type(layer).__name__}"
+            )
+    return steps
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class FastFCN(nn.Module):
+    """Wraps an FCN (reference or "same" layout, VGG16 or AlexNet trunk) for inference.
+
+    Same forward signature and outputs as ``model`` in eval mode. Reads the model's parameters
+    at every call (``bfloat16=True`` snapshots bf16 copies instead). Per input shape it keeps
+    the background and the layer buffers (``max_cached`` shapes, least recent dropped; at
+    500x500 ~0.3 GB); ``clear_cache()`` frees them.
+    """
+
+    def __init__(
+        self,
+        model: FCN,
+        *,
+        channels_last: bool = True,
+        matmul_fc: bool = True,
+        bfloat16: bool = False,
+        max_cached: int = 2,
+    ):
+        super().__init__()
+        if not isinstance(model, FCN):
+            raise TypeError(f"FastFCN wraps an fcnseg FCN, got {type(model).__name__}")
+        if model.pad_to != 1:
+            raise ValueError("FastFCN does not handle models that pad their input (pad_to > 1)")
+        self.model = model
+        self.steps = _parse_trunk(model)
+        self.channels_last = channels_last
+        self.matmul_fc = matmul_fc
+        self.dtype = torch.bfloat16 if bfloat16 else None
+        self.max_cached = max_cached
+        self._cache: OrderedDict[tuple, dict] = OrderedDict()
+        self._bf16_weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        if bfloat16:
+            for s in self.steps:
+                if s.kind == "conv":
+                    b = s.layer.bias
+                    self._bf16_weights[s.name] = (
+                        s.layer.weight.detach().to(torch.bfloat16),
+                        None if b is None else b.detach().to(torch.bfloat16),
+                    )
+        # the step whose output carries each name the head reads (taps and the trunk's end)
+        self._step_of = {m: i for i, s in enumerate(self.steps) for m in s.modules}
+        needed = set(model.taps) | {model.trunk_names[-1]}
+        self._tap_steps = {self._step_of[n]: n for n in needed}
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    # ------------------------------------------------------------------ planning
+    def _geometry(self, H: int, W: int) -> list[_Geom]:
+        geoms = []
+        length, core = (H, W), ((0, H), (0, W))
+        for s in self.steps:
+            k, st = _pair(s.layer.kernel_size), _pair(s.layer.stride)
+            p = _pair(s.layer.padding)
+            ceil = s.kind == "pool" and s.layer.ceil_mode
+            out_len = tuple(_out_len(length[a], k[a], st[a], p[a], ceil) for a in (0, 1))
+            out_core = tuple(
+                core_interval(core[a], length[a], k[a], st[a], p[a], out_len[a]) for a in (0, 1)
+            )
+            window = []
+            for a in (0, 1):
+                lo = out_core[a][0] * st[a] - p[a]
+                hi = (out_core[a][1] - 1) * st[a] - p[a] + k[a]
+                if s.kind == "pool":  # ceil mode: the last window may stop at the map's end
+                    hi = min(hi, length[a])
+                window.append((lo, hi))
+            geoms.append(_Geom(length, core, out_len, out_core, tuple(window)))
+            length, core = out_len, out_core
+        return geoms
+
+    @torch.no_grad()
+    def _prepare(self, n: int, H: int, W: int, dtype: torch.dtype) -> dict:
+        """Background activations of an all-zero input and the per-layer input buffers."""
+        geoms = self._geometry(H, W)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        # background: the trunk on a black image (batch 1), every step's output kept until used
+        x = torch.zeros(1, 3, H, W, dtype=torch.float32 if self.dtype else dtype)
+        bufs: list[torch.Tensor | None] = []
+        taps: dict[int, torch.Tensor] = {}
+        for i, (s, g) in enumerate(zip(self.steps, geoms, strict=True)):
+            if g.direct:
+                bufs.append(None)  # the layer runs on the full previous map, its own padding
+            else:
+                (h0, h1), (w0, w1) = g.window
+                buf = torch.zeros(n, x.shape[1], h1 - h0, w1 - w0, dtype=self.dtype or dtype)
+                buf = buf.contiguous(memory_format=fmt)
+                # background values where the window lies inside the map; zeros (padding) outside
+                sh0, sh1, sw0, sw1 = (
+                    max(h0, 0),
+                    min(h1, g.in_len[0]),
+                    max(w0, 0),
+                    min(w1, g.in_len[1]),
+                )
+                buf[:, :, sh0 - h0 : sh1 - h0, sw0 - w0 : sw1 - w0] = x[:, :, sh0:sh1, sw0:sw1]
+                bufs.append(buf)
+            x = self._run_full(s, x)
+            if i in self._tap_steps and g.out_core != tuple((0, L) for L in g.out_len):
+                tap = x.expand(n, *x.shape[1:]).to(self.dtype or dtype)
+                taps[i] = tap.contiguous(memory_format=fmt)
+        return {"geoms": geoms, "bufs": bufs, "taps": taps}
+
+    def _weights(self, s: _Step) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.dtype is not None:
+            return self._bf16_weights[s.name]
+        return s.layer.weight, s.layer.bias
+
+    def _run_full(self, s: _Step, x: torch.Tensor) -> torch.Tensor:
+        """The step on a whole map, with the layer's own padding (used for the background)."""
+        y = s.layer(x)
+        return F.relu(y) if s.relu else y
+
+    # ------------------------------------------------------------------ forward
+    def _conv(self, s: _Step, x: torch.Tensor, padding) -> torch.Tensor:
+        w, b = self._weights(s)
+        kh, kw = w.shape[-2:]
+        if self.matmul_fc and s.layer.stride == (1, 1) and kh * kw * w.shape[1] >= 4096:
+            # fc6 / fc7 (big kernel or 4096 channels on a small map): im2col + one GEMM
+            if padding != (0, 0):
+                x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+            n, c, h, wd = x.shape
+            oh, ow = h - kh + 1, wd - kw + 1
+            if oh * ow <= 4096:
+                cols = x if kh == kw == 1 else F.unfold(x, (kh, kw))  # (n, c*kh*kw, oh*ow)
+                cols = cols.reshape(n, c * kh * kw, oh * ow)
+                y = torch.matmul(w.reshape(w.shape[0], -1), cols)
+                if b is not None:
+                    y += b[:, None]
+                y = y.reshape(n, -1, oh, ow)
+                return y.contiguous(memory_format=torch.channels_last) if self.channels_last else y
+            padding = (0, 0)
+        return F.conv2d(x, w, b, s.layer.stride, padding)
+
+    def _step(self, s: _Step, x: torch.Tensor, padding=None) -> torch.Tensor:
+        if s.kind == "conv":
+            return self._conv(s, x, s.layer.padding if padding is None else padding)
+        p = s.layer
+        return F.max_pool2d(x, p.kernel_size, p.stride, 0, ceil_mode=p.ceil_mode)
+
+    @torch.no_grad()
+    def trunk(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The trunk's tapped features (full maps, as the model computes them) by name."""
+        n, _, H, W = x.shape
+        dtype = x.dtype
+        key = (n, H, W, dtype, x.device)
+        state = self._cache.get(key)
+        if state is None:
+            state = self._prepare(n, H, W, dtype)
+            self._cache[key] = state
+            while len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        if self.dtype is not None:
+            x = x.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats: dict[str, torch.Tensor] = {}
+        cur = x  # the current map's core (the full map once the core covers it)
+        for i, (s, g, buf) in enumerate(
+            zip(self.steps, state["geoms"], state["bufs"], strict=True)
+        ):
+            if buf is None:
+                y = self._step(s, cur)
+                if s.relu:
+                    y = y.relu_()
+            else:
+                # paste the core into the window of the background; the window's own edges
+                # already hold the background, or zeros where it passes the map's edge
+                (h0, _), (w0, _) = g.window
+                (ch0, ch1), (cw0, cw1) = g.in_core
+                buf[:, :, ch0 - h0 : ch1 - h0, cw0 - w0 : cw1 - w0] = cur
+                y = self._step(s, buf, padding=(0, 0))
+                if s.relu:
+                    y = y.relu_()
+            cur = y
+            name = self._tap_steps.get(i)
+            if name is not None:
+                if i in state["taps"]:  # core only: paste it into the background map
+                    full = state["taps"][i].clone()
+                    (a0, a1), (b0, b1) = g.out_core
+                    full[:, :, a0:a1, b0:b1] = y
+                    feats[name] = full
+                else:
+                    feats[name] = y
+        return feats
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        if m.training:
+            raise RuntimeError("FastFCN is for inference: call model.eval() first")
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a float tensor (N, 3, H, W), got shape {tuple(x.shape)}")
+        H, W = x.shape[-2:]
+        feats = self.trunk(x)
+        out_dtype = x.dtype
+        h = feats[m.trunk_names[-1]].to(out_dtype)
+        score = m.score_fr(h)  # 1/32, C ch
+        for fuse in m.fusions:
+            s = fuse.skip
+            up = _upsample(getattr(m, s.up), score)  # 2x the coarser scores
+            tap = feats[s.tap].to(out_dtype)
+            if s.feature_scale != 1:
+                tap = tap * s.feature_scale
+            tap = getattr(m, s.score)(tap)
+            h_, w_ = (min(up.shape[i] - fuse.crop_up, tap.shape[i] - fuse.crop_tap) for i in (2, 3))
+            a, b = fuse.crop_up, fuse.crop_tap
+            score = up[:, :, a : a + h_, a : a + w_] + tap[:, :, b : b + h_, b : b + w_]
+        out = _upsample(getattr(m, m.head.final), score)
+        o = m.final_offset
+        return out[:, :, o : o + H, o : o + W].contiguous()
+
+
+def _upsample(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """The transposed conv; per class (grouped) when its weight is diagonal (class c -> c)."""
+    w = layer.weight
+    c_in, c_out = w.shape[:2]
+    if layer.groups == 1 and c_in == c_out and c_in > 1:
+        eye = torch.eye(c_in, dtype=torch.bool, device=w.device)[:, :, None, None]
+        if not w.masked_fill(eye, 0).any():
+            idx = torch.arange(c_in, device=w.device)
+            wg = w[idx, idx].unsqueeze(1)  # (C, 1, k, k)
+            return F.conv_transpose2d(
+                x.contiguous(), wg, layer.bias, layer.stride, layer.padding,
+                layer.output_padding, groups=c_in,
+            )  # fmt: skip
+    return layer(x)
+
+
+@torch.no_grad()
+def bf16_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Plain bf16 inference: autocast + channels_last (not exact: ~1e-2 relative)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x.contiguous(memory_format=torch.channels_last))
+    return y.float()

@@ -1,0 +1,94 @@
+"""FastFCN gives the model's own outputs: correctness only (timings: benchmarks/inference.py)."""
+
+import pytest
+import torch
+from conftest import randomize_
+
+import fcnseg
+from fcnseg.fast import FastFCN, bf16_forward, core_interval
+
+SIZES = [(1, 1), (31, 45), (97, 130), (375, 500)]
+VGG = ["fcn32s_vgg16", "fcn16s_vgg16", "fcn8s_vgg16", "fcn8s_atonce_vgg16"]
+
+
+def tiny(name: str, *, keep_upsamplers: bool = False, **kw) -> torch.nn.Module:
+    """Width 1/8, float64, every weight and bias random and non-zero (biases make the padding's
+    background non-trivial). keep_upsamplers: leave the bilinear (diagonal) upsamplers as built."""
+    model = fcnseg.build_model(name, num_classes=5, width=0.125, **kw).double().eval()
+    ups = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("upscore")}
+    randomize_(model, std=0.1)
+    if keep_upsamplers:
+        model.load_state_dict(ups, strict=False)
+    return model
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("name", [*VGG, "fcn32s_alexnet"])
+def test_exact_at_odd_sizes(name):
+    model = tiny(name)
+    fast = FastFCN(model)
+    for h, w in SIZES:
+        n = 1 if h * w > 10_000 else 2  # batches too, where it is cheap
+        x = torch.randn(n, 3, h, w, dtype=torch.float64)
+        with torch.no_grad():
+            ref, out = model(x), fast(x)
+        assert out.shape == ref.shape == (n, 5, h, w)
+        assert rel_err(out, ref) < 1e-12, (h, w)
+
+
+@pytest.mark.parametrize("options", [{}, {"channels_last": False}, {"matmul_fc": False}])
+def test_exact_with_bilinear_upsamplers_and_options(options):
+    model = tiny("fcn8s_vgg16", keep_upsamplers=True)  # diagonal: grouped transposed convs
+    fast = FastFCN(model, **options)
+    x = torch.randn(1, 3, 97, 130, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(fast(x), model(x)) < 1e-12
+
+
+def test_same_layout_and_float32():
+    model = tiny("fcn8s_vgg16", layout="same").float()
+    x = torch.randn(1, 3, 61, 90)
+    with torch.no_grad():
+        assert rel_err(FastFCN(model)(x), model(x)) < 1e-5
+
+
+def test_cache_follows_shapes_and_weights():
+    model = tiny("fcn16s_vgg16")
+    fast = FastFCN(model, max_cached=1)
+    a = torch.randn(1, 3, 40, 50, dtype=torch.float64)
+    b = torch.randn(1, 3, 64, 33, dtype=torch.float64)
+    with torch.no_grad():
+        for x in (a, b, a):  # shape changes evict and rebuild the background
+            assert rel_err(fast(x), model(x)) < 1e-12
+        assert len(fast._cache) == 1
+        model.conv1_1.bias.add_(0.5)  # new weights: the cached background is stale until cleared
+        fast.clear_cache()
+        assert rel_err(fast(a), model(a)) < 1e-12
+
+
+def test_core_interval_matches_receptive_fields():
+    # conv1_1 of the reference: 3x3, pad 100 on a 500 image -> 698 outputs, image-dependent 98..599
+    assert core_interval((0, 500), 500, 3, 1, 100, 698) == (98, 600)
+    # a 2x2 / 2 pool of a core 97..601 in a 698 map -> 48..300
+    assert core_interval((97, 601), 698, 2, 2, 0, 349) == (48, 301)
+
+
+def test_rejects_training_mode_and_other_trunks():
+    model = tiny("fcn32s_vgg16").train()
+    with pytest.raises(RuntimeError, match="eval"):
+        FastFCN(model)(torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="pad"):
+        FastFCN(fcnseg.build_model("fcn32s_googlenet"))
+
+
+def test_bf16_paths_agree_roughly():
+    model = tiny("fcn8s_vgg16", keep_upsamplers=True).float()
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        ref = model(x)
+        for out in (bf16_forward(model, x), FastFCN(model, bfloat16=True)(x)):
+            assert out.dtype == torch.float32 and out.shape == ref.shape
+            assert rel_err(out, ref) < 0.1
