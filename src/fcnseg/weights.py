@@ -56,6 +56,15 @@ class Preprocessing:
         std = torch.tensor(self.std).view(3, 1, 1)
         return (x * self.scale - mean) / std
 
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or 0-255 float) batch (N, 3, H, W), RGB, any device -> normalized float32."""
+        x = x.float()
+        if self.channel_order == "BGR":
+            x = x.flip(1)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return (x * self.scale - mean) / std
+
     def invert(self, x: torch.Tensor) -> np.ndarray:
         """float tensor (3, H, W) -> uint8 RGB array (H, W, 3): to show what the net saw."""
         x = x.detach().cpu() * torch.tensor(self.std).view(3, 1, 1) + torch.tensor(self.mean).view(

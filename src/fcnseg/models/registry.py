@@ -8,7 +8,8 @@ build_model(name, num_classes=21, **options) takes, for every model:
                     layers are copied (FCN-16s from FCN-32s, FCN-8s from FCN-16s), new ones
                     keep their init (score layers zero, upsamplers bilinear)
   preprocessing     override the preprocessing the weights imply
-VGG16 models also take width (channel multiplier) and layout ("reference" or "same").
+VGG16 models also take width (channel multiplier), layout ("reference" or "same") and dropout
+(fc6/fc7, 0.5 as the reference; AlexNet takes width and dropout).
 """
 
 from __future__ import annotations
@@ -28,17 +29,23 @@ __all__ = ["build_model", "list_models", "load_checked"]
 
 
 def _vgg16(variant: str) -> Callable[..., FCN]:
-    def build(*, num_classes: int = 21, width: float = 1.0, layout: str = "reference") -> FCN:
-        trunk = build_trunk(VGG16, width=width, layout=layout)
+    def build(
+        *,
+        num_classes: int = 21,
+        width: float = 1.0,
+        layout: str = "reference",
+        dropout: float = 0.5,
+    ) -> FCN:
+        trunk = build_trunk(VGG16, width=width, layout=layout, dropout=dropout)
         return FCN(trunk, HEADS[variant], num_classes, same_padding=layout == "same")
 
     build.__doc__ = f"{variant} on VGG16 (reference layout unless layout='same')."
     return build
 
 
-def fcn32s_alexnet(*, num_classes: int = 21, width: float = 1.0) -> FCN:
+def fcn32s_alexnet(*, num_classes: int = 21, width: float = 1.0, dropout: float = 0.5) -> FCN:
     """FCN-AlexNet: conv1 padded by 100, upscore 63/32 (crop 18), as the reference."""
-    trunk = build_trunk(ALEXNET, width=width, layout="reference")
+    trunk = build_trunk(ALEXNET, width=width, layout="reference", dropout=dropout)
     return FCN(trunk, Head((), "upscore", 32, final_kernel=63), num_classes)
 
 

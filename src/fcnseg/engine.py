@@ -1,0 +1,483 @@
+"""Training: plain functions over a typed config; every run resumable, every checkpoint whole.
+
+A run lives in one folder:
+    config.json   the resolved config (written once; a resume must match it)
+    last.pt       model, optimizer, step, RNG state, config (atomic: temp file + rename)
+    best.pt       the checkpoint with the best validation mean IU so far
+    log.csv       one row per logged step: loss, lr, images/s, validation metrics
+    curves.png    loss and validation mean IU over steps
+
+Data order is a pure function of (seed, step): step s of epoch e takes its images from a
+permutation seeded by (seed, e), so a run resumed at step s sees exactly the images an
+uninterrupted run would, and with the RNG state restored, the same dropout masks too.
+With several processes (torchrun), each takes a slice of every step's images and the loss
+is normalized by the labelled pixels of the whole step, so K steps on N processes give the
+weights of K steps on one with the same global batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import load_checkpoint, model_state, save_checkpoint
+from .models import build_model
+from .recipes import Recipe, get_recipe
+
+__all__ = ["TrainConfig", "TrainingDiverged", "make_optimizer", "train", "train_stages"]
+
+
+@dataclass
+class TrainConfig:
+    model: str = "fcn8s_vgg16"
+    num_classes: int | None = None  # None: the dataset's
+    model_options: dict = field(default_factory=dict)  # width, layout
+    recipe: str = "cvpr"
+    data: str = "digits"  # digits | voc:ROOT | sbd:ROOT | folder:ROOT
+    train_split: str = "train"
+    val_data: str | None = None  # None: same as data (e.g. train on sbd:, validate on voc:)
+    val_split: str = "val"
+    data_options: dict = field(default_factory=dict)  # e.g. digit scenes' n, size
+    steps: int = 1000
+    batch_size: int | None = None  # None: the recipe's (images per step, all processes)
+    accumulate: int | None = None  # None: the recipe's
+    lr: float | None = None  # None: the recipe's for this model
+    seed: int = 0
+    out: str = "runs/fcn"
+    eval_every: int = 0  # 0: only at the end
+    ckpt_every: int = 100
+    log_every: int = 10
+    device: str = "cpu"
+    amp: str | None = None  # "bf16" (CPU or CUDA) or "fp16" (CUDA): mixed precision
+    channels_last: bool = False  # NHWC memory format: faster convolutions on CPU and GPU
+    init_from: str | None = None  # staged training: a previous stage's checkpoint
+    backbone_weights: str | None = None
+    workers: int = 0
+    crop: int | None = None  # random crop for variable-size data (None: pad in batch)
+
+    def check(self) -> None:
+        """Ranges: fail before any work, naming the value."""
+        for name in ("steps", "ckpt_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("batch_size", "accumulate"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.eval_every < 0 or self.workers < 0:
+            raise ValueError("eval_every and workers must be >= 0")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be bf16 or fp16, got '{self.amp}'")
+        if self.amp == "fp16" and not self.device.startswith("cuda"):
+            raise ValueError("amp fp16 needs --device cuda; on a CPU use --amp bf16")
+        get_recipe(self.recipe)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ------------------------------------------------------------------------- parts
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
+    """Weights at lr with decay; biases at lr x bias_lr_mult, decayed only if the recipe says.
+
+    Upsampling layers: the final one stays bilinear (frozen); the 2x ones learn only if the
+    recipe says so (the reference release froze them all).
+    """
+    final = {"upscore", "upscore16", "upscore8"}
+    weights, biases = [], []
+    for name, p in model.named_parameters():
+        layer = name.split(".")[0]
+        if layer.startswith("upscore") and (layer in final or not recipe.learn_upsampling):
+            p.requires_grad_(False)
+            continue
+        (biases if name.endswith("bias") else weights).append(p)
+    groups = [
+        {"params": weights, "lr": lr, "weight_decay": recipe.weight_decay},
+        {"params": biases, "lr": lr * recipe.bias_lr_mult,
+         "weight_decay": recipe.weight_decay if recipe.bias_decay else 0.0},
+    ]  # fmt: skip
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ValueError(f"recipe '{recipe.name}': unknown optimizer '{recipe.optimizer}'")
+
+
+def _set_lr(opt: torch.optim.Optimizer, recipe: Recipe, step: int, steps: int) -> float:
+    factor = (1 - step / steps) ** 0.9 if recipe.schedule == "poly" else 1.0
+    for g in opt.param_groups:
+        g["lr"] = g["initial_lr"] * factor
+    return opt.param_groups[0]["lr"]
+
+
+def step_indices(step: int, n: int, batch: int, seed: int) -> list[int]:
+    """The dataset indices of global step `step`: a fresh permutation every epoch."""
+    per_epoch = max(n // batch, 1)
+    epoch, pos = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    if batch > n:  # tiny datasets: wrap around
+        perm = perm.repeat(math.ceil(batch / n))
+    return perm[pos * batch : (pos + 1) * batch].tolist()
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls, device: str) -> _Dist:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    def sum(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t)
+
+
+def _pixel_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over labelled pixels of the softmax cross-entropy (255 ignored)."""
+    return F.cross_entropy(logits.float(), target, ignore_index=255, reduction="sum")
+
+
+class _Log:
+    """log.csv, rewritten from the rows before `start` when a run resumes."""
+
+    FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "pixel_acc", "mean_acc",
+              "mean_iu", "fw_iu")  # fmt: skip
+
+    def __init__(self, path: Path, start: int, enabled: bool):
+        self.path, self.enabled = path, enabled
+        self.rows: list[dict] = []
+        if path.exists():
+            with open(path) as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
+        if enabled:
+            self._write()
+
+    def add(self, **row) -> None:
+        self.rows.append({k: row.get(k, "") for k in self.FIELDS})
+        if self.enabled:
+            self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, self.FIELDS)
+            w.writeheader()
+            w.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+
+# ------------------------------------------------------------------------- train
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
+    """Train one model; returns {"checkpoint", "best", "metrics", "steps", "seconds"}."""
+    from .data.build import build_datasets, collate_items, make_loader
+    from .evaluate import evaluate
+
+    config.check()
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU: use --device cpu")
+    dist = _Dist.from_env(config.device)
+    if dist.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    recipe = get_recipe(config.recipe)
+    out = Path(config.out)
+    last, best_path = out / "last.pt", out / "best.pt"
+
+    train_set, val_set, class_names = build_datasets(config)
+    num_classes = config.num_classes or len(class_names)
+    batch = config.batch_size or recipe.batch_size
+    accumulate = config.accumulate or recipe.accumulate
+    if batch % (accumulate * dist.world):
+        raise ValueError(f"batch_size {batch} must be a multiple of accumulate x processes "
+                         f"= {accumulate} x {dist.world}")  # fmt: skip
+    lr = config.lr or recipe.lr_for(config.model)
+    resolved = {**dataclasses.asdict(config), "num_classes": num_classes, "batch_size": batch,
+                "accumulate": accumulate, "lr": lr, "world_size": dist.world}  # fmt: skip
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, num_classes=num_classes,
+                        backbone_weights=config.backbone_weights, init_from=config.init_from,
+                        **config.model_options)  # fmt: skip
+    model.to(device)
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    optimizer = make_optimizer(model, recipe, lr)
+    start, best_iu = 0, -1.0
+    if resume and last.exists():
+        ckpt = load_checkpoint(last, map_location=device)
+        _check_same_run(ckpt["config"], resolved, last)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start, best_iu = ckpt["step"], ckpt.get("best_mean_iu", -1.0)
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+    elif last.exists():
+        raise FileExistsError(f"{out} already holds a run (last.pt): pass --resume to continue "
+                              f"it, or choose another --out")  # fmt: skip
+    if dist.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "config.json", resolved)
+    net = model
+    if dist.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    def checkpoint(step: int, path: Path = last, **extra) -> None:
+        if dist.rank == 0:
+            rng = {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            }
+            save_checkpoint(path, {**model_state(model), "class_names": list(class_names),
+                                   "optimizer": optimizer.state_dict(), "step": step,
+                                   "config": resolved, "rng": rng, "best_mean_iu": best_iu,
+                                   **extra})  # fmt: skip
+
+    def validate() -> dict:
+        # fork_rng: validating (DataLoader seeds) must not change the training run's RNG
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            loader = make_loader(val_set, max(micro, 1), model.preprocessing, config.workers)
+            return evaluate(model, loader, num_classes, device=device).compute()
+
+    log = _Log(out / "log.csv", start, dist.rank == 0)
+    stop = _Interrupt()
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp or "")
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    per_epoch = max(len(train_set) // batch, 1)
+    micro = batch // accumulate // dist.world
+    bar = _progress(range(start, config.steps), progress and dist.rank == 0, start, config.steps)
+    metrics, t0, seen = {}, time.perf_counter(), 0
+    model.train()
+    with stop:
+        for step in bar:
+            cur_lr = _set_lr(optimizer, recipe, step, config.steps)
+            idx = step_indices(step, len(train_set), batch, config.seed)
+            mine = idx[dist.rank * batch // dist.world : (dist.rank + 1) * batch // dist.world]
+            chunks = [collate_items(train_set, mine[k : k + micro])
+                      for k in range(0, len(mine), micro)]  # fmt: skip
+            labelled = dist.sum(float(sum(int((t != 255).sum()) for _, t in chunks)))
+            norm = max(labelled, 1.0) if recipe.loss == "mean" else 1.0
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for k, (x, t) in enumerate(chunks):
+                x = model.preprocessing.batch(x.to(device, non_blocking=True))
+                x = x.contiguous(memory_format=fmt)
+                t = t.to(device, non_blocking=True)
+                sync = k == len(chunks) - 1 or dist.world == 1
+                ctx = net.no_sync() if not sync else _null()
+                with ctx, torch.autocast(device.type, amp, enabled=amp is not None):
+                    loss = _pixel_loss(net(x), t) / norm * dist.world  # DDP averages grads
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(_diverged(step, loss.item(), cur_lr, recipe, last))
+                (scaler.scale(loss) if scaler else loss).backward()
+                total += float(loss.detach()) / dist.world
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            total = dist.sum(total)
+            seen += batch
+            done = step + 1
+            ips = seen / (time.perf_counter() - t0)
+            if progress and dist.rank == 0:
+                bar.set_postfix(loss=f"{total:.4g}", img_s=f"{ips:.1f}")
+            row = {}
+            if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
+                metrics = validate()
+                row = {k: f"{metrics[k]:.5f}" for k in ("pixel_acc", "mean_acc", "mean_iu",
+                                                        "fw_iu")}  # fmt: skip
+                if metrics["mean_iu"] > best_iu:
+                    best_iu = metrics["mean_iu"]
+                    checkpoint(done, best_path, metrics=_plain(metrics))
+            if row or done % config.log_every == 0:
+                log.add(step=done, epoch=f"{done / per_epoch:.3f}", loss=f"{total:.6g}",
+                        lr=f"{cur_lr:.3g}", images_per_s=f"{ips:.2f}", **row)  # fmt: skip
+            if done % config.ckpt_every == 0 or done == config.steps or stop.requested:
+                checkpoint(done, metrics=_plain(metrics))
+            if stop.requested:
+                raise KeyboardInterrupt(f"interrupted at step {done}: checkpoint {last} "
+                                        f"saved; continue with --resume")  # fmt: skip
+    if dist.rank == 0:
+        _plot(log.rows, out / "curves.png", config.model)
+    return {
+        "checkpoint": last,
+        "best": best_path if best_path.exists() else last,
+        "metrics": metrics,
+        "steps": config.steps,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def train_stages(config: TrainConfig, stages: list[tuple[str, int]], **kw) -> list[dict]:
+    """Staged training (FCN-32s -> 16s -> 8s): each stage starts from the previous one.
+
+    `stages` is [(model name, steps), ...]; stage i runs in `config.out/<model name>` and is
+    skipped when its last checkpoint already reached its steps (so a staged run resumes too).
+    """
+    results, previous = [], config.init_from
+    for name, steps in stages:
+        out = Path(config.out) / name
+        stage = dataclasses.replace(config, model=name, steps=steps, out=str(out),
+                                    init_from=previous)  # fmt: skip
+        last = out / "last.pt"
+        done = last.exists() and load_checkpoint(last)["step"] >= steps
+        if done:
+            ckpt = load_checkpoint(last)
+            res = {"checkpoint": last, "best": last, "metrics": ckpt.get("metrics", {}),
+                   "steps": steps, "seconds": 0.0}  # fmt: skip
+        else:
+            res = train(stage, resume=last.exists(), **kw)
+        results.append({"model": name, **res})
+        previous = str(res["checkpoint"])
+    return results
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def _check_same_run(saved: dict, now: dict, path: Path) -> None:
+    keys = ("model", "model_options", "recipe", "data", "seed", "batch_size", "accumulate",
+            "lr", "num_classes", "world_size", "data_options")  # fmt: skip
+    diff = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+    if diff:
+        raise ValueError(f"--resume with {path}: the run was started with other settings "
+                         f"({'; '.join(diff)}); resume with the same ones or use another "
+                         f"--out")  # fmt: skip
+
+
+def _diverged(step: int, loss: float, lr: float, recipe: Recipe, last: Path) -> str:
+    cause = (
+        "the summed ('heavy') loss needs the tiny learning rates of that recipe"
+        if recipe.loss == "sum"
+        else "the learning rate is too high for this model and data, or an input holds NaN"
+    )
+    kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint yet"
+    return (f"loss became {loss} at step {step + 1} (lr {lr:.3g}, recipe '{recipe.name}'): "
+            f"likely {cause}. Lower --lr; {kept}")  # fmt: skip
+
+
+def _plain(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, float | int)}
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Interrupt:
+    """The first SIGINT asks the loop to checkpoint and stop; a second one stops at once."""
+
+    requested = False
+
+    def __enter__(self):
+        self._old = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def _progress(it, enabled: bool, start: int, total: int):
+    if not enabled:
+        return _Quiet(it)
+    from tqdm import tqdm
+
+    return tqdm(it, initial=start, total=total, desc="train", unit="step", dynamic_ncols=True)
+
+
+class _Quiet:
+    def __init__(self, it):
+        self.it = it
+
+    def __iter__(self):
+        return iter(self.it)
+
+    def set_postfix(self, **kw):
+        pass
+
+
+def _plot(rows: list[dict], path: Path, title: str) -> None:
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    steps = [int(r["step"]) for r in rows if r["loss"]]
+    ax.plot(steps, [float(r["loss"]) for r in rows if r["loss"]], color="tab:blue")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss", color="tab:blue")
+    ax.set_yscale("log")
+    val = [(int(r["step"]), float(r["mean_iu"])) for r in rows if r["mean_iu"]]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val, strict=True), "o-", color="tab:red")
+        ax2.set_ylabel("val mean IU", color="tab:red")
+        ax2.set_ylim(0, 1)
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)

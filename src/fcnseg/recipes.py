@@ -1,0 +1,73 @@
+"""Training recipes as data: the paper's two, and one of ours for small models on a CPU.
+
+- "cvpr": Long et al. CVPR 2015, section 4.3: SGD momentum 0.9, minibatch 20, fixed lr 1e-3
+  (AlexNet), 1e-4 (VGG16), 5e-5 (GoogLeNet), weight decay 5e-4, biases at twice the lr and
+  no decay, the per-pixel softmax loss averaged over labelled pixels (255 ignored).
+- "heavy": the reference release (TPAMI): batch 1, momentum 0.99, fixed lr 1e-10 (32s),
+  1e-12 (16s), 1e-14 (8s), 1e-10 (at-once) with an UNNORMALIZED loss (summed over pixels),
+  100k iterations per stage (300k at once); every upsampling layer frozen at bilinear.
+- "heavy_alexnet": the reference FCN-AlexNet: momentum 0.9, lr 1e-4, averaged loss, 20
+  images accumulated per step.
+- "modern" (ours, not the paper's): AdamW, lr 1e-3, weight decay 1e-4, poly decay, batch 16;
+  for training small models from scratch, e.g. the digit-scenes benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["RECIPES", "Recipe", "get_recipe"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    optimizer: str  # "sgd" or "adamw"
+    lr: dict[str, float]  # by model-name prefix or backbone; the longest matching key wins
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bias_lr_mult: float = 2.0  # Caffe's lr_mult 2 on biases
+    bias_decay: bool = False
+    batch_size: int = 20  # images per optimizer step (all processes together)
+    accumulate: int = 1  # micro-batches per step (the reference's iter_size)
+    loss: str = "mean"  # "mean" over labelled pixels, or "sum" (unnormalized)
+    schedule: str = "fixed"  # "fixed" or "poly" (lr * (1 - step/steps) ** 0.9)
+    learn_upsampling: bool = True  # 2x layers learned from bilinear; final one always fixed
+    steps: dict[str, int] = field(default_factory=dict)  # iterations per stage, as published
+    ours: bool = False  # True: not from the paper
+
+    def lr_for(self, model_name: str) -> float:
+        """The learning rate this recipe gives `model_name` (e.g. "fcn16s_vgg16")."""
+        keys = [k for k in self.lr if model_name.startswith(k) or model_name.endswith(k)]
+        if not keys:
+            raise ValueError(
+                f"recipe '{self.name}' has no learning rate for '{model_name}' (it has "
+                f"{', '.join(self.lr)}): pass lr= / --lr"
+            )
+        return self.lr[max(keys, key=len)]
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("cvpr", "CVPR 2015: SGD 0.9, batch 20, fixed lr, averaged loss", "sgd",
+               {"alexnet": 1e-3, "vgg16": 1e-4, "googlenet": 5e-5}),
+        Recipe("heavy", "reference release: batch 1, momentum 0.99, summed loss", "sgd",
+               {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s_atonce": 1e-10},
+               momentum=0.99, batch_size=1, loss="sum", learn_upsampling=False,
+               steps={"fcn32s": 100_000, "fcn16s": 100_000, "fcn8s": 100_000,
+                      "fcn8s_atonce": 300_000}),
+        Recipe("heavy_alexnet", "reference FCN-AlexNet: lr 1e-4, 20 images accumulated", "sgd",
+               {"alexnet": 1e-4}, batch_size=20, accumulate=20, learn_upsampling=False),
+        Recipe("modern", "ours: AdamW 1e-3, poly decay, batch 16 (small models, CPU)", "adamw",
+               {"fcn": 1e-3}, weight_decay=1e-4, bias_lr_mult=1.0, batch_size=16,
+               schedule="poly", ours=True),
+    )
+}  # fmt: skip
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe '{name}': use one of {', '.join(RECIPES)}")
+    return RECIPES[name]
