@@ -81,6 +81,206 @@ def cmd_heatmap(args) -> int:
     return 0
 
 
+def _positive(kind):
+    """argparse type: a number > 0, with the offending value in the error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {kind.__name__}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _key_values(pairs: list[str] | None, flag: str = "--data-option") -> dict:
+    """['n_train=3000', 'scale=2,3'] -> {'n_train': 3000, 'scale': (2.0, 3.0)}."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise ValueError(f"{flag} '{pair}': write KEY=VALUE, e.g. n_train=3000")
+        values = [float(v) if "." in v or "e" in v else int(v) for v in text.split(",")]
+        out[key] = values[0] if len(values) == 1 else tuple(values)
+    return out
+
+
+def _train_config(args):
+    from .engine import TrainConfig
+
+    options = {"width": args.width} if args.width != 1.0 else {}
+    if args.layout != "reference":
+        options["layout"] = args.layout
+    options.update(_key_values(args.model_option, "--model-option"))
+    return TrainConfig(
+        model=args.model, num_classes=args.num_classes, model_options=options,
+        recipe=args.recipe, data=args.data, train_split=args.train_split,
+        val_data=args.val_data, val_split=args.val_split,
+        data_options=_key_values(args.data_option),
+        steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
+        seed=args.seed, out=args.out, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
+        log_every=args.log_every, device=args.device, amp=args.amp,
+        channels_last=args.channels_last, init_from=args.init_from,
+        backbone_weights=args.backbone_weights, workers=args.workers, crop=args.crop,
+    )  # fmt: skip
+
+
+def cmd_train(args) -> int:
+    """Train an FCN (or FCN-32s -> 16s -> 8s in stages with --stages); resumable."""
+    if args.nproc > 1:  # relaunch this command under torchrun: one process per rank
+        import subprocess
+
+        argv, skip = [], False
+        for a in args.argv:  # this command line without --nproc
+            if not skip and a != "--nproc" and not a.startswith("--nproc="):
+                argv.append(a)
+            skip = a == "--nproc"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={args.nproc}", "-m", "fcnseg", *argv]  # fmt: skip
+        return subprocess.call(cmd)
+    from .engine import train, train_stages
+
+    config = _train_config(args)
+    if args.stages:
+        backbone = args.model.split("_", 1)[-1]
+        steps = args.stage_steps or [args.steps] * len(args.stages)
+        if len(steps) != len(args.stages):
+            raise ValueError(f"--stage-steps gives {len(steps)} numbers for "
+                             f"{len(args.stages)} stages")  # fmt: skip
+        stages = [(f"fcn{s}_{backbone}", n) for s, n in zip(args.stages, steps, strict=True)]
+        results = train_stages(config, stages, resume=args.resume)
+    else:
+        results = [{"model": args.model, **train(config, resume=args.resume)}]
+    rows = {r["model"]: r["metrics"] for r in results if r["metrics"]}
+    if rows:
+        from .evaluate import format_table
+
+        print(format_table(rows))
+    for r in results:
+        print(f"{r['model']}: {r['checkpoint']} ({r['seconds']:.0f} s)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Score a checkpoint on a dataset split: the paper's four metrics and per-class IU."""
+    from .checkpoint import load_model
+    from .data.build import make_loader, open_dataset
+    from .evaluate import evaluate, format_per_class, format_table, plot_confusion
+
+    model, ckpt = load_model(args.checkpoint, device=args.device)
+    data = args.data or ckpt.get("config", {}).get("data")
+    if not data:
+        raise ValueError("which data? pass --data digits | voc:ROOT | sbd:ROOT | folder:ROOT")
+    options = _key_values(args.data_option) or ckpt.get("config", {}).get("data_options", {})
+    dataset = open_dataset(data, args.split, options)
+    names = list(getattr(dataset, "class_names", None) or ckpt.get("class_names") or [])
+    loader = make_loader(dataset, args.batch_size, model.preprocessing, args.workers)
+    cm = evaluate(model, loader, model.num_classes, device=args.device, progress=True)
+    metrics = cm.compute()
+    label = ckpt.get("model_name", str(args.checkpoint))
+    print(format_table({label: metrics}))
+    print(format_per_class(metrics, names or [str(i) for i in range(model.num_classes)]))
+    if args.upper_bound:
+        from .metrics import upper_bound
+
+        targets = (dataset[i][1] for i in range(len(dataset)))
+        bound = upper_bound(targets, model.num_classes, factors=tuple(args.factors))
+        print("upper bound: ground truth downsampled by the output stride and upsampled back")
+        print(format_table({f"stride {f}": m for f, m in bound.items()}))
+    if args.save_confusion:
+        out = Path(args.save_confusion)
+        from .evaluate import save_confusion
+
+        save_confusion(cm.matrix, names, out / "confusion.csv")
+        plot_confusion(cm.matrix, names, out / "confusion.png")
+        print(f"confusion matrix written to {out}/confusion.csv and confusion.png")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """The paper's refinement figure: input | FCN-32s | FCN-16s | FCN-8s | ground truth."""
+    from .checkpoint import load_model
+    from .data.build import open_dataset
+    from .figures import compare_figure
+
+    models, ckpt = {}, {}
+    for path in args.checkpoints:
+        model, ckpt = load_model(path, device=args.device)
+        head = ckpt.get("model_name", Path(path).stem).split("_")[0]  # "fcn32s"
+        title = f"FCN-{head[3:]}" if head.startswith("fcn") else head
+        models[title if title not in models else f"{title} ({Path(path).parent.name})"] = model
+    data = args.data or ckpt.get("config", {}).get("data")
+    if not data:
+        raise ValueError("which data? pass --data digits | voc:ROOT | sbd:ROOT | folder:ROOT")
+    options = _key_values(args.data_option) or ckpt.get("config", {}).get("data_options", {})
+    dataset = open_dataset(data, args.split, options)
+    if not dataset:
+        raise ValueError(f"split '{args.split}' of {data} is empty")
+    indices = args.indices or list(range(min(args.n, len(dataset))))
+    bad = [i for i in indices if not 0 <= i < len(dataset)]
+    if bad:
+        raise ValueError(f"--indices {bad} out of range: the split has {len(dataset)} items")
+    names = getattr(dataset, "class_names", None) or ckpt.get("class_names")
+    path = compare_figure(models, dataset, indices, args.out, class_names=names,
+                          device=args.device)  # fmt: skip
+    print(f"comparison of {len(indices)} items written to {path}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    """Segment images (files, folders, globs): label PNGs, overlays and probabilities."""
+    import time
+    from collections import Counter
+
+    from .checkpoint import load_model
+    from .predict import expand_inputs, predict_paths, resolve_device
+
+    t0 = time.perf_counter()
+    device = resolve_device(args.device)  # missing CUDA or inputs: fail before any work
+    expand_inputs(args.paths)
+    model, _ = load_model(args.model, num_classes=args.num_classes, device=device)
+    results = predict_paths(model, args.paths, args.out, device=device,
+                            save_probs=args.save_probs, overlay=not args.no_overlay,
+                            batch_size=args.batch_size, tile=args.tile)  # fmt: skip
+    done = [r for r in results if r["ok"]]
+    failed = [r for r in results if not r["ok"]]
+    overall = Counter(c for r in done for c in r["classes"])
+    for r in done:
+        h, w = r["size"]
+        print(f"  {r['input']}  {h}x{w}  -> {r['labels']}: {', '.join(r['classes'])}")
+    seconds = time.perf_counter() - t0
+    print(f"{len(done)} images segmented into {args.out} in {seconds:.1f} s")
+    if overall:
+        print("classes (images): " + ", ".join(f"{c} ({n})" for c, n in overall.most_common()))
+    if failed:
+        print(f"error: {len(failed)} of {len(results)} images failed:", file=sys.stderr)
+        for r in failed:
+            print(f"  {r['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Export a checkpoint or model to ONNX or TorchScript, checked at three input sizes."""
+    from .checkpoint import load_model
+    from .export import export_onnx, export_torchscript, format_report, parse_sizes
+
+    sizes = parse_sizes(args.sizes)
+    model, _ = load_model(args.model, num_classes=args.num_classes)
+    suffix = ".onnx" if args.format == "onnx" else ".pt"
+    out = Path(args.out or Path(args.model).stem + suffix)
+    if args.format == "onnx":
+        rows = export_onnx(model, out, opset=args.opset, verify_sizes=sizes)
+    else:
+        rows = export_torchscript(model, out, verify_sizes=sizes)
+    print(format_report(rows))
+    print(f"{args.format} model written to {out}: batch, height and width are dynamic")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fcnseg", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -104,14 +304,150 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=5, help="how many top classes to print")
     s.add_argument("-o", "--out", help="output PNG (default: IMAGE_heatmap.png)")
     s.set_defaults(func=cmd_heatmap)
+    from .recipes import RECIPES
+
+    s = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
+    s.add_argument("--model", default="fcn8s_vgg16", help="model name (see `fcnseg models`)")
+    s.add_argument(
+        "--data",
+        default="digits",
+        help="digits | voc:ROOT | sbd:ROOT | folder:ROOT (default: digits)",
+    )
+    s.add_argument(
+        "--data-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="dataset option, e.g. n_train=3000 size=128 (repeatable)",
+    )
+    s.add_argument("--train-split", default="train")
+    s.add_argument("--val-data", help="validation dataset if not --data, e.g. voc:ROOT")
+    s.add_argument("--val-split", default="val")
+    s.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default="cvpr",
+        help="; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()),
+    )
+    s.add_argument("--steps", type=_positive(int), default=1000, help="optimizer steps")
+    s.add_argument(
+        "--stages",
+        type=lambda t: t.split(","),
+        help="staged training, e.g. 32s,16s,8s: each stage starts from the last",
+    )
+    s.add_argument(
+        "--stage-steps",
+        type=lambda t: [int(v) for v in t.split(",")],
+        help="steps per stage, e.g. 600,250,250 (default: --steps each)",
+    )
+    s.add_argument("--batch-size", type=_positive(int), help="images per step (recipe's)")
+    s.add_argument("--accumulate", type=_positive(int), help="micro-batches per step")
+    s.add_argument("--lr", type=_positive(float), help="learning rate (recipe's)")
+    s.add_argument("--width", type=_positive(float), default=1.0, help="channel multiplier")
+    s.add_argument(
+        "--layout",
+        choices=("reference", "same"),
+        default="reference",
+        help="reference: the paper's 100-px pad; same: ours, ~40%% less compute",
+    )
+    s.add_argument(
+        "--model-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="builder option, e.g. dropout=0 (repeatable)",
+    )
+    s.add_argument("--num-classes", type=_positive(int), help="default: the dataset's")
+    s.add_argument("--init-from", help="checkpoint to start from (staged training)")
+    s.add_argument("--backbone-weights", help="ImageNet weights: name, url or file")
+    s.add_argument("--out", default="runs/fcn", help="run folder (checkpoints, logs, plots)")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out")
+    s.add_argument("--eval-every", type=int, default=0, help="validate every N steps")
+    s.add_argument("--ckpt-every", type=_positive(int), default=100)
+    s.add_argument("--log-every", type=_positive(int), default=10)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument(
+        "--amp", choices=("bf16", "fp16"), help="mixed precision: bf16 on CPU or CUDA, fp16 on CUDA"
+    )
+    s.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster)")
+    s.add_argument("--workers", type=int, default=0, help="data loader processes")
+    s.add_argument("--crop", type=_positive(int), help="random crop size for training")
+    s.add_argument(
+        "--nproc",
+        type=_positive(int),
+        default=1,
+        help="processes (DistributedDataParallel via torchrun)",
+    )
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help=cmd_eval.__doc__, description=cmd_eval.__doc__)
+    s.add_argument("checkpoint", help="checkpoint file (last.pt / best.pt)")
+    s.add_argument("--data", help="dataset (default: the one it was trained on)")
+    s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("--split", default="val")
+    s.add_argument("--batch-size", type=_positive(int), default=8)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--workers", type=int, default=0)
+    s.add_argument(
+        "--upper-bound",
+        action="store_true",
+        help="also the mean IU of ground truth down- and upsampled by 32/16/8",
+    )
+    s.add_argument("--factors", type=lambda t: [int(v) for v in t.split(",")], default=[32, 16, 8])
+    s.add_argument("--save-confusion", metavar="DIR", help="write confusion.csv and .png")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("compare", help=cmd_compare.__doc__, description=cmd_compare.__doc__)
+    s.add_argument("checkpoints", nargs="+", help="e.g. the FCN-32s, 16s and 8s checkpoints")
+    s.add_argument("--data", help="dataset (default: the one they were trained on)")
+    s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("--split", default="val")
+    s.add_argument("--n", type=_positive(int), default=4, help="first N items of the split")
+    s.add_argument(
+        "--indices",
+        type=lambda t: [int(v) for v in t.split(",")],
+        help="items to show, e.g. 0,5,9 (instead of --n)",
+    )
+    s.add_argument("--device", default="cpu")
+    s.add_argument("-o", "--out", default="compare.png", help="output PNG")
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("predict", help=cmd_predict.__doc__, description=cmd_predict.__doc__)
+    s.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")
+    s.add_argument("--model", required=True, help="checkpoint file or model name")
+    s.add_argument("-o", "--out", default="predictions", help="output folder")
+    s.add_argument("--device", help="cpu or cuda (default: cpu)")
+    s.add_argument("--save-probs", action="store_true", help="also write <stem>_probs.npz")
+    s.add_argument("--no-overlay", action="store_true", help="skip <stem>_overlay images")
+    s.add_argument("--batch-size", type=_positive(int), default=4, help="same-sized images/pass")
+    s.add_argument("--tile", type=int, help="tile size for huge images (0: never; default: auto)")
+    s.add_argument("--num-classes", type=_positive(int), help="for a model name (default 21)")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
+    s.add_argument("model", help="checkpoint file or model name")
+    s.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    s.add_argument("-o", "--out", help="output file (default: MODEL.onnx / MODEL.pt)")
+    s.add_argument("--opset", type=_positive(int), default=17, help="ONNX opset (default 17)")
+    s.add_argument(
+        "--sizes",
+        default="224x224,2x197x311,500x375",
+        help="check sizes, HxW or NxHxW (default: 224x224,2x197x311,500x375)",
+    )
+    s.add_argument("--num-classes", type=_positive(int), help="for a model name (default 21)")
+    s.set_defaults(func=cmd_export)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, OSError, KeyError) as e:
+    except KeyboardInterrupt as e:  # training saves a checkpoint first and says so
+        print(f"\n{e or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError, KeyError, ImportError) as e:
         if args.debug:
             traceback.print_exc()
         print(f"error: {e}" + ("" if args.debug else "  (--debug shows the traceback)"),

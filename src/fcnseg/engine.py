@@ -346,11 +346,14 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     }
 
 
-def train_stages(config: TrainConfig, stages: list[tuple[str, int]], **kw) -> list[dict]:
+def train_stages(
+    config: TrainConfig, stages: list[tuple[str, int]], *, resume: bool = True, **kw
+) -> list[dict]:
     """Staged training (FCN-32s -> 16s -> 8s): each stage starts from the previous one.
 
     `stages` is [(model name, steps), ...]; stage i runs in `config.out/<model name>` and is
-    skipped when its last checkpoint already reached its steps (so a staged run resumes too).
+    skipped when its last checkpoint already reached its steps; with `resume`, an unfinished
+    stage continues from its last checkpoint (else an existing run folder is an error).
     """
     results, previous = [], config.init_from
     for name, steps in stages:
@@ -364,7 +367,7 @@ def train_stages(config: TrainConfig, stages: list[tuple[str, int]], **kw) -> li
             res = {"checkpoint": last, "best": last, "metrics": ckpt.get("metrics", {}),
                    "steps": steps, "seconds": 0.0}  # fmt: skip
         else:
-            res = train(stage, resume=last.exists(), **kw)
+            res = train(stage, resume=resume and last.exists(), **kw)
         results.append({"model": name, **res})
         previous = str(res["checkpoint"])
     return results

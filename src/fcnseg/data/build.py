@@ -26,6 +26,8 @@ def open_dataset(spec: str, split: str, options: dict | None = None, transforms=
                         else 300)  # fmt: skip
         options.pop("n_val" if split == "train" else "n_train", None)
         return DigitScenes(split, n, transforms=transforms, **options)
+    if kind not in ("voc", "sbd", "folder"):
+        raise ValueError(f"data '{spec}' unknown: use digits, voc:ROOT, sbd:ROOT or folder:ROOT")
     if not root:
         raise ValueError(f"data '{spec}': give a folder, e.g. voc:/data/VOCdevkit/VOC2012")
     if kind == "voc":
@@ -42,7 +44,6 @@ def open_dataset(spec: str, split: str, options: dict | None = None, transforms=
         # "all": every image (a folder dataset need not have splits/)
         split_or_all = None if split == "all" else split
         return FolderSegmentation(root, split_or_all, transforms=transforms, **options)
-    raise ValueError(f"data '{spec}' unknown: use digits, voc:ROOT, sbd:ROOT or folder:ROOT")
 
 
 def build_datasets(config) -> tuple:
