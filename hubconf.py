@@ -1,0 +1,54 @@
+"""torch.hub entry points: one per registered model.
+
+    model = torch.hub.load("/path/to/fcnseg", "fcn8s_vgg16", source="local", num_classes=21)
+    model = torch.hub.load("/path/to/fcnseg", "fcn8s_vgg16", source="local", pretrained=True)
+
+pretrained=True loads the registered PASCAL VOC weights ("<name>_voc", 21 classes; downloaded
+once into torch.hub's cache). Other keyword arguments go to fcnseg.build_model (num_classes,
+width, layout, weights=FILE, backbone_weights=...). The images a model expects are described by
+`model.preprocessing`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+try:
+    import fcnseg
+except ImportError:  # a plain clone, not installed: use its src/
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+    import fcnseg
+
+from torch import nn
+
+dependencies = ["torch", "numpy", "PIL"]
+
+
+def _entry(name: str) -> Callable[..., nn.Module]:
+    def load(pretrained: bool = False, **kwargs) -> nn.Module:
+        if pretrained:
+            weights = f"{name}_voc"
+            if weights not in fcnseg.WEIGHTS:
+                have = [w.arch for w in fcnseg.WEIGHTS.values() if w.categories == "voc"]
+                raise ValueError(
+                    f"no pretrained VOC weights are registered for {name}; models with them: "
+                    f"{', '.join(have)}. Use pretrained=False, or weights=FILE"
+                )
+            if "weights" in kwargs:
+                raise ValueError("pass pretrained=True or weights=..., not both")
+            kwargs["weights"] = weights
+        return fcnseg.build_model(name, **kwargs)
+
+    load.__name__ = name
+    load.__doc__ = f"{name}: fcnseg.build_model('{name}', **kwargs); pretrained: VOC weights."
+    return load
+
+
+fcn32s_vgg16 = _entry("fcn32s_vgg16")
+fcn16s_vgg16 = _entry("fcn16s_vgg16")
+fcn8s_vgg16 = _entry("fcn8s_vgg16")
+fcn8s_atonce_vgg16 = _entry("fcn8s_atonce_vgg16")
+fcn32s_alexnet = _entry("fcn32s_alexnet")
+fcn32s_googlenet = _entry("fcn32s_googlenet")
