@@ -23,6 +23,7 @@ from fcnseg.export import (
 )
 
 ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,6 +43,9 @@ def test_onnx_round_trip_three_sizes(name, layout, tmp_path):
     print(name, layout, rows)
     assert [r["size"] for r in rows] == ["1x3x224x224", "2x3x197x311", "1x3x500x375"]
     assert all(r["ok"] and r["max_rel"] < REL_TOLERANCE and r["max_logit"] > 0 for r in rows)
+    # crops are graph ops on the input's shape, not constants of the traced size
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    assert {"Shape", "Slice"} <= ops
     # dynamic axes really dynamic: a size unlike the traced one (1 x 160 x 192), run directly
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     x = torch.randn(3, 3, 33, 65)

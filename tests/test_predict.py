@@ -171,12 +171,12 @@ def _seam_distance(h: int, w: int, plan) -> np.ndarray:
 
 # Measured (seed 0, randomize_ std 0.05, noise image 300 x 420, tile 256, overlap 64 -> step 192):
 #   reference layout: argmax agreement 99.86 %, max |diff| / max |logit| 0.010 overall,
-#                     0.0021 on pixels >= 64 px from a seam
-#   same layout:      98.41 %, 0.139 overall, 0.028 >= 64 px from a seam
+#                     0.00039 on pixels >= 64 px from a seam
+#   same layout:      98.41 %, 0.14 overall, 0.050 >= 64 px from a seam
 # Bounds below leave margin; a wrong stitch (shifted or misplaced tile) gives ~ 20 % / ~ 1.
 @pytest.mark.parametrize(
     ("layout", "min_agree", "max_rel", "max_rel_interior"),
-    [("reference", 0.995, 0.03, 0.01), ("same", 0.97, 0.3, 0.08)],
+    [("reference", 0.995, 0.03, 0.003), ("same", 0.97, 0.3, 0.1)],
 )
 def test_tiled_matches_whole_image(layout, min_agree, max_rel, max_rel_interior):
     torch.manual_seed(0)

@@ -94,6 +94,7 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", r".*(torch\.jit|TorchScript)", DeprecationWarning)
+        warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
         yield
 
 
@@ -145,6 +146,7 @@ def _verify(
             row["max_rel"] = row["max_abs"] / scale if scale > 0 else row["max_abs"]
             row["max_logit"] = scale
             row["ok"] = bool(np.isfinite(row["max_rel"]) and row["max_rel"] < REL_TOLERANCE)
+            row["shape_only"] = scale == 0
             if scale == 0:
                 warnings.warn(
                     f"{label}: the model's logits are all zero at {row['size']} (untrained score "
@@ -257,6 +259,13 @@ def format_report(rows: Sequence[dict]) -> str:
     for r in rows:
         lines.append(
             f"{r['size']:>16s}  {r['max_abs']:10.3g}  {r['max_rel']:9.3g}  "
-            f"{r.get('max_logit', float('nan')):11.4g}  {'yes' if r['ok'] else 'NO'}"
+            f"{r.get('max_logit', float('nan')):11.4g}  "
+            + (
+                "NO"
+                if not r["ok"]
+                else "shape only (all-zero logits)"
+                if r.get("shape_only")
+                else "yes"
+            )
         )
     return "\n".join(lines)
