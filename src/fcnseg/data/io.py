@@ -88,6 +88,11 @@ def _open(path: str | os.PathLike, max_pixels: int | None, what: str) -> Image.I
         ) from e
     except OSError as e:
         raise ImageError(f"cannot open {what} {p}: {e}") from e
+    except (SyntaxError, EOFError, ValueError) as e:  # a header Pillow recognised, then choked on
+        raise ImageError(
+            f"{what} {p} has a corrupt header ({type(e).__name__}: {e}); "
+            f"copy or download it again, or remove it from the data set"
+        ) from e
     w, h = im.size
     if max_pixels is not None and w * h > max_pixels:
         im.close()
