@@ -125,6 +125,9 @@ def test_glob_and_missing_inputs(tiny, tmp_path):
     assert rec["ok"] and (tmp_path / "o" / "g.png").is_file()
     with pytest.raises(FileNotFoundError, match=r"nope\.jpg"):
         predict_paths(tiny, [tmp_path / "nope.jpg"], tmp_path / "o", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no images in .*empty"):
+        predict_paths(tiny, [tmp_path / "empty"], tmp_path / "o", progress=False)
 
 
 def test_output_folder_not_writable(tiny, tmp_path):

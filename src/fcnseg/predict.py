@@ -399,6 +399,10 @@ def predict_paths(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dev = resolve_device(device, model)
     files = expand_inputs(inputs)
+    if not files:
+        raise FileNotFoundError(
+            f"no images in {', '.join(map(str, inputs))} (looked for {', '.join(IMAGE_EXTENSIONS)})"
+        )
     out = Path(out_dir)
     _check_writable(out)
     stems = _output_stems([rel for _, rel in files])
