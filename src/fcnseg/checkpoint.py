@@ -16,6 +16,7 @@ target: a crash or a full disk leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import pickle
 import zipfile
@@ -107,8 +108,11 @@ def load_model(
         model = build_model(str(source), num_classes=num_classes or 21)
         return model.to(device).eval(), {}
     if not Path(source).is_file():
+        close = difflib.get_close_matches(Path(source).name, list_models(), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
         raise CheckpointError(
-            f"'{source}' is neither a checkpoint file nor a model name ({', '.join(list_models())})"
+            f"'{source}' is neither a checkpoint file nor a model name.{hint} Valid names: "
+            f"{', '.join(list_models())}"
         )
     ckpt = load_checkpoint(source)
     if num_classes is not None and num_classes != ckpt["num_classes"]:
