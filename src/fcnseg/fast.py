@@ -188,6 +188,16 @@ class FastFCN(nn.Module):
             length, core = out_len, out_core
         return geoms
 
+    def trunk_macs(self, height: int, width: int) -> int:
+        """Multiply-accumulates the trunk's convs actually perform per image at this size."""
+        total = 0
+        for s, g in zip(self.steps, self._geometry(height, width), strict=True):
+            if s.kind == "conv":
+                (a0, a1), (b0, b1) = g.out_core
+                w = s.layer.weight
+                total += (a1 - a0) * (b1 - b0) * w[0].numel() * w.shape[0]
+        return total
+
     @torch.no_grad()
     def _prepare(self, n: int, H: int, W: int, dtype: torch.dtype) -> dict:
         """Background activations of an all-zero input and the per-layer input buffers."""
@@ -233,8 +243,8 @@ class FastFCN(nn.Module):
     def _conv(self, s: _Step, x: torch.Tensor, padding) -> torch.Tensor:
         w, b = self._weights(s)
         kh, kw = w.shape[-2:]
-        if self.matmul_fc and s.layer.stride == (1, 1) and kh * kw * w.shape[1] >= 4096:
-            # fc6 / fc7 (big kernel or 4096 channels on a small map): im2col + one GEMM
+        if self.matmul_fc and s.layer.stride == (1, 1) and (kh * kw >= 25 or kh * kw == 1):
+            # fc6 / fc7 (a 7x7 or 1x1 kernel on a small map): im2col + one GEMM
             if padding != (0, 0):
                 x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
             n, c, h, wd = x.shape
