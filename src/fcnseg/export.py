@@ -5,13 +5,12 @@
 
 Both formats come from tracing the model (`torch.onnx.export(..., dynamo=False)` with
 `dynamic_axes`; `torch.jit.trace`). The crops in FCN.forward are computed from `x.shape`; under
-the tracer those sizes are graph values (Shape -> Gather -> Slice), not constants, except the
-`min()` of two sizes that the skip fusion takes: Python's `min` would pick one operand at the
-trace size and bake that choice in, which is wrong at other sizes for the "same" layout. Export
-therefore traces with `min` computed by the graph (`torch.minimum`), and then proves the result
-dynamic: the written file is loaded back and run at `verify_sizes` (none of them the trace size,
-1 x 160 x 192) and compared with the PyTorch model. Max relative difference (max |diff| / max
-|logit|) must stay below 1e-4, else `ExportError` is raised and nothing is written.
+the tracer those sizes are graph values (Shape -> Gather -> Slice), not constants (the skip
+fusion crops by slicing, never by a Python `min()` that tracing would freeze). Export then
+proves the result dynamic: the written file is loaded back and run at `verify_sizes` (none
+of them the trace size, 1 x 160 x 192) and compared with the PyTorch model. Max relative
+difference (max |diff| / max |logit|) must stay below 1e-4, else `ExportError` is raised and
+nothing is written.
 
 Use the ONNX file with onnxruntime (pip install onnxruntime); inputs are preprocessed as the
 model's `preprocessing` says (ImageNet mean/std, RGB, for models built here; Caffe BGR for the
@@ -30,7 +29,6 @@ converted reference weights):
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import copy
 import os
@@ -41,8 +39,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-
-from .models import fcn as fcn_module
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -81,13 +77,6 @@ def parse_sizes(text: str) -> list[tuple[int, int, int]]:
     return sizes
 
 
-def _graph_min(a, b):
-    """min() that the tracer records as an op when either size is a traced value."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
-    return builtins.min(a, b)
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Without TracerWarnings and torch.jit's deprecation notices (tracing is what we want)."""
@@ -100,13 +89,9 @@ def _quiet() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _tracing() -> Iterator[None]:
-    """Trace FCN.forward with graph-computed min() (and quietly)."""
-    fcn_module.min = _graph_min  # module global shadows the builtin, for the trace only
-    try:
-        with _quiet():
-            yield
-    finally:
-        del fcn_module.min
+    """Trace FCN.forward quietly."""
+    with _quiet():
+        yield
 
 
 def _cpu_eval(model: nn.Module) -> nn.Module:

@@ -149,10 +149,12 @@ class FCN(nn.Module):
             up = getattr(self, s.up)(score)  # 2x the coarser scores
             tap = feats[s.tap] if s.feature_scale == 1 else feats[s.tap] * s.feature_scale
             tap = getattr(self, s.score)(tap)  # the finer feature's scores
-            h_, w_ = (min(up.shape[i] - fuse.crop_up, tap.shape[i] - fuse.crop_tap) for i in (2, 3))
-            score = _crop(up, fuse.crop_up, h_, w_) + _crop(
-                tap, fuse.crop_tap, h_, w_
-            )  # sum fusion
+            # crop both to their common extent; slicing clamps at the end, so no Python min()
+            # (which a tracer would freeze at the trace size) is needed
+            cu, ct = fuse.crop_up, fuse.crop_tap
+            up = up[:, :, cu : cu + tap.shape[2] - ct, cu : cu + tap.shape[3] - ct]
+            tap = tap[:, :, ct : ct + up.shape[2], ct : ct + up.shape[3]]
+            score = up + tap  # sum fusion
         out = getattr(self, self.head.final)(score)  # back to the input's scale
         o = self.final_offset
         if out.shape[-2] < o + H or out.shape[-1] < o + W:
