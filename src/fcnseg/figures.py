@@ -10,13 +10,9 @@ import torch
 from torch import nn
 
 from .categories import voc_palette
+from .data.io import colorize
 
-__all__ = ["colorize", "compare_figure"]
-
-
-def colorize(labels: np.ndarray) -> np.ndarray:
-    """(H, W) class indices (255 = ignore) -> (H, W, 3) uint8 in the VOC palette."""
-    return voc_palette()[np.asarray(labels, dtype=np.uint8)]
+__all__ = ["compare_figure"]
 
 
 @torch.inference_mode()
