@@ -300,7 +300,7 @@ def test_disk_full_while_writing_masks_keeps_earlier_ones(tmp_path, monkeypatch)
     labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
     write_mask(tmp_path / "0.png", labels)
     monkeypatch.setattr(Image.Image, "save", _enospc)
-    with pytest.raises(OSError) as e:
+    with pytest.raises(OSError, match=r"No space left on device: '.*1\.png'") as e:
         write_mask(tmp_path / "1.png", labels)
     assert e.value.errno == errno.ENOSPC
     monkeypatch.undo()

@@ -348,6 +348,8 @@ def write_mask(path: str | os.PathLike, labels, palette=None) -> None:
         with os.fdopen(fd, "wb") as f:
             im.save(f, format="PNG")
         os.replace(tmp, p)  # never leave a half-written mask under the final name
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno and not e.filename:  # e.g. ENOSPC: name the mask
+            raise OSError(e.errno, e.strerror or str(e), str(p)) from e
         raise
