@@ -3,7 +3,10 @@
 Seeds are real pictures (skimage's chelsea and astronaut photos saved as baseline/progressive
 JPEG, EXIF-rotated JPEG, RGB/RGBA/palette/16-bit PNG, grayscale JPEG) and the real PASCAL VOC
 masks shipped with labelme's examples (palette PNGs, also re-saved as colour and 8-bit masks).
-Each case flips, overwrites, inserts, deletes or duplicates bytes of one seed, or cuts it short,
+Each case flips, overwrites, inserts, deletes or duplicates bytes of one seed, or cuts it short;
+half of the PNG cases are instead mutated below the checksums (`mutate_png`: chunk contents such
+as IHDR's size and colour type, the decompressed scanlines, dropped or repeated chunks, with
+lengths and CRCs made right) so that the decoder, not just the CRC check, is exercised. It
 writes the result to a file and reads it with `read_image` and `read_mask(num_classes=21)`.
 
 A case passes when the loader returns uint8 (H, W, 3) / (H, W) with the file's size, or raises
@@ -19,11 +22,13 @@ import argparse
 import io
 import itertools
 import random
+import struct
 import sys
 import tempfile
 import time
 import traceback
 import warnings
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +38,7 @@ from PIL import Image
 
 from fcnseg.data.io import ImageError, colorize, read_image, read_mask
 
-__all__ = ["Outcome", "fuzz", "make_seeds", "mutate", "run_case"]
+__all__ = ["Outcome", "fuzz", "make_seeds", "mutate", "mutate_png", "run_case"]
 
 VOC_MASKS = Path(
     "/usr/share/doc/labelme-examples/examples/semantic_segmentation/data_dataset_voc/"
@@ -117,12 +122,73 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(b)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, data) of each chunk of a valid PNG."""
+    chunks, pos = [], len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        chunks.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    return chunks
+
+
+def _png_bytes(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    """A PNG of these chunks with correct lengths and CRCs: only the content is wrong."""
+    out = [_PNG_SIGNATURE]
+    for kind, body in chunks:
+        crc = zlib.crc32(kind + body)
+        out.append(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc))
+    return b"".join(out)
+
+
+def mutate_png(data: bytes, rng: random.Random) -> bytes:
+    """Mutate a PNG below its checksums, so the decoder itself (not the CRC check) is tested.
+
+    One of: bytes of one chunk (IHDR: size, bit depth, colour type; PLTE; tRNS; ...); the
+    decompressed scanlines (filter types, pixel values) recompressed; a chunk dropped or
+    repeated. Lengths and CRCs are then made right.
+    """
+    chunks = _png_chunks(data)
+    op = rng.choice(("chunk", "chunk", "pixels", "pixels", "drop", "repeat"))
+    if op == "pixels":
+        raw = bytearray(zlib.decompress(b"".join(b for k, b in chunks if k == b"IDAT")))
+        for _ in range(rng.randint(1, 8)):
+            i = rng.randrange(len(raw))
+            raw[i] = rng.randrange(256) if rng.random() < 0.7 else rng.choice(_INTERESTING)
+        if rng.random() < 0.2:
+            raw = raw[: rng.randrange(len(raw))]  # too few scanlines
+        first = next(i for i, (k, _) in enumerate(chunks) if k == b"IDAT")
+        rest = [c for c in chunks if c[0] != b"IDAT"]
+        rest.insert(first, (b"IDAT", zlib.compress(bytes(raw))))
+        chunks = rest
+    elif op == "chunk":
+        i = rng.randrange(len(chunks))
+        body = bytearray(chunks[i][1])
+        if body:
+            for _ in range(rng.randint(1, 3)):
+                j = rng.randrange(len(body))
+                body[j] = rng.randrange(256) if rng.random() < 0.5 else rng.choice(_INTERESTING)
+        if rng.random() < 0.2:
+            body = body[: rng.randrange(len(body) + 1)]
+        chunks[i] = (chunks[i][0], bytes(body))
+    elif op == "drop" and len(chunks) > 1:
+        del chunks[rng.randrange(len(chunks))]
+    else:
+        i = rng.randrange(len(chunks))
+        chunks.insert(i, chunks[i])
+    return _png_bytes(chunks)
+
+
 @dataclass
 class Outcome:
     case: int
     seed_name: str
     results: dict[str, str] = field(default_factory=dict)  # loader -> ok / ImageError / ...
     unhandled: list[str] = field(default_factory=list)  # formatted tracebacks
+    seconds: float = 0.0
 
 
 def _check(loader: str, path: Path, out: Outcome) -> None:
@@ -157,8 +223,16 @@ def run_case(case: int, seeds: dict[str, bytes], folder: Path, seed: int = 0) ->
     rng = random.Random(seed * 1_000_003 + case)
     name = rng.choice(sorted(seeds))
     path = folder / f"case{case}_{name}"
-    path.write_bytes(mutate(seeds[name], rng))
+    data = seeds[name]
+    if data.startswith(_PNG_SIGNATURE) and rng.random() < 0.5:
+        data = mutate_png(data, rng)
+        if rng.random() < 0.3:
+            data = mutate(data, rng)
+    else:
+        data = mutate(data, rng)
+    path.write_bytes(data)
     out = Outcome(case, name)
+    t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns of corrupt EXIF: noise, not failures
@@ -166,6 +240,7 @@ def run_case(case: int, seeds: dict[str, bytes], folder: Path, seed: int = 0) ->
                 _check(loader, path, out)
     finally:
         path.unlink(missing_ok=True)
+    out.seconds = time.perf_counter() - t0
     return out
 
 
@@ -212,6 +287,15 @@ def main() -> int:
     for loader in ("image", "mask"):
         for result, n in Counter(o.results[loader] for o in outcomes).most_common():
             print(f"| {loader} | {result} | {n} |")
+    print("\n| seed file | cases | image ok | image error | mask ok | mask error |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in sorted(seeds):
+        mine = [o for o in outcomes if o.seed_name == name]
+        ok = [sum(o.results[k] == "ok" for o in mine) for k in ("image", "mask")]
+        print(f"| {name} | {len(mine)} | {ok[0]} | {len(mine) - ok[0]} | {ok[1]} | "
+              f"{len(mine) - ok[1]} |")  # fmt: skip
+    slowest = max(outcomes, key=lambda o: o.seconds)
+    print(f"\nslowest case: {slowest.case} ({slowest.seed_name}), {1000 * slowest.seconds:.0f} ms")
     bad = [o for o in outcomes if o.unhandled]
     print(f"unhandled exceptions: {sum(len(o.unhandled) for o in bad)} in {len(bad)} cases")
     for o in bad[:20]:
