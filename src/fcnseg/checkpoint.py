@@ -44,6 +44,9 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed
+        if stale != tmp and not _alive(stale.name.split(".")[-2]):
+            stale.unlink(missing_ok=True)
     try:
         with open(tmp, "wb") as f:
             torch.save({"format": FORMAT, **state}, f)
@@ -64,6 +67,16 @@ def _first_sentence(e: BaseException, limit: int = 120) -> str:
     """The first sentence of an error: torch's zip reader appends a paragraph of advice."""
     line = (str(e).splitlines() or [""])[0]
     return line.split(". ")[0][:limit]
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

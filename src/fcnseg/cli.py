@@ -97,15 +97,25 @@ def _positive(kind):
 
 
 def _key_values(pairs: list[str] | None, flag: str = "--data-option") -> dict:
-    """['n_train=3000', 'scale=2,3'] -> {'n_train': 3000, 'scale': (2.0, 3.0)}."""
+    """['n_train=3000', 'scale=2,3', 'layout=same'] -> {'n_train': 3000, 'scale': (2, 3), ...}."""
     out = {}
     for pair in pairs or []:
         key, sep, text = pair.partition("=")
         if not sep:
             raise ValueError(f"{flag} '{pair}': write KEY=VALUE, e.g. n_train=3000")
-        values = [float(v) if "." in v or "e" in v else int(v) for v in text.split(",")]
+        values = [_number_or_text(v) for v in text.split(",")]
         out[key] = values[0] if len(values) == 1 else tuple(values)
     return out
+
+
+def _number_or_text(text: str):
+    """'3' -> 3, '2.5' -> 2.5, 'same' -> 'same'."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _train_config(args):
@@ -448,8 +458,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{e or 'interrupted'}", file=sys.stderr)
         return 130
     except (ValueError, RuntimeError, OSError, KeyError, ImportError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {e}" + ("" if args.debug else "  (--debug shows the traceback)"),
-              file=sys.stderr)  # fmt: skip
-        return 1
+        if isinstance(e, OSError) and e.strerror:  # without the "[Errno N]" prefix
+            message = e.strerror + (f": '{e.filename}'" if e.filename else "")
+        else:
+            message = str(e)
+        return _fail(message, args.debug)
+    except Exception as e:  # a bug of ours: still no bare traceback without --debug
+        return _fail(f"internal error ({type(e).__name__}: {e}); rerun with --debug and "
+                     f"report it", args.debug)  # fmt: skip
+
+
+def _fail(message: str, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"error: {message}" + ("" if debug else "  (--debug shows the traceback)"),
+          file=sys.stderr)  # fmt: skip
+    return 1

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_checkpoint, model_state, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, model_state, save_checkpoint
 from .models import build_model
 from .recipes import Recipe, get_recipe
 
@@ -216,6 +216,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     recipe = get_recipe(config.recipe)
     out = Path(config.out)
     last, best_path = out / "last.pt", out / "best.pt"
+    _check_writable(out)  # before any work
 
     train_set, val_set, class_names = build_datasets(config)
     num_classes = config.num_classes or len(class_names)
@@ -238,7 +239,12 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     optimizer = make_optimizer(model, recipe, lr)
     start, best_iu = 0, -1.0
     if resume and last.exists():
-        ckpt = load_checkpoint(last, map_location=device)
+        try:
+            ckpt = load_checkpoint(last, map_location=device)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}. To resume anyway, copy {best_path.name} (if any) over "
+                                  f"{last.name}, or start again without --resume in a new "
+                                  f"--out") from None  # fmt: skip
         _check_same_run(ckpt["config"], resolved, last)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -374,6 +380,17 @@ def train_stages(
 
 
 # ------------------------------------------------------------------------- helpers
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write the run folder '{out}' ({e.strerror}): choose "
+                               f"another --out") from None  # fmt: skip
 
 
 def _check_same_run(saved: dict, now: dict, path: Path) -> None:

