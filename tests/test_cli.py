@@ -60,3 +60,14 @@ def test_quick_demo_writes_a_report(tmp_path):
     values = set(np.unique(np.asarray(mask)).tolist())
     assert values == {0, 8}  # background and VOC "cat", read back as class indices
     assert "Egyptian cat" in report or "tabby" in report or "tiger cat" in report
+
+
+def test_bench_prints_the_paths_and_fastfcn_is_exact(capsys):
+    from fcnseg.cli import main
+
+    assert main(["bench", "--width", "0.0625", "--size", "64", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = {r.split("|")[1].strip(): r.split("|") for r in out.splitlines() if r.startswith("| ")}
+    assert {"eager fp32 (baseline)", "FastFCN fp32 (exact)", "FastFCN bf16"} <= rows.keys()
+    assert float(rows["FastFCN fp32 (exact)"][5]) < 1e-5  # max rel. error vs eager
+    assert float(rows["FastFCN fp32 (exact)"][6].strip(" %")) == 100.0

@@ -291,6 +291,18 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Time inference paths side by side: eager, FastFCN (exact), bf16 (see benchmarks/)."""
+    from .bench import bench_inference
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    print(bench_inference(args.model, args.size, repeats=args.repeats, width=args.width))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fcnseg", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -405,6 +417,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--factors", type=lambda t: [int(v) for v in t.split(",")], default=[32, 16, 8])
     s.add_argument("--save-confusion", metavar="DIR", help="write confusion.csv and .png")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)
+    s.add_argument("--model", default="fcn8s_vgg16", help="a VGG16 or AlexNet FCN")
+    s.add_argument("--size", type=_positive(int), default=500, help="square input side")
+    s.add_argument("--width", type=_positive(float), default=1.0, help="channel multiplier")
+    s.add_argument("--repeats", type=_positive(int), default=5)
+    s.add_argument("--threads", type=_positive(int), help="torch threads (default: torch's)")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("compare", help=cmd_compare.__doc__, description=cmd_compare.__doc__)
     s.add_argument("checkpoints", nargs="+", help="e.g. the FCN-32s, 16s and 8s checkpoints")
