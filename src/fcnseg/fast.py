@@ -10,8 +10,8 @@ only zeros, so its activation is the one the net gives a black (all-zero) input 
 receptive field touches the image (plus what the next layer reads). Outside the core every map
 equals the background, which also holds the thin rim that each layer's own zero padding makes at
 the map's outer edge, so no special case is needed for it. The input of each layer is a
-persistent buffer: background and zero padding written once, core pasted in on each call (the
-ReLU is fused into that paste), so large activations are not re-allocated every call.
+persistent buffer: background and zero padding written once, the core pasted in on each call,
+so the large layer inputs are not re-allocated (and re-faulted by the OS) on every call.
 
 Exactness: the same arithmetic on the same values, up to float summation order (oneDNN picks
 its own kernels per shape); tests/test_fast.py compares with the model's own forward.
@@ -19,7 +19,8 @@ Other exact changes: channels_last memory format, fc6/fc7 as a matrix product (a
 22x22 map runs far below the conv kernels' speed), and the upsamplers as per-class (grouped)
 transposed convs when their weights are diagonal, as the bilinear ones are.
 
-At 500x500 the trunk costs ~127 GMAC instead of 181.5 (the "same" layout: 108). `bfloat16=True`
+At 500x500 its trunk performs 124.6 GMAC where the model's forward performs 181.5 in all (the
+"same" layout: 108.3); at 1024 the padding's share, and the gain, is smaller. `bfloat16=True`
 gives a bf16 trunk (the head stays float32): not exact, ~1e-2 relative, argmax nearly always
 the same; see benchmarks/inference.py.
 """
