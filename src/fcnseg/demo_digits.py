@@ -35,7 +35,7 @@ def digits_config(out: Path, quick: bool) -> tuple[TrainConfig, tuple[int, ...]]
     config = TrainConfig(
         model=VARIANTS[0], model_options={"width": 0.125, "layout": "same"}, recipe="modern",
         data="digits", data_options=dict(data), batch_size=16, out=str(out), ckpt_every=100,
-        log_every=20, amp="bf16", channels_last=True, seed=0,
+        log_every=20, eval_every=200, amp="bf16", channels_last=True, seed=0,
     )  # fmt: skip
     return config, steps
 
