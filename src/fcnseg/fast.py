@@ -322,23 +322,8 @@ class FastFCN(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a float tensor (N, 3, H, W), got shape {tuple(x.shape)}")
         H, W = x.shape[-2:]
-        feats = self.trunk(x)
-        out_dtype = x.dtype
-        h = feats[m.trunk_names[-1]].to(out_dtype)
-        score = m.score_fr(h)  # 1/32, C ch
-        for fuse in m.fusions:
-            s = fuse.skip
-            up = _upsample(getattr(m, s.up), score)  # 2x the coarser scores
-            tap = feats[s.tap].to(out_dtype)
-            if s.feature_scale != 1:
-                tap = tap * s.feature_scale
-            tap = getattr(m, s.score)(tap)
-            h_, w_ = (min(up.shape[i] - fuse.crop_up, tap.shape[i] - fuse.crop_tap) for i in (2, 3))
-            a, b = fuse.crop_up, fuse.crop_tap
-            score = up[:, :, a : a + h_, a : a + w_] + tap[:, :, b : b + h_, b : b + w_]
-        out = _upsample(getattr(m, m.head.final), score)
-        o = m.final_offset
-        return out[:, :, o : o + H, o : o + W].contiguous()
+        feats = {k: v.to(x.dtype) for k, v in self.trunk(x).items()}
+        return m.forward_head(feats, feats[m.trunk_names[-1]], H, W, upsample=_upsample)
 
 
 def _upsample(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ reference layout come out as the reference's 19; 5 / 27; 5, 9 / 31.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -143,11 +144,27 @@ class FCN(nn.Module):
             h = getattr(self, name)(h)
             if name in self.taps:
                 feats[name] = h
-        score = self.score_fr(h)  # 1/32, C ch
+        return self.forward_head(feats, h, H, W)
+
+    def forward_head(
+        self,
+        taps: dict[str, torch.Tensor],
+        top: torch.Tensor,
+        H: int,
+        W: int,
+        upsample: Callable[[nn.ConvTranspose2d, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Scores from the trunk's output `top` and its `taps`, fused and cropped to H x W.
+
+        `upsample(layer, x)` runs each transposed conv (default: `layer(x)`); FastFCN passes
+        an exact faster one.
+        """
+        up_fn = upsample or (lambda layer, x: layer(x))
+        score = self.score_fr(top)  # 1/32, C ch
         for fuse in self.fusions:
             s = fuse.skip
-            up = getattr(self, s.up)(score)  # 2x the coarser scores
-            tap = feats[s.tap] if s.feature_scale == 1 else feats[s.tap] * s.feature_scale
+            up = up_fn(getattr(self, s.up), score)  # 2x the coarser scores
+            tap = taps[s.tap] if s.feature_scale == 1 else taps[s.tap] * s.feature_scale
             tap = getattr(self, s.score)(tap)  # the finer feature's scores
             # crop both to their common extent; slicing clamps at the end, so no Python min()
             # (which a tracer would freeze at the trace size) is needed
@@ -155,7 +172,7 @@ class FCN(nn.Module):
             up = up[:, :, cu : cu + tap.shape[2] - ct, cu : cu + tap.shape[3] - ct]
             tap = tap[:, :, ct : ct + up.shape[2], ct : ct + up.shape[3]]
             score = up + tap  # sum fusion
-        out = getattr(self, self.head.final)(score)  # back to the input's scale
+        out = up_fn(getattr(self, self.head.final), score)  # back to the input's scale
         o = self.final_offset
         if out.shape[-2] < o + H or out.shape[-1] < o + W:
             raise RuntimeError(f"output {tuple(out.shape[-2:])} too small for crop {o} + {H}x{W}")
