@@ -42,6 +42,7 @@ from torch import nn
 import fcnseg
 from fcnseg.fast import FastFCN, bf16_forward
 from fcnseg.flops import count_macs
+from fcnseg.timing import median_time, peak_rss_gb
 
 # ---------------------------------------------------------------- (a) the plain eager baseline
 
@@ -128,15 +129,6 @@ def make_image(size: int) -> torch.Tensor:
     return F.interpolate(img[None], size=(size, size), mode="bilinear", align_corners=False)
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
-
-
 @torch.no_grad()
 def ceilings(repeats: int) -> dict[str, float]:
     """GFLOP/s of a large fp32 3x3 conv (NCHW and channels_last) and a 4096^3 matmul."""
@@ -156,14 +148,6 @@ def ceilings(repeats: int) -> dict[str, float]:
     a @ b
     out["matmul 4096^3"] = 2 * 4096**3 / median_time(lambda: a @ b, max(2, repeats // 2)) / 1e9
     return out
-
-
-def vm_hwm_gb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024**2
-    return float("nan")
 
 
 # ---------------------------------------------------------------- part 1
@@ -238,7 +222,7 @@ def child(variant: str, size: int, repeats: int) -> None:
     f(x)  # warm-up (FastFCN: background + buffers for this size)
     first = time.perf_counter() - t
     secs = median_time(lambda: f(x), repeats)
-    print(json.dumps({"seconds": secs, "first": first, "peak_gb": vm_hwm_gb()}))
+    print(json.dumps({"seconds": secs, "first": first, "peak_gb": peak_rss_gb()}))
 
 
 def part2(args) -> None:

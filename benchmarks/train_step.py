@@ -25,19 +25,12 @@ import torch
 import torch.nn.functional as F
 
 import fcnseg
+from fcnseg.timing import peak_rss_gb
 
 CASES = {
     "voc": dict(width=1.0, layout="reference", size=500, batch=1, classes=21, opt="sgd"),
     "digits": dict(width=0.125, layout="same", size=128, batch=16, classes=11, opt="adamw"),
 }
-
-
-def vm_hwm_gb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024**2
-    return float("nan")
 
 
 def child(case: str, channels_last: bool, repeats: int) -> None:
@@ -78,7 +71,7 @@ def child(case: str, channels_last: bool, repeats: int) -> None:
         step()
         times.append(time.perf_counter() - t)
     secs = sorted(times)[len(times) // 2]
-    print(json.dumps({"seconds": secs, "images_s": n / secs, "peak_gb": vm_hwm_gb()}))
+    print(json.dumps({"seconds": secs, "images_s": n / secs, "peak_gb": peak_rss_gb()}))
 
 
 def main() -> None:

@@ -8,25 +8,14 @@ with the machine's ceiling, sizes up to 2048 and training, are in benchmarks/.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from .fast import FastFCN, bf16_forward
 from .flops import count_macs
 from .models import build_model
+from .timing import median_time
 
 __all__ = ["bench_inference"]
-
-
-def _median(fn, repeats: int) -> float:
-    fn()  # warm-up (allocations, oneDNN kernel choice, FastFCN's per-size background)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
 
 
 @torch.inference_mode()
@@ -52,7 +41,7 @@ def bench_inference(name: str = "fcn8s_vgg16", size: int = 500, *, repeats: int 
     rows, base = [], None
     for label, fn in paths.items():
         out = fn()
-        seconds = _median(fn, repeats)
+        seconds = median_time(fn, repeats, warmup=True)
         base = base or seconds
         err = (out.float() - ref).abs().max().item() / scale
         agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()

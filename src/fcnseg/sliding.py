@@ -7,13 +7,13 @@ the crops' own zero padding at their borders (FCN.md section 1).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .models import convolutionalize
+from .timing import median_time
 
 __all__ = ["SlideTiming", "sliding_window_scores", "time_fcn_vs_sliding"]
 
@@ -29,15 +29,6 @@ def sliding_window_scores(
              for i in range(rows) for j in range(cols)]  # fmt: skip
     out = [classifier(torch.cat(crops[k : k + batch])) for k in range(0, len(crops), batch)]
     return torch.cat(out).T.reshape(1, -1, rows, cols)
-
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
 
 
 @dataclass
@@ -73,9 +64,9 @@ def time_fcn_vs_sliding(
         image=image,
         crop=crop,
         grid=(slid.shape[2], slid.shape[3]),
-        fcn_s=_median_time(lambda: fcn(x), repeats),
-        sliding_s=_median_time(lambda: sliding_window_scores(classifier, x, crop), repeats),
-        batched_s=_median_time(lambda: sliding_window_scores(classifier, x, crop, batch=n), 1),
+        fcn_s=median_time(lambda: fcn(x), repeats),
+        sliding_s=median_time(lambda: sliding_window_scores(classifier, x, crop), repeats),
+        batched_s=median_time(lambda: sliding_window_scores(classifier, x, crop, batch=n), 1),
         max_abs_diff=diff,
         scale=slid.abs().max().item(),
     )
