@@ -220,3 +220,15 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert cfg["world_size"] == 2
     assert_same_weights(weights(tmp_path / "one" / "last.pt"),
                         weights(tmp_path / "two" / "last.pt"), atol=1e-5)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_processes_resume_to_the_same_weights(tmp_path):
+    """--nproc 2 stopped at step 2 and resumed to 4 == --nproc 2 run straight to 4."""
+    opts = ("--model-option", "dropout=0", "--nproc", "2")
+    assert _cli(*_tiny_cli(tmp_path / "straight", 4), *opts).wait(timeout=300) == 0
+    assert _cli(*_tiny_cli(tmp_path / "cut", 2), *opts).wait(timeout=300) == 0
+    assert _cli(*_tiny_cli(tmp_path / "cut", 4), *opts, "--resume").wait(timeout=300) == 0
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 4
+    assert_same_weights(weights(tmp_path / "straight" / "last.pt"),
+                        weights(tmp_path / "cut" / "last.pt"), atol=1e-6)  # fmt: skip
