@@ -150,6 +150,7 @@ class FastFCN(nn.Module):
         self.max_cached = max_cached
         self._cache: OrderedDict[tuple, dict] = OrderedDict()
         self._bf16_weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._fc_weights: dict[tuple, tuple[tuple[int, int], torch.Tensor]] = {}
         if bfloat16:
             for s in self.steps:
                 if s.kind == "conv":
@@ -235,6 +236,17 @@ class FastFCN(nn.Module):
             return self._bf16_weights[s.name]
         return s.layer.weight, s.layer.bias
 
+    def _fc_weight(self, s: _Step, w: torch.Tensor) -> torch.Tensor:
+        """(K, out) contiguous copy of a conv weight, remade whenever the weight changes."""
+        key = (s.name, w.dtype)
+        # inference tensors (e.g. the bf16 snapshots made under inference_mode) have no version
+        version = (0 if w.is_inference() else w._version, w.data_ptr())
+        cached = self._fc_weights.get(key)
+        if cached is None or cached[0] != version:
+            cached = (version, w.reshape(w.shape[0], -1).t().contiguous())
+            self._fc_weights[key] = cached
+        return cached[1]
+
     def _run_full(self, s: _Step, x: torch.Tensor) -> torch.Tensor:
         """The step on a whole map, with the layer's own padding (used for the background)."""
         y = s.layer(x)
@@ -252,12 +264,14 @@ class FastFCN(nn.Module):
             oh, ow = h - kh + 1, wd - kw + 1
             if oh * ow <= 4096:
                 cols = x if kh == kw == 1 else F.unfold(x, (kh, kw))  # (n, c*kh*kw, oh*ow)
-                cols = cols.reshape(n, c * kh * kw, oh * ow)
-                y = torch.matmul(w.reshape(w.shape[0], -1), cols)
+                cols = cols.reshape(n, c * kh * kw, oh * ow).transpose(1, 2)  # (n, L, K)
+                # (n, L, K) @ (K, out): a contiguous (K, out) weight runs ~1.4x faster in MKL
+                # than (out, K) transposed, and the (n, L, out) result is already NHWC
+                y = torch.matmul(cols, self._fc_weight(s, w))
                 if b is not None:
-                    y += b[:, None]
-                y = y.reshape(n, -1, oh, ow)
-                return y.contiguous(memory_format=torch.channels_last) if self.channels_last else y
+                    y += b
+                y = y.reshape(n, oh, ow, -1).permute(0, 3, 1, 2)  # NCHW view, channels_last
+                return y if self.channels_last else y.contiguous()
             padding = (0, 0)
         return F.conv2d(x, w, b, s.layer.stride, padding)
 
