@@ -92,3 +92,17 @@ def test_bf16_paths_agree_roughly():
         for out in (bf16_forward(model, x), FastFCN(model, bfloat16=True)(x)):
             assert out.dtype == torch.float32 and out.shape == ref.shape
             assert rel_err(out, ref) < 0.1
+
+
+def test_changed_weights_rebuild_the_cached_background():
+    """The per-size background depends on the weights: an update must not leave it stale."""
+    torch.manual_seed(0)
+    model = fcnseg.build_model("fcn8s_vgg16", width=0.0625).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    fast = FastFCN(model)
+    x = torch.randn(1, 3, 40, 52)
+    with torch.no_grad():
+        fast(x)
+        model.conv1_1.bias.add_(0.5)  # changes every padded (background) activation
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)

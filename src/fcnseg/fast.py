@@ -125,7 +125,7 @@ class FastFCN(nn.Module):
     Same forward signature and outputs as ``model`` in eval mode. Reads the model's parameters
     at every call (``bfloat16=True`` snapshots bf16 copies instead). Per input shape it keeps
     the background and the layer buffers (``max_cached`` shapes, least recent dropped; at
-    500x500 ~0.3 GB); ``clear_cache()`` frees them.
+    500x500 ~0.3 GB), rebuilt when the model's weights change; ``clear_cache()`` frees them.
     """
 
     def __init__(
@@ -166,6 +166,10 @@ class FastFCN(nn.Module):
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+    def _versions(self) -> tuple:
+        """In-place updates (optimizer steps, load_state_dict) bump a parameter's version."""
+        return tuple(0 if p.is_inference() else p._version for p in self.model.parameters())
 
     # ------------------------------------------------------------------ planning
     def _geometry(self, H: int, W: int) -> list[_Geom]:
@@ -288,8 +292,11 @@ class FastFCN(nn.Module):
         dtype = x.dtype
         key = (n, H, W, dtype, x.device)
         state = self._cache.get(key)
+        if state is not None and state["versions"] != self._versions():
+            state = None  # the weights changed since: the background is stale
         if state is None:
             state = self._prepare(n, H, W, dtype)
+            state["versions"] = self._versions()
             self._cache[key] = state
             while len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)
