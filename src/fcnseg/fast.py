@@ -150,7 +150,7 @@ class FastFCN(nn.Module):
         self.max_cached = max_cached
         self._cache: OrderedDict[tuple, dict] = OrderedDict()
         self._bf16_weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._fc_weights: dict[tuple, tuple[tuple[int, int], torch.Tensor]] = {}
+        self._fc_weights: dict[tuple, tuple[tuple, torch.Tensor]] = {}  # weights, re-laid out
         if bfloat16:
             for s in self.steps:
                 if s.kind == "conv":
@@ -241,13 +241,24 @@ class FastFCN(nn.Module):
         return s.layer.weight, s.layer.bias
 
     def _fc_weight(self, s: _Step, w: torch.Tensor) -> torch.Tensor:
-        """(K, out) contiguous copy of a conv weight, remade whenever the weight changes."""
-        key = (s.name, w.dtype)
+        """(K, out) contiguous copy of a conv weight, for fc6/fc7 as one GEMM."""
+        return self._derived(("fc", s.name), w, lambda: w.reshape(w.shape[0], -1).t().contiguous())
+
+    def _conv_weight(self, s: _Step, w: torch.Tensor) -> torch.Tensor:
+        """The weight in channels_last, so oneDNN does not reorder it on every call."""
+        if not self.channels_last:
+            return w
+        return self._derived(
+            ("cl", s.name), w, lambda: w.contiguous(memory_format=torch.channels_last)
+        )
+
+    def _derived(self, key: tuple, w: torch.Tensor, make) -> torch.Tensor:
+        """A copy of `w` in another layout, remade whenever `w` changes."""
         # inference tensors (e.g. the bf16 snapshots made under inference_mode) have no version
-        version = (0 if w.is_inference() else w._version, w.data_ptr())
+        version = (0 if w.is_inference() else w._version, w.data_ptr(), w.dtype)
         cached = self._fc_weights.get(key)
         if cached is None or cached[0] != version:
-            cached = (version, w.reshape(w.shape[0], -1).t().contiguous())
+            cached = (version, make())
             self._fc_weights[key] = cached
         return cached[1]
 
@@ -277,7 +288,7 @@ class FastFCN(nn.Module):
                 y = y.reshape(n, oh, ow, -1).permute(0, 3, 1, 2)  # NCHW view, channels_last
                 return y if self.channels_last else y.contiguous()
             padding = (0, 0)
-        return F.conv2d(x, w, b, s.layer.stride, padding)
+        return F.conv2d(x, self._conv_weight(s, w), b, s.layer.stride, padding)
 
     def _step(self, s: _Step, x: torch.Tensor, padding=None) -> torch.Tensor:
         if s.kind == "conv":
