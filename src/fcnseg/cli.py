@@ -174,18 +174,26 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _checkpoint_dataset(args, ckpt: dict):
+    """(data spec, dataset) for --split: --data / --data-option, else what `ckpt` trained on."""
+    from .data.build import open_dataset
+
+    config = ckpt.get("config", {})
+    data = args.data or config.get("data")
+    if not data:
+        raise ValueError("which data? pass --data digits | voc:ROOT | sbd:ROOT | folder:ROOT")
+    options = _key_values(args.data_option) or config.get("data_options", {})
+    return data, open_dataset(data, args.split, options)
+
+
 def cmd_eval(args) -> int:
     """Score a checkpoint on a dataset split: the paper's four metrics and per-class IU."""
     from .checkpoint import load_model
-    from .data.build import make_loader, open_dataset
+    from .data.build import make_loader
     from .evaluate import evaluate, format_per_class, format_table, plot_confusion
 
     model, ckpt = load_model(args.checkpoint, device=args.device)
-    data = args.data or ckpt.get("config", {}).get("data")
-    if not data:
-        raise ValueError("which data? pass --data digits | voc:ROOT | sbd:ROOT | folder:ROOT")
-    options = _key_values(args.data_option) or ckpt.get("config", {}).get("data_options", {})
-    dataset = open_dataset(data, args.split, options)
+    _, dataset = _checkpoint_dataset(args, ckpt)
     names = list(getattr(dataset, "class_names", None) or ckpt.get("class_names") or [])
     loader = make_loader(dataset, args.batch_size, model.preprocessing, args.workers)
     cm = evaluate(model, loader, model.num_classes, device=args.device, progress=True)
@@ -213,7 +221,6 @@ def cmd_eval(args) -> int:
 def cmd_compare(args) -> int:
     """The paper's refinement figure: input | FCN-32s | FCN-16s | FCN-8s | ground truth."""
     from .checkpoint import load_model
-    from .data.build import open_dataset
     from .figures import compare_figure
 
     models, ckpt = {}, {}
@@ -222,11 +229,7 @@ def cmd_compare(args) -> int:
         head = ckpt.get("model_name", Path(path).stem).split("_")[0]  # "fcn32s"
         title = f"FCN-{head[3:]}" if head.startswith("fcn") else head
         models[title if title not in models else f"{title} ({Path(path).parent.name})"] = model
-    data = args.data or ckpt.get("config", {}).get("data")
-    if not data:
-        raise ValueError("which data? pass --data digits | voc:ROOT | sbd:ROOT | folder:ROOT")
-    options = _key_values(args.data_option) or ckpt.get("config", {}).get("data_options", {})
-    dataset = open_dataset(data, args.split, options)
+    data, dataset = _checkpoint_dataset(args, ckpt)
     if not dataset:
         raise ValueError(f"split '{args.split}' of {data} is empty")
     indices = args.indices or list(range(min(args.n, len(dataset))))

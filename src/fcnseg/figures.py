@@ -37,12 +37,13 @@ def compare_figure(
     cols = len(models) + 2
     fig, axes = plt.subplots(len(indices), cols, figsize=(2.0 * cols, 2.0 * len(indices)),
                              dpi=100, squeeze=False)  # fmt: skip
+    for model in models.values():
+        model.eval().to(device)
     seen: set[int] = set()
     for row, i in enumerate(indices):
         image, target = dataset[i]
         panels = [("input", image.permute(1, 2, 0).numpy())]
         for title, model in models.items():
-            model.eval().to(device)
             x = model.preprocessing.batch(image[None].to(device))
             pred = model(x).argmax(1)[0].cpu().numpy()
             seen.update(np.unique(pred).tolist())
