@@ -17,6 +17,7 @@ weights of K steps on one with the same global batch.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -170,7 +171,7 @@ def _pixel_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class _Log:
-    """log.csv, rewritten from the rows before `start` when a run resumes."""
+    """log.csv: rewritten once from the rows up to `start` (a resume), then appended row by row."""
 
     FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "pixel_acc", "mean_acc",
               "mean_iu", "fw_iu")  # fmt: skip
@@ -179,23 +180,22 @@ class _Log:
         self.path, self.enabled = path, enabled
         self.rows: list[dict] = []
         if path.exists():
-            with open(path) as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
+            with open(path) as f:  # a row cut short by a crash lacks its last field: dropped
+                rows = [r for r in csv.DictReader(f) if r[self.FIELDS[-1]] is not None]
+                self.rows = [r for r in rows if int(r["step"]) <= start]
         if enabled:
-            self._write()
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, self.FIELDS)
+                w.writeheader()
+                w.writerows(self.rows)
+            os.replace(tmp, path)
 
     def add(self, **row) -> None:
         self.rows.append({k: row.get(k, "") for k in self.FIELDS})
         if self.enabled:
-            self._write()
-
-    def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, self.FIELDS)
-            w.writeheader()
-            w.writerows(self.rows)
-        os.replace(tmp, self.path)
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, self.FIELDS).writerow(self.rows[-1])
 
 
 # ------------------------------------------------------------------------- train
@@ -307,7 +307,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
                 x = x.contiguous(memory_format=fmt)
                 t = t.to(device, non_blocking=True)
                 sync = k == len(chunks) - 1 or dist.world == 1
-                ctx = net.no_sync() if not sync else _null()
+                ctx = net.no_sync() if not sync else contextlib.nullcontext()
                 with ctx, torch.autocast(device.type, amp, enabled=amp is not None):
                     loss = _pixel_loss(net(x), t) / norm * dist.world  # DDP averages grads
                 if not torch.isfinite(loss):
@@ -323,8 +323,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             seen += batch
             done = step + 1
             ips = seen / (time.perf_counter() - t0)
-            if progress and dist.rank == 0:
-                bar.set_postfix(loss=f"{total:.4g}", img_s=f"{ips:.1f}")
+            bar.set_postfix(loss=f"{total:.4g}", img_s=f"{ips:.1f}")
             row = {}
             if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
                 metrics = validate()
@@ -424,14 +423,6 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 class _Interrupt:
     """The first SIGINT asks the loop to checkpoint and stop; a second one stops at once."""
 
@@ -457,22 +448,10 @@ class _Interrupt:
 
 
 def _progress(it, enabled: bool, start: int, total: int):
-    if not enabled:
-        return _Quiet(it)
     from tqdm import tqdm
 
-    return tqdm(it, initial=start, total=total, desc="train", unit="step", dynamic_ncols=True)
-
-
-class _Quiet:
-    def __init__(self, it):
-        self.it = it
-
-    def __iter__(self):
-        return iter(self.it)
-
-    def set_postfix(self, **kw):
-        pass
+    return tqdm(it, initial=start, total=total, desc="train", unit="step", dynamic_ncols=True,
+                disable=not enabled)  # fmt: skip
 
 
 def _plot(rows: list[dict], path: Path, title: str) -> None:
