@@ -19,7 +19,7 @@ import numpy as np
 
 from ..categories import VOC_CLASSES
 from .io import ImageError, check_labels
-from .voc import DatasetError, PairedFiles, check_files, check_ids, read_split
+from .voc import DatasetError, PairedFiles
 
 __all__ = ["SBDSegmentation", "read_sbd_mat"]
 
@@ -95,24 +95,13 @@ class SBDSegmentation(PairedFiles):
                     f"SBD root {self.root} has no {base / sub}/: {_SBD_LAYOUT}{hint}"
                 )
         self.base = base
-        if ids is None:
-            where = base / f"{split}.txt"
-            if not where.is_file():
-                found = sorted(p.stem for p in base.glob("*.txt"))
-                raise DatasetError(
-                    f"no split file {where}; splits found: {', '.join(found) or 'none'}. "
-                    f"{_SBD_LAYOUT}"
-                )
-            ids = read_split(where)
-        else:
-            where = f"the {len(ids)} ids given"
-        ids = list(ids)
-        check_ids(ids, str(where))
-        check_files(ids, base / "img", ".jpg", "image", str(where))
-        check_files(ids, base / "cls", ".mat", "label file", str(where))
-        self.ids = ids
-        self.images = [base / "img" / f"{i}.jpg" for i in ids]
-        self.masks = [base / "cls" / f"{i}.mat" for i in ids]
+        self._pair_by_id(
+            ids,
+            base / f"{split}.txt",
+            _SBD_LAYOUT,
+            (base / "img", ".jpg"),
+            (base / "cls", ".mat", "label file"),
+        )
 
     def read_target(self, path: Path) -> np.ndarray:
         labels = read_sbd_mat(path)

@@ -130,6 +130,37 @@ class PairedFiles(Dataset):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def _pair_by_id(
+        self,
+        ids: Sequence[str] | None,
+        split_file: Path,
+        layout: str,
+        images: tuple[Path, str],
+        masks: tuple[Path, str, str],
+    ) -> None:
+        """Fill ids / images / masks from `ids` or else `split_file`, checking every file.
+
+        images = (folder, suffix); masks = (folder, suffix, what the message calls a mask).
+        """
+        if ids is None:
+            where = split_file
+            if not where.is_file():
+                found = sorted(p.stem for p in where.parent.glob("*.txt"))
+                raise DatasetError(
+                    f"no split file {where}; splits found: {', '.join(found) or 'none'}. {layout}"
+                )
+            ids = read_split(where)
+        else:
+            where = f"the {len(ids)} ids given"
+        ids = list(ids)
+        (image_dir, image_suffix), (mask_dir, mask_suffix, mask_what) = images, masks
+        check_ids(ids, str(where))
+        check_files(ids, image_dir, image_suffix, "image", str(where))
+        check_files(ids, mask_dir, mask_suffix, mask_what, str(where))
+        self.ids = ids
+        self.images = [image_dir / f"{i}{image_suffix}" for i in ids]
+        self.masks = [mask_dir / f"{i}{mask_suffix}" for i in ids]
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -224,21 +255,10 @@ class VOCSegmentation(PairedFiles):
                 raise DatasetError(
                     f"VOC root {self.root} has no {sub}/: {_VOC_LAYOUT}{_voc_hint(self.root)}"
                 )
-        if ids is None:
-            where = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-            if not where.is_file():
-                found = sorted(p.stem for p in where.parent.glob("*.txt"))
-                raise DatasetError(
-                    f"no split file {where}; splits found: {', '.join(found) or 'none'}. "
-                    f"{_VOC_LAYOUT}"
-                )
-            ids = read_split(where)
-        else:
-            where = f"the {len(ids)} ids given"
-        ids = list(ids)
-        check_ids(ids, str(where))
-        check_files(ids, self.root / "JPEGImages", ".jpg", "image", str(where))
-        check_files(ids, self.root / "SegmentationClass", ".png", "mask", str(where))
-        self.ids = ids
-        self.images = [self.root / "JPEGImages" / f"{i}.jpg" for i in ids]
-        self.masks = [self.root / "SegmentationClass" / f"{i}.png" for i in ids]
+        self._pair_by_id(
+            ids,
+            self.root / "ImageSets" / "Segmentation" / f"{split}.txt",
+            _VOC_LAYOUT,
+            (self.root / "JPEGImages", ".jpg"),
+            (self.root / "SegmentationClass", ".png", "mask"),
+        )
