@@ -5,6 +5,7 @@ import torch
 from conftest import randomize_
 
 import fcnseg
+from fcnseg import kernels
 from fcnseg.fast import FastFCN, bf16_forward, core_interval
 
 SIZES = [(1, 1), (31, 45), (97, 130), (375, 500)]
@@ -39,7 +40,40 @@ def test_exact_at_odd_sizes(name):
         assert rel_err(out, ref) < 1e-12, (h, w)
 
 
-@pytest.mark.parametrize("options", [{}, {"channels_last": False}, {"matmul_fc": False}])
+@pytest.mark.parametrize("name", [*VGG, "fcn32s_alexnet"])
+def test_exact_with_winograd_everywhere(name):
+    """winograd=1: every 3x3 conv of the trunk that has a buffer runs F(2x2, 3x3)."""
+    model = tiny(name)
+    fast = FastFCN(model, winograd=1)
+    for h, w in [(1, 1), (31, 45), (97, 130)]:
+        x = torch.randn(2, 3, h, w, dtype=torch.float64)
+        with torch.no_grad():
+            assert rel_err(fast(x), model(x)) < 1e-12, (h, w)
+    assert "winograd" in next(iter(fast._cache.values()))["kinds"]
+
+
+def test_float32_kernels_and_kept_buffers():
+    """float32 on CPU: oneDNN in place and Winograd, within 1e-5 of the model; the features
+    handed out are copies, not the buffers the next call overwrites."""
+    model = tiny("fcn8s_vgg16").float()
+    fast = FastFCN(model, winograd=32)  # width 1/8: conv3-5 have 32-64 input channels
+    a, b = torch.randn(1, 3, 90, 71), torch.randn(1, 3, 90, 71)
+    with torch.no_grad():
+        fa = fast.trunk(a)
+        kept = {k: v.clone() for k, v in fa.items()}
+        assert rel_err(fast(b), model(b)) < 1e-5
+        assert rel_err(fast(a), model(a)) < 1e-5
+    kinds = set(next(iter(fast._cache.values()))["kinds"])
+    assert "winograd" in kinds
+    if kernels.available(a):
+        assert "inplace" in kinds
+    for k in kept:  # the call on b did not change what the call on a returned
+        assert torch.equal(fa[k], kept[k]), k
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"channels_last": False}, {"matmul_fc": False}, {"winograd": None}]
+)
 def test_exact_with_bilinear_upsamplers_and_options(options):
     model = tiny("fcn8s_vgg16", keep_upsamplers=True)  # diagonal: grouped transposed convs
     fast = FastFCN(model, **options)
@@ -100,9 +134,10 @@ def test_changed_weights_rebuild_the_cached_background():
     model = fcnseg.build_model("fcn8s_vgg16", width=0.0625).eval()
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.05)
-    fast = FastFCN(model)
+    fast = FastFCN(model, winograd=16)  # the Winograd weights are remade too
     x = torch.randn(1, 3, 40, 52)
     with torch.no_grad():
         fast(x)
-        model.conv1_1.bias.add_(0.5)  # changes every padded (background) activation
+        model.conv1_1.bias.add_(0.5)
+        model.conv5_1.weight.mul_(1.5)  # changes every padded (background) activation
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)

@@ -13,20 +13,28 @@ the map's outer edge, so no special case is needed for it. The input of each lay
 persistent buffer: background and zero padding written once, the core pasted in on each call,
 so the large layer inputs are not re-allocated (and re-faulted by the OS) on every call.
 
-Exactness: the same arithmetic on the same values, up to float summation order (oneDNN picks
-its own kernels per shape); tests/test_fast.py compares with the model's own forward.
-Other exact changes: channels_last memory format, fc6/fc7 as a matrix product (a 7x7 conv on a
-22x22 map runs far below the conv kernels' speed), and the upsamplers as per-class (grouped)
-transposed convs when their weights are diagonal, as the bilinear ones are.
+Each layer then runs with the fastest kernel that gives the same numbers (fcnseg.kernels):
+3x3 convs with >= 256 input channels (VGG16's conv3_2 to conv5_3) by Winograd F(2x2, 3x3),
+2.25x fewer multiply-adds; the other convs by oneDNN into kept output buffers with the ReLU
+fused (no page faults for fresh 50 MB activations); fc6/fc7 as one GEMM (oneDNN's linear with
+the ReLU fused, where torch has it: a 7x7 conv on a 22x22 map runs far below the conv kernels'
+speed); channels_last throughout; the upsamplers as per-class (grouped) transposed convs when
+their weights are diagonal, as the bilinear ones are.
 
-At 500x500 its trunk performs 124.6 GMAC where the model's forward performs 181.5 in all (the
-"same" layout: 108.3); at 1024 the padding's share, and the gain, is smaller. `bfloat16=True`
-gives a bf16 trunk (the head stays float32): not exact, ~1e-2 relative, argmax nearly always
-the same; see benchmarks/inference.py.
+Exactness: the same function of the same values, up to float rounding (summation order, and
+Winograd's transforms: ~1e-7 relative in float32, like the direct convs'); tests/test_fast.py
+compares with the model's own forward, in float64 to 1e-12.
+
+At 500x500 the model's forward performs 181.5 GMAC (the "same" layout: 108.3); FastFCN's trunk
+computes 124.6 GMAC of it, as 88.9 GMAC of products with Winograd. At 1024 the padding's share,
+and the gain from skipping it, is smaller. `bfloat16=True` gives a bf16 trunk (the head stays
+float32): not exact, ~1e-2 relative, argmax nearly always the same; see
+benchmarks/inference.py.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -34,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .models.fcn import FCN
 
 __all__ = ["FastFCN", "bf16_forward", "core_interval"]
@@ -136,6 +145,7 @@ class FastFCN(nn.Module):
         matmul_fc: bool = True,
         bfloat16: bool = False,
         max_cached: int = 2,
+        winograd: int | None = 256,
     ):
         super().__init__()
         if not isinstance(model, FCN):
@@ -148,6 +158,7 @@ class FastFCN(nn.Module):
         self.matmul_fc = matmul_fc
         self.dtype = torch.bfloat16 if bfloat16 else None
         self.max_cached = max_cached
+        self.winograd = winograd
         self._cache: OrderedDict[tuple, dict] = OrderedDict()
         self._bf16_weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._fc_weights: dict[tuple, tuple[tuple, torch.Tensor]] = {}  # weights, re-laid out
@@ -195,31 +206,79 @@ class FastFCN(nn.Module):
         return geoms
 
     def trunk_macs(self, height: int, width: int) -> int:
-        """Multiply-accumulates the trunk's convs actually perform per image at this size."""
+        """Multiply-accumulates the trunk's convs actually perform per image at this size
+        (float32 on this machine: Winograd's 16 GEMMs where it runs, the direct count else)."""
         total = 0
         for s, g in zip(self.steps, self._geometry(height, width), strict=True):
             if s.kind == "conv":
                 (a0, a1), (b0, b1) = g.out_core
                 w = s.layer.weight
-                total += (a1 - a0) * (b1 - b0) * w[0].numel() * w.shape[0]
+                if self._kernel(s, g, torch.float32) == "winograd":
+                    th, tw = kernels.winograd_tiles(a1 - a0, b1 - b0)
+                    total += 16 * th * tw * w.shape[1] * w.shape[0]
+                else:
+                    total += (a1 - a0) * (b1 - b0) * w[0].numel() * w.shape[0]
         return total
+
+    def _kernel(self, s: _Step, g: _Geom, dtype: torch.dtype) -> str:
+        """How a step runs on its buffer: "winograd", "inplace" (oneDNN into a kept output),
+        "plain" (torch's conv / pool / GEMM, a fresh output), or "direct" (no buffer)."""
+        if g.direct:
+            return "direct"
+        (a0, a1), (b0, b1) = g.out_core
+        if s.kind != "conv" or s.layer.stride != (1, 1) or self._as_gemm(s, (a1 - a0, b1 - b0)):
+            return "plain"
+        if (
+            self.winograd is not None
+            and _pair(s.layer.kernel_size) == (3, 3)
+            and s.layer.in_channels >= self.winograd
+            and self.channels_last
+        ):
+            return "winograd"
+        probe = torch.empty(0, dtype=self.dtype or dtype)
+        return "inplace" if self.channels_last and kernels.available(probe) else "plain"
 
     @torch.no_grad()
     def _prepare(self, n: int, H: int, W: int, dtype: torch.dtype) -> dict:
-        """Background activations of an all-zero input and the per-layer input buffers."""
+        """Background activations of an all-zero input, the per-layer input buffers and the
+        kernels' kept outputs and work buffers."""
         geoms = self._geometry(H, W)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        dt = self.dtype or dtype
         # background: the trunk on a black image (batch 1), every step's output kept until used
         x = torch.zeros(1, 3, H, W, dtype=torch.float32 if self.dtype else dtype)
+        kinds = [self._kernel(s, g, dtype) for s, g in zip(self.steps, geoms, strict=True)]
+        # one step's output is dead once the next step has pasted it into its own buffer, so
+        # the kept outputs ("inplace") share one arena and the Winograd steps two more
+        wino, outs = {}, {}
+        for i, (s, g, kind) in enumerate(zip(self.steps, geoms, kinds, strict=True)):
+            (a0, a1), (b0, b1) = g.out_core
+            if kind == "winograd":
+                th, tw = kernels.winograd_tiles(a1 - a0, b1 - b0)
+                wino[i] = (n, th, tw, s.layer.in_channels, s.layer.out_channels)
+            elif kind == "inplace":
+                outs[i] = (n, s.layer.out_channels, a1 - a0, b1 - b0)
+        sizes = [kernels.winograd_arena_sizes(*v) for v in wino.values()] or [(0, 0)]
+        arenas = [torch.empty(max(z), dtype=dt) for z in zip(*sizes, strict=True)]
+        out_arena = torch.zeros(max((math.prod(v) for v in outs.values()), default=0), dtype=dt)
         bufs: list[torch.Tensor | None] = []
+        work: list[object] = []  # per step: kept output ("inplace"), work buffers ("winograd")
         taps: dict[int, torch.Tensor] = {}
-        for i, (s, g) in enumerate(zip(self.steps, geoms, strict=True)):
-            if g.direct:
+        for i, (s, g, kind) in enumerate(zip(self.steps, geoms, kinds, strict=True)):
+            work.append(None)
+            if kind == "direct":
                 bufs.append(None)  # the layer runs on the full previous map, its own padding
             else:
                 (h0, h1), (w0, w1) = g.window
-                buf = torch.zeros(n, x.shape[1], h1 - h0, w1 - w0, dtype=self.dtype or dtype)
-                buf = buf.contiguous(memory_format=fmt)
+                size = (h1 - h0, w1 - w0)
+                if kind == "winograd":  # the tiles need 2t+2 rows and columns: zeros past them
+                    th, tw = wino[i][1:3]
+                    size = (2 * th + 2, 2 * tw + 2)
+                    work[i] = kernels.winograd_buffers(*wino[i], dt, arenas=arenas)
+                elif kind == "inplace":  # (N, O, h, w) channels_last = (N, h, w, O) dense
+                    _, o, h, w = outs[i]
+                    work[i] = out_arena[: math.prod(outs[i])].view(n, h, w, o).permute(0, 3, 1, 2)
+                buf = torch.zeros(n, x.shape[1], *size, dtype=dt).contiguous(memory_format=fmt)
                 # background values where the window lies inside the map; zeros (padding) outside
                 sh0, sh1, sw0, sw1 = (
                     max(h0, 0),
@@ -231,9 +290,9 @@ class FastFCN(nn.Module):
                 bufs.append(buf)
             x = self._run_full(s, x)
             if i in self._tap_steps and g.out_core != tuple((0, L) for L in g.out_len):
-                tap = x.expand(n, *x.shape[1:]).to(self.dtype or dtype)
+                tap = x.expand(n, *x.shape[1:]).to(dt)
                 taps[i] = tap.contiguous(memory_format=fmt)
-        return {"geoms": geoms, "bufs": bufs, "taps": taps}
+        return {"geoms": geoms, "kinds": kinds, "bufs": bufs, "work": work, "taps": taps}
 
     def _weights(self, s: _Step) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.dtype is not None:
@@ -252,6 +311,15 @@ class FastFCN(nn.Module):
             ("cl", s.name), w, lambda: w.contiguous(memory_format=torch.channels_last)
         )
 
+    def _winograd_weight(self, s: _Step) -> torch.Tensor:
+        """G g G^T of the float32 weight (in float64), in the dtype the trunk runs in."""
+        w = s.layer.weight
+        return self._derived(
+            ("wino", s.name),
+            w,
+            lambda: kernels.winograd_weight(w.double()).to(self.dtype or w.dtype),
+        )
+
     def _derived(self, key: tuple, w: torch.Tensor, make) -> torch.Tensor:
         """A copy of `w` in another layout, remade whenever `w` changes."""
         # inference tensors (e.g. the bf16 snapshots made under inference_mode) have no version
@@ -268,31 +336,47 @@ class FastFCN(nn.Module):
         return F.relu(y) if s.relu else y
 
     # ------------------------------------------------------------------ forward
-    def _conv(self, s: _Step, x: torch.Tensor, padding) -> torch.Tensor:
+    def _as_gemm(self, s: _Step, out_hw: tuple[int, int]) -> bool:
+        """fc6 / fc7 (a 7x7 or 1x1 kernel, stride 1, on a small map) run as im2col + one GEMM."""
+        kh, kw = _pair(s.layer.kernel_size)
+        small = kh * kw >= 25 or kh * kw == 1
+        return (
+            self.matmul_fc and s.layer.stride == (1, 1) and small and out_hw[0] * out_hw[1] <= 4096
+        )
+
+    def _conv(self, s: _Step, x: torch.Tensor, padding, out=None) -> torch.Tensor:
+        """The conv and its ReLU; into `out` (a persistent buffer) when one is given."""
         w, b = self._weights(s)
         kh, kw = w.shape[-2:]
-        if self.matmul_fc and s.layer.stride == (1, 1) and (kh * kw >= 25 or kh * kw == 1):
-            # fc6 / fc7 (a 7x7 or 1x1 kernel on a small map): im2col + one GEMM
+        ph, pw = padding
+        oh, ow = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
+        if self._as_gemm(s, (oh, ow)):
             if padding != (0, 0):
-                x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-            n, c, h, wd = x.shape
-            oh, ow = h - kh + 1, wd - kw + 1
-            if oh * ow <= 4096:
-                cols = x if kh == kw == 1 else F.unfold(x, (kh, kw))  # (n, c*kh*kw, oh*ow)
-                cols = cols.reshape(n, c * kh * kw, oh * ow).transpose(1, 2)  # (n, L, K)
+                x = F.pad(x, (pw, pw, ph, ph))
+            n, c = x.shape[:2]
+            cols = x if kh == kw == 1 else F.unfold(x, (kh, kw))  # (n, c*kh*kw, oh*ow)
+            cols = cols.reshape(n, c * kh * kw, oh * ow).transpose(1, 2)  # (n, L, K)
+            if kernels.available(x):  # oneDNN: ~1.4x MKL's GEMM here, ReLU fused
+                y = kernels.linear(cols.reshape(n * oh * ow, -1), w.reshape(w.shape[0], -1), b,
+                                   relu=s.relu)  # fmt: skip
+            else:
                 # (n, L, K) @ (K, out): a contiguous (K, out) weight runs ~1.4x faster in MKL
                 # than (out, K) transposed, and the (n, L, out) result is already NHWC
                 y = torch.matmul(cols, self._fc_weight(s, w))
                 if b is not None:
                     y += b
-                y = y.reshape(n, oh, ow, -1).permute(0, 3, 1, 2)  # NCHW view, channels_last
-                return y if self.channels_last else y.contiguous()
-            padding = (0, 0)
-        return F.conv2d(x, self._conv_weight(s, w), b, s.layer.stride, padding)
+                if s.relu:
+                    y.relu_()
+            y = y.reshape(n, oh, ow, -1).permute(0, 3, 1, 2)  # NCHW view, channels_last
+            return y if self.channels_last else y.contiguous()
+        if out is not None:  # stride 1, no padding: the caller pasted the padding in
+            return kernels.conv_into(out, x, self._conv_weight(s, w), b, relu=s.relu)
+        y = F.conv2d(x, self._conv_weight(s, w), b, s.layer.stride, padding)
+        return y.relu_() if s.relu else y
 
-    def _step(self, s: _Step, x: torch.Tensor, padding=None) -> torch.Tensor:
+    def _step(self, s: _Step, x: torch.Tensor, padding=None, out=None) -> torch.Tensor:
         if s.kind == "conv":
-            return self._conv(s, x, s.layer.padding if padding is None else padding)
+            return self._conv(s, x, s.layer.padding if padding is None else padding, out)
         p = s.layer
         return F.max_pool2d(x, p.kernel_size, p.stride, 0, ceil_mode=p.ceil_mode)
 
@@ -318,22 +402,24 @@ class FastFCN(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         feats: dict[str, torch.Tensor] = {}
         cur = x  # the current map's core (the full map once the core covers it)
-        for i, (s, g, buf) in enumerate(
-            zip(self.steps, state["geoms"], state["bufs"], strict=True)
-        ):
+        for i, (s, g, buf, kind, work) in enumerate(
+            zip(self.steps, state["geoms"], state["bufs"], state["kinds"], state["work"],
+                strict=True)
+        ):  # fmt: skip
             if buf is None:
                 y = self._step(s, cur)
-                if s.relu:
-                    y = y.relu_()
             else:
                 # paste the core into the window of the background; the window's own edges
                 # already hold the background, or zeros where it passes the map's edge
                 (h0, _), (w0, _) = g.window
                 (ch0, ch1), (cw0, cw1) = g.in_core
                 buf[:, :, ch0 - h0 : ch1 - h0, cw0 - w0 : cw1 - w0] = cur
-                y = self._step(s, buf, padding=(0, 0))
-                if s.relu:
-                    y = y.relu_()
+                if kind == "winograd":
+                    (a0, a1), (b0, b1) = g.out_core
+                    U, b = self._winograd_weight(s), self._weights(s)[1]
+                    y = kernels.winograd_conv(buf, U, b, work, (a1 - a0, b1 - b0), relu=s.relu)
+                else:
+                    y = self._step(s, buf, padding=(0, 0), out=work)
             cur = y
             name = self._tap_steps.get(i)
             if name is not None:
@@ -342,8 +428,8 @@ class FastFCN(nn.Module):
                     (a0, a1), (b0, b1) = g.out_core
                     full[:, :, a0:a1, b0:b1] = y
                     feats[name] = full
-                else:
-                    feats[name] = y
+                else:  # the caller keeps it: never hand out a persistent buffer
+                    feats[name] = y if work is None else y.clone()
         return feats
 
     @torch.no_grad()
