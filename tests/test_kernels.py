@@ -88,3 +88,35 @@ def test_linear_with_relu():
 def test_available_only_where_the_ops_apply():
     assert not kernels.available(torch.empty(0, dtype=torch.float64))
     assert not kernels.available(torch.empty(0, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_conv_as_gemm_equals_conv(dtype, k):
+    """float32 takes oneDNN's linear (where torch has it), float64 the MKL fallback."""
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(2, 6, 9, 8, generator=g, dtype=dtype)
+    w = torch.randn(5, 6, k, k, generator=g, dtype=dtype)
+    b = torch.randn(5, generator=g, dtype=dtype)
+    ref = F.conv2d(x, w, b)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert rel_err(kernels.conv_as_gemm(x, w, b), ref) < tol
+    assert rel_err(kernels.conv_as_gemm(x, w, b, relu=True), ref.relu()) < tol
+    no_bias = kernels.conv_as_gemm(x, w, None, weight_t=w.reshape(5, -1).t())
+    assert rel_err(no_bias, ref - b[:, None, None]) < tol
+
+
+def test_gemm_conv_module_keeps_conv_results_and_gradients():
+    from fcnseg.models.convolutionalize import GemmConv2d
+
+    g = torch.Generator().manual_seed(5)
+    plain = torch.nn.Conv2d(8, 16, 6)
+    gemm = GemmConv2d(8, 16, 6)
+    gemm.load_state_dict(plain.state_dict())  # same keys: torchvision-converted weights load
+    x = torch.randn(2, 8, 14, 11, generator=g, requires_grad=True)
+    with torch.no_grad():
+        assert rel_err(gemm(x), plain(x)) < 1e-5
+    gemm(x).square().sum().backward()  # training: autograd through unfold + matmul
+    g_gemm = gemm.weight.grad.clone()
+    plain(x).square().sum().backward()
+    assert rel_err(g_gemm, plain.weight.grad) < 1e-4

@@ -353,21 +353,8 @@ class FastFCN(nn.Module):
         if self._as_gemm(s, (oh, ow)):
             if padding != (0, 0):
                 x = F.pad(x, (pw, pw, ph, ph))
-            n, c = x.shape[:2]
-            cols = x if kh == kw == 1 else F.unfold(x, (kh, kw))  # (n, c*kh*kw, oh*ow)
-            cols = cols.reshape(n, c * kh * kw, oh * ow).transpose(1, 2)  # (n, L, K)
-            if kernels.available(x):  # oneDNN: ~1.4x MKL's GEMM here, ReLU fused
-                y = kernels.linear(cols.reshape(n * oh * ow, -1), w.reshape(w.shape[0], -1), b,
-                                   relu=s.relu)  # fmt: skip
-            else:
-                # (n, L, K) @ (K, out): a contiguous (K, out) weight runs ~1.4x faster in MKL
-                # than (out, K) transposed, and the (n, L, out) result is already NHWC
-                y = torch.matmul(cols, self._fc_weight(s, w))
-                if b is not None:
-                    y += b
-                if s.relu:
-                    y.relu_()
-            y = y.reshape(n, oh, ow, -1).permute(0, 3, 1, 2)  # NCHW view, channels_last
+            wt = None if kernels.available(x) else self._fc_weight(s, w)  # for MKL's GEMM
+            y = kernels.conv_as_gemm(x, w, b, relu=s.relu, weight_t=wt)
             return y if self.channels_last else y.contiguous()
         if out is not None:  # stride 1, no padding: the caller pasted the padding in
             return kernels.conv_into(out, x, self._conv_weight(s, w), b, relu=s.relu)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "available", "conv_into", "linear", "winograd_arena_sizes", "winograd_buffers", "winograd_conv",
-    "winograd_tiles", "winograd_weight",
+    "available", "conv_as_gemm", "conv_into", "linear", "winograd_arena_sizes",
+    "winograd_buffers", "winograd_conv", "winograd_tiles", "winograd_weight",
 ]  # fmt: skip
 
 
@@ -69,6 +69,39 @@ def conv_into(
         out, x, w, b, [0, 0], [1, 1], [1, 1], 1, "add", None,
         "relu" if relu else None, [], "" if relu else None,
     )  # fmt: skip
+
+
+def conv_as_gemm(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    *,
+    relu: bool = False,
+    weight_t: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """conv2d(x, w, b) (stride 1, no padding), then ReLU, as im2col + one GEMM.
+
+    What a convolutionalized fully connected layer is: the classifier's matrix applied to every
+    window at once. On the small maps fc6/fc7 see (AlexNet fc6, 6x6 on 14x14 at 500x500) this
+    runs ~3x faster than the direct conv kernels. (N, C, H, W) -> (N, O, H-kh+1, W-kw+1), as a
+    channels_last view. weight_t: a contiguous (C*kh*kw, O) copy of w, for the fallback GEMM
+    (MKL runs (L, K) @ (K, O) ~1.4x faster than with the (O, K) weight transposed).
+    """
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = h - kh + 1, wd - kw + 1
+    cols = x if kh == kw == 1 else F.unfold(x, (kh, kw))  # (N, C*kh*kw, oh*ow)
+    cols = cols.reshape(n, c * kh * kw, oh * ow).transpose(1, 2)  # (N, L, K)
+    grad = torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)
+    if available(x) and not grad:  # oneDNN: ~1.4x MKL's GEMM here, ReLU fused
+        y = linear(cols.reshape(n * oh * ow, -1), w.reshape(o, -1), b, relu=relu)
+    else:
+        y = torch.matmul(cols, w.reshape(o, -1).t() if weight_t is None else weight_t)
+        if b is not None:
+            y = y + b
+        if relu:
+            y = y.relu()
+    return y.reshape(n, oh, ow, o).permute(0, 3, 1, 2)  # (N, L, O) is already NHWC
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, *, relu: bool):

@@ -16,7 +16,34 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["FullyConvClassifier", "GlobalPoolHeatmap", "convolutionalize", "fc_to_conv"]
+from .. import kernels
+
+__all__ = [
+    "FullyConvClassifier", "GemmConv2d", "GlobalPoolHeatmap", "convolutionalize", "fc_to_conv",
+]  # fmt: skip
+
+
+class GemmConv2d(nn.Conv2d):
+    """A convolutionalized fully connected layer (stride 1, no padding), run as one GEMM.
+
+    im2col then the classifier's own matrix product over every window at once: the same
+    numbers as the conv, ~3x faster on CPU for fc6 on the small maps it sees (oneDNN's direct
+    kernels run AlexNet's 6x6 fc6 on a 14x14 map at ~60 GFLOP/s). Large maps (> 4096 positions,
+    where im2col's copy would be big), other devices, and tracing/export use the plain conv.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2] - self.kernel_size[0] + 1, x.shape[-1] - self.kernel_size[1] + 1
+        plain = (
+            x.device.type != "cpu"
+            or h * w > 4096
+            or torch.jit.is_tracing()
+            or torch.jit.is_scripting()
+            or torch.onnx.is_in_onnx_export()
+        )
+        if plain or self.stride != (1, 1) or self.padding != (0, 0) or self.groups != 1:
+            return super().forward(x)
+        return kernels.conv_as_gemm(x, self.weight, self.bias)
 
 
 @torch.no_grad()
@@ -34,7 +61,7 @@ def fc_to_conv(linear: nn.Linear, in_channels: int, kernel: int) -> nn.Conv2d:
     # Built where the Linear lives (device and dtype), and not randomly initialised first:
     # every value is overwritten below.
     conv = nn.utils.skip_init(
-        nn.Conv2d,
+        GemmConv2d,
         in_channels,
         out_f,
         kernel,
