@@ -11,29 +11,32 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
-def winograd(x: torch.Tensor, w: torch.Tensor, b, relu: bool) -> torch.Tensor:
-    """Pad x to the tiles' size, as FastFCN's buffers are, and run the kernel."""
+def winograd(x: torch.Tensor, w: torch.Tensor, b, relu: bool, budget: int = 1 << 22):
+    """Pad x to the tiles' size, as FastFCN's buffers are, and run the kernel (its work
+    arenas start as NaN: a value read before it is written shows)."""
     n, c, h, wd = x.shape
     oh, ow = h - 2, wd - 2
     th, tw = kernels.winograd_tiles(oh, ow)
     padded = x.new_zeros(n, c, 2 * th + 2, 2 * tw + 2)
     padded[:, :, :h, :wd] = x
-    bufs = kernels.winograd_buffers(n, th, tw, c, w.shape[0], x.dtype)
+    plan = kernels.winograd_plan(n, th, tw, c, w.shape[0], budget=budget)
+    arenas = {k: torch.full((plan[k],), float("nan"), dtype=x.dtype) for k in "aby"}
     U = kernels.winograd_weight(w)
     pad = padded.contiguous(memory_format=torch.channels_last)
-    return kernels.winograd_conv(pad, U, b, bufs, (oh, ow), relu=relu)
+    return kernels.winograd_conv(pad, U, b, plan, arenas, (oh, ow), relu=relu)
 
 
 @pytest.mark.parametrize("h,w", [(3, 3), (4, 5), (7, 10), (33, 18)])
 @pytest.mark.parametrize("relu", [True, False])
-def test_winograd_equals_conv_in_float64(h, w, relu):
+@pytest.mark.parametrize("budget", [1, 1 << 22])  # bands of one tile row; one band
+def test_winograd_equals_conv_in_float64(h, w, relu, budget):
     g = torch.Generator().manual_seed(h * w)
     x = torch.randn(2, 5, h, w, generator=g, dtype=torch.float64)
     wt = torch.randn(7, 5, 3, 3, generator=g, dtype=torch.float64)
     b = torch.randn(7, generator=g, dtype=torch.float64)
     ref = F.conv2d(x, wt, b)
     ref = ref.relu() if relu else ref
-    out = winograd(x, wt, b, relu)
+    out = winograd(x, wt, b, relu, budget)
     assert out.shape == ref.shape == (2, 7, h - 2, w - 2)
     assert rel_err(out, ref) < 1e-13
 
@@ -51,9 +54,11 @@ def test_winograd_float32_rounding_is_like_the_direct_convs():
     assert wino < 2e-6
     # a wrong transform (two components swapped) is far off: the comparison can fail
     U = kernels.winograd_weight(w)[[0, 2, 1, *range(3, 16)]].contiguous()
-    bufs = kernels.winograd_buffers(1, 14, 12, 256, 128, torch.float32)
+    plan = kernels.winograd_plan(1, 14, 12, 256, 128)
+    arenas = {k: torch.empty(plan[k]) for k in "aby"}
     pad = x.contiguous(memory_format=torch.channels_last)  # 30x26 = 2*14+2 x 2*12+2 already
-    assert rel_err(kernels.winograd_conv(pad, U, b, bufs, (28, 24), relu=False), exact) > 0.1
+    bad = kernels.winograd_conv(pad, U, b, plan, arenas, (28, 24), relu=False)
+    assert rel_err(bad, exact) > 0.1
 
 
 needs_onednn = pytest.mark.skipif(

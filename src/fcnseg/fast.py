@@ -124,6 +124,47 @@ def _parse_trunk(model: FCN) -> list[_Step]:
     return steps
 
 
+def _carve(arena: torch.Tensor, shape, channels_last: bool) -> torch.Tensor:
+    """An (N, C, h, w) tensor over the start of a flat arena, dense in its memory format."""
+    n, c, h, w = shape
+    block = arena[: n * c * h * w]
+    return block.view(n, h, w, c).permute(0, 3, 1, 2) if channels_last else block.view(shape)
+
+
+@dataclass
+class _Input:
+    """A step's input window, rebuilt on each call in the shared input arena: its rim (the
+    background and the zero padding around the core, up to four strips kept at batch 1),
+    then the core pasted in."""
+
+    shape: tuple[int, int, int, int]  # (N, C, h, w)
+    core: tuple[slice, slice]
+    strips: list[tuple[slice, slice, torch.Tensor]]
+
+    @classmethod
+    def of(cls, full: torch.Tensor, shape, rows: tuple[int, int], cols: tuple[int, int]):
+        """Keep the part of `full` (1, C, h, w) outside the core rows x cols."""
+        (r0, r1), (c0, c1) = rows, cols
+        h, w = full.shape[-2:]
+        regions = [
+            (slice(0, r0), slice(0, w)), (slice(r1, h), slice(0, w)),
+            (slice(r0, r1), slice(0, c0)), (slice(r0, r1), slice(c1, w)),
+        ]  # fmt: skip
+        strips = [
+            (rs, cs, full[:, :, rs, cs].clone())
+            for rs, cs in regions
+            if rs.stop > rs.start and cs.stop > cs.start
+        ]
+        return cls(shape, (slice(r0, r1), slice(c0, c1)), strips)
+
+    def fill(self, arena: torch.Tensor, core: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        buf = _carve(arena, self.shape, channels_last)
+        for rs, cs, strip in self.strips:
+            buf[:, :, rs, cs] = strip
+        buf[:, :, self.core[0], self.core[1]] = core
+        return buf
+
+
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -240,59 +281,67 @@ class FastFCN(nn.Module):
 
     @torch.no_grad()
     def _prepare(self, n: int, H: int, W: int, dtype: torch.dtype) -> dict:
-        """Background activations of an all-zero input, the per-layer input buffers and the
-        kernels' kept outputs and work buffers."""
+        """Background activations of an all-zero input, each step's input rim, and the arenas
+        its buffers live in.
+
+        A step's input is dead once the step has run, and its output once the next step has
+        pasted it, so all inputs share one arena (refilled each call: rim strips + core), the
+        kept outputs ("inplace") another, and the Winograd steps three more. Peak memory is
+        then a few layers' worth, not the whole net's (at 2048x2048 the net's inputs alone
+        are ~5 GB)."""
         geoms = self._geometry(H, W)
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         dt = self.dtype or dtype
-        # background: the trunk on a black image (batch 1), every step's output kept until used
-        x = torch.zeros(1, 3, H, W, dtype=torch.float32 if self.dtype else dtype)
         kinds = [self._kernel(s, g, dtype) for s, g in zip(self.steps, geoms, strict=True)]
-        # one step's output is dead once the next step has pasted it into its own buffer, so
-        # the kept outputs ("inplace") share one arena and the Winograd steps two more
-        wino, outs = {}, {}
-        for i, (s, g, kind) in enumerate(zip(self.steps, geoms, kinds, strict=True)):
+        need = {"in": 0, "out": 0, "a": 0, "b": 0, "y": 0}  # elements each arena must hold
+        work: list[object] = []  # per step: the kept output's shape, or the Winograd plan
+        shapes: list[tuple | None] = []  # per step: its input buffer's (N, C, h, w)
+        c = 3  # the step's input channels
+        for s, g, kind in zip(self.steps, geoms, kinds, strict=True):
             (a0, a1), (b0, b1) = g.out_core
-            if kind == "winograd":
+            (h0, h1), (w0, w1) = g.window
+            size, w = (h1 - h0, w1 - w0), None
+            if kind == "winograd":  # the tiles need 2t+2 rows and columns: zeros past them
                 th, tw = kernels.winograd_tiles(a1 - a0, b1 - b0)
-                wino[i] = (n, th, tw, s.layer.in_channels, s.layer.out_channels)
+                size = (2 * th + 2, 2 * tw + 2)
+                w = kernels.winograd_plan(n, th, tw, s.layer.in_channels, s.layer.out_channels)
+                for k in ("a", "b", "y"):
+                    need[k] = max(need[k], w[k])
             elif kind == "inplace":
-                outs[i] = (n, s.layer.out_channels, a1 - a0, b1 - b0)
-        sizes = [kernels.winograd_arena_sizes(*v) for v in wino.values()] or [(0, 0)]
-        arenas = [torch.empty(max(z), dtype=dt) for z in zip(*sizes, strict=True)]
-        out_arena = torch.zeros(max((math.prod(v) for v in outs.values()), default=0), dtype=dt)
-        bufs: list[torch.Tensor | None] = []
-        work: list[object] = []  # per step: kept output ("inplace"), work buffers ("winograd")
+                w = (n, s.layer.out_channels, a1 - a0, b1 - b0)
+                need["out"] = max(need["out"], math.prod(w))
+            shape = None if kind == "direct" else (n, c, *size)
+            if shape is not None:
+                need["in"] = max(need["in"], math.prod(shape))
+            work.append(w)
+            shapes.append(shape)
+            c = s.layer.out_channels if s.kind == "conv" else c
+        arenas = {k: torch.empty(v, dtype=dt) for k, v in need.items()}
+
+        # background: the trunk on a black image (batch 1); each step's input window holds it
+        # where the window lies inside the map, zeros (padding) outside
+        x = torch.zeros(1, 3, H, W, dtype=torch.float32 if self.dtype else dtype)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        inputs: list[_Input | None] = []
         taps: dict[int, torch.Tensor] = {}
-        for i, (s, g, kind) in enumerate(zip(self.steps, geoms, kinds, strict=True)):
-            work.append(None)
-            if kind == "direct":
-                bufs.append(None)  # the layer runs on the full previous map, its own padding
+        for i, (s, g, shape) in enumerate(zip(self.steps, geoms, shapes, strict=True)):
+            if shape is None:
+                inputs.append(None)  # the layer runs on the full previous map, its own padding
             else:
                 (h0, h1), (w0, w1) = g.window
-                size = (h1 - h0, w1 - w0)
-                if kind == "winograd":  # the tiles need 2t+2 rows and columns: zeros past them
-                    th, tw = wino[i][1:3]
-                    size = (2 * th + 2, 2 * tw + 2)
-                    work[i] = kernels.winograd_buffers(*wino[i], dt, arenas=arenas)
-                elif kind == "inplace":  # (N, O, h, w) channels_last = (N, h, w, O) dense
-                    _, o, h, w = outs[i]
-                    work[i] = out_arena[: math.prod(outs[i])].view(n, h, w, o).permute(0, 3, 1, 2)
-                buf = torch.zeros(n, x.shape[1], *size, dtype=dt).contiguous(memory_format=fmt)
-                # background values where the window lies inside the map; zeros (padding) outside
-                sh0, sh1, sw0, sw1 = (
-                    max(h0, 0),
-                    min(h1, g.in_len[0]),
-                    max(w0, 0),
-                    min(w1, g.in_len[1]),
-                )
-                buf[:, :, sh0 - h0 : sh1 - h0, sw0 - w0 : sw1 - w0] = x[:, :, sh0:sh1, sw0:sw1]
-                bufs.append(buf)
+                full = torch.zeros(1, *shape[1:], dtype=dt)
+                sh0, sh1 = max(h0, 0), min(h1, g.in_len[0])
+                sw0, sw1 = max(w0, 0), min(w1, g.in_len[1])
+                full[:, :, sh0 - h0 : sh1 - h0, sw0 - w0 : sw1 - w0] = x[:, :, sh0:sh1, sw0:sw1]
+                (c0, c1), (d0, d1) = g.in_core
+                inputs.append(_Input.of(full, shape, (c0 - h0, c1 - h0), (d0 - w0, d1 - w0)))
             x = self._run_full(s, x)
             if i in self._tap_steps and g.out_core != tuple((0, L) for L in g.out_len):
                 tap = x.expand(n, *x.shape[1:]).to(dt)
                 taps[i] = tap.contiguous(memory_format=fmt)
-        return {"geoms": geoms, "kinds": kinds, "bufs": bufs, "work": work, "taps": taps}
+        return {
+            "geoms": geoms, "kinds": kinds, "inputs": inputs, "work": work, "taps": taps,
+            "arenas": arenas,
+        }  # fmt: skip
 
     def _weights(self, s: _Step) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.dtype is not None:
@@ -389,24 +438,26 @@ class FastFCN(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         feats: dict[str, torch.Tensor] = {}
         cur = x  # the current map's core (the full map once the core covers it)
-        for i, (s, g, buf, kind, work) in enumerate(
-            zip(self.steps, state["geoms"], state["bufs"], state["kinds"], state["work"],
+        arenas = state["arenas"]
+        for i, (s, g, inp, kind, work) in enumerate(
+            zip(self.steps, state["geoms"], state["inputs"], state["kinds"], state["work"],
                 strict=True)
         ):  # fmt: skip
-            if buf is None:
+            if inp is None:
                 y = self._step(s, cur)
             else:
-                # paste the core into the window of the background; the window's own edges
-                # already hold the background, or zeros where it passes the map's edge
-                (h0, _), (w0, _) = g.window
-                (ch0, ch1), (cw0, cw1) = g.in_core
-                buf[:, :, ch0 - h0 : ch1 - h0, cw0 - w0 : cw1 - w0] = cur
+                buf = inp.fill(arenas["in"], cur, self.channels_last)
                 if kind == "winograd":
                     (a0, a1), (b0, b1) = g.out_core
                     U, b = self._winograd_weight(s), self._weights(s)[1]
-                    y = kernels.winograd_conv(buf, U, b, work, (a1 - a0, b1 - b0), relu=s.relu)
+                    y = kernels.winograd_conv(
+                        buf, U, b, work, arenas, (a1 - a0, b1 - b0), relu=s.relu
+                    )
+                elif kind == "inplace":
+                    out = _carve(arenas["out"], work, channels_last=True)
+                    y = self._step(s, buf, padding=(0, 0), out=out)
                 else:
-                    y = self._step(s, buf, padding=(0, 0), out=work)
+                    y = self._step(s, buf, padding=(0, 0))
             cur = y
             name = self._tap_steps.get(i)
             if name is not None:
@@ -416,7 +467,7 @@ class FastFCN(nn.Module):
                     full[:, :, a0:a1, b0:b1] = y
                     feats[name] = full
                 else:  # the caller keeps it: never hand out a persistent buffer
-                    feats[name] = y if work is None else y.clone()
+                    feats[name] = y.clone() if kind in ("winograd", "inplace") else y
         return feats
 
     @torch.no_grad()

@@ -16,14 +16,13 @@ CUDA, a torch built without oneDNN, or a future torch that renames them).
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "available", "conv_as_gemm", "conv_into", "linear", "winograd_arena_sizes",
-    "winograd_buffers", "winograd_conv", "winograd_tiles", "winograd_weight",
+    "available", "conv_as_gemm", "conv_into", "linear", "winograd_conv", "winograd_plan",
+    "winograd_tiles", "winograd_weight",
 ]  # fmt: skip
 
 
@@ -135,80 +134,79 @@ def winograd_tiles(out_h: int, out_w: int) -> tuple[int, int]:
     return (out_h + 1) // 2, (out_w + 1) // 2
 
 
-def _winograd_shapes(n: int, th: int, tw: int, c: int, o: int) -> dict:
-    """Work buffers and the arena each lives in: "a" holds rows, then M, then Y; "b" holds V,
-    then S (each is dead by the time the next one in its arena is written)."""
-    return {
-        "rows": ("a", (4, n, th, 2 * tw + 2, c)),  # B^T applied along H
-        "V": ("b", (4, 4, n, th, tw, c)),  # B^T d B
-        "M": ("a", (16, n * th * tw, o)),  # the 16 GEMMs' results
-        "S": ("b", (2, 4, n, th, tw, o)),  # A^T applied along H
-        "Y": ("a", (n, th, 2, tw, 2, o)),  # output blocks, interleaved
-    }
+def winograd_plan(
+    n: int, th: int, tw: int, c: int, o: int, budget: int = 1 << 22
+) -> dict[str, int | tuple]:
+    """How a layer's tiles are processed: in bands of `band` tile rows, so that the transformed
+    input and the GEMMs' results (16 values a tile and channel) stay under `budget` elements
+    (16 MB in float32) however large the image; and the elements each work arena needs.
 
-
-def winograd_arena_sizes(n: int, th: int, tw: int, c: int, o: int) -> tuple[int, int]:
-    """Elements each of the two arenas needs for one layer."""
-    sizes = {"a": 0, "b": 0}
-    for arena, shape in _winograd_shapes(n, th, tw, c, o).values():
-        sizes[arena] = max(sizes[arena], math.prod(shape))
-    return sizes["a"], sizes["b"]
-
-
-def winograd_buffers(
-    n: int, th: int, tw: int, c: int, o: int, dtype: torch.dtype, arenas=None
-) -> dict:
-    """Work buffers, kept by the caller across calls (re-faulting ~100 MB a call costs more).
-
-    arenas: two flat tensors of at least `winograd_arena_sizes` elements, shared by the layers
-    of a net (one layer's buffers are dead when the next layer runs, once its output `Y` has
-    been read); by default fresh ones for this layer alone.
+    Arena "a" holds a band's input rows after B^T, then its GEMM results; "b" the band's
+    B^T d B, then A^T applied along H; "y" the whole output (N, th, 2, tw, 2, O).
     """
-    if arenas is None:
-        arenas = [torch.empty(k, dtype=dtype) for k in winograd_arena_sizes(n, th, tw, c, o)]
-    a, b = arenas
-    flat = {"a": a, "b": b}
+    band = max(1, min(th, budget // (16 * n * tw * max(c, o))))
     return {
-        name: flat[arena][: math.prod(shape)].view(shape)
-        for name, (arena, shape) in _winograd_shapes(n, th, tw, c, o).items()
+        "shape": (n, th, tw, c, o),
+        "band": band,
+        "a": max(4 * n * band * (2 * tw + 2) * c, 16 * n * band * tw * o),
+        "b": max(16 * n * band * tw * c, 8 * n * band * tw * o),
+        "y": n * th * tw * 4 * o,
     }
 
 
 def winograd_conv(
-    x: torch.Tensor, U: torch.Tensor, b: torch.Tensor | None, bufs: dict, out_hw, *, relu: bool
+    x: torch.Tensor,
+    U: torch.Tensor,
+    b: torch.Tensor | None,
+    plan: dict,
+    arenas: dict[str, torch.Tensor],
+    out_hw: tuple[int, int],
+    *,
+    relu: bool,
 ) -> torch.Tensor:
     """relu(conv2d(x, w, b)) for a 3x3 kernel, stride 1, no padding, by F(2x2, 3x3).
 
-    x: (N, C, 2*th+2, 2*tw+2) channels_last (pad with zeros to that size); returns the
-    (N, O, out_h, out_w) output as a channels_last view into bufs["Y"].
+    x: (N, C, 2*th+2, 2*tw+2) channels_last (zeros past the real input); U: winograd_weight(w);
+    plan: winograd_plan(...); arenas: flat tensors "a", "b", "y" of at least the plan's sizes,
+    kept by the caller across calls (re-faulting ~100 MB a call costs more than the work) and
+    shared by layers (a layer's buffers are dead once its output has been read). Returns the
+    (N, O, out_h, out_w) output as a channels_last view into arenas["y"].
     """
-    rows, V, M, S, Y = (bufs[k] for k in ("rows", "V", "M", "S", "Y"))
-    _, n, th, tw, c = V.shape[1:]
+    n, th, tw, c, o = plan["shape"]
+    A, B = arenas["a"], arenas["b"]
+    Y = arenas["y"][: n * th * tw * 4 * o].view(n, th, 2, tw, 2, o)  # output blocks, interleaved
     xh = x.permute(0, 2, 3, 1)  # (N, H, W, C), contiguous
-    d = [xh[:, k : k + 2 * th : 2] for k in range(4)]  # input rows k, k+2, ...: (N, th, W, C)
-    torch.sub(d[0], d[2], out=rows[0])  # B^T = [[1,0,-1,0], [0,1,1,0], [0,-1,1,0], [0,1,0,-1]]
-    torch.add(d[1], d[2], out=rows[1])
-    torch.sub(d[2], d[1], out=rows[2])
-    torch.sub(d[1], d[3], out=rows[3])
-    e = [rows[:, :, :, k : k + 2 * tw : 2] for k in range(4)]  # (4, N, th, tw, C)
-    torch.sub(e[0], e[2], out=V[:, 0])
-    torch.add(e[1], e[2], out=V[:, 1])
-    torch.sub(e[2], e[1], out=V[:, 2])
-    torch.sub(e[1], e[3], out=V[:, 3])
-    torch.bmm(V.view(16, -1, c), U, out=M)  # (16, tiles, C) @ (16, C, O)
-    m = M.view(4, 4, n, th, tw, -1)
-    if b is not None:
-        m[1, 1] += b  # A^T's column 1 is all ones: component (1, 1) reaches all 4 outputs
-    torch.add(m[0], m[1], out=S[0])  # A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
-    S[0] += m[2]
-    torch.sub(m[1], m[2], out=S[1])
-    S[1] -= m[3]
-    Yp = Y.permute(2, 4, 0, 1, 3, 5)  # (2 rows, 2 cols, N, th, tw, O)
-    torch.add(S[:, 0], S[:, 1], out=Yp[:, 0])
-    Yp[:, 0] += S[:, 2]
-    torch.sub(S[:, 1], S[:, 2], out=Yp[:, 1])
-    Yp[:, 1] -= S[:, 3]
-    if relu:
-        Y.relu_()
+    for t0 in range(0, th, plan["band"]):
+        tb = min(plan["band"], th - t0)
+        rows = A[: 4 * n * tb * (2 * tw + 2) * c].view(4, n, tb, 2 * tw + 2, c)
+        d = [xh[:, 2 * t0 + k : 2 * t0 + k + 2 * tb : 2] for k in range(4)]  # (N, tb, W, C)
+        torch.sub(d[0], d[2], out=rows[0])  # B^T = [[1,0,-1,0], [0,1,1,0], [0,-1,1,0], [0,1,0,-1]]
+        torch.add(d[1], d[2], out=rows[1])
+        torch.sub(d[2], d[1], out=rows[2])
+        torch.sub(d[1], d[3], out=rows[3])
+        V = B[: 16 * n * tb * tw * c].view(4, 4, n, tb, tw, c)  # B^T d B
+        e = [rows[:, :, :, k : k + 2 * tw : 2] for k in range(4)]  # (4, N, tb, tw, C)
+        torch.sub(e[0], e[2], out=V[:, 0])
+        torch.add(e[1], e[2], out=V[:, 1])
+        torch.sub(e[2], e[1], out=V[:, 2])
+        torch.sub(e[1], e[3], out=V[:, 3])
+        M = A[: 16 * n * tb * tw * o].view(16, n * tb * tw, o)  # `rows` is dead
+        torch.bmm(V.view(16, -1, c), U, out=M)  # (16, tiles, C) @ (16, C, O)
+        m = M.view(4, 4, n, tb, tw, o)
+        if b is not None:
+            m[1, 1] += b  # A^T's column 1 is all ones: component (1, 1) reaches all 4 outputs
+        S = B[: 8 * n * tb * tw * o].view(2, 4, n, tb, tw, o)  # `V` is dead
+        torch.add(m[0], m[1], out=S[0])  # A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+        S[0] += m[2]
+        torch.sub(m[1], m[2], out=S[1])
+        S[1] -= m[3]
+        Yb = Y[:, t0 : t0 + tb]
+        Yp = Yb.permute(2, 4, 0, 1, 3, 5)  # (2 rows, 2 cols, N, tb, tw, O)
+        torch.add(S[:, 0], S[:, 1], out=Yp[:, 0])
+        Yp[:, 0] += S[:, 2]
+        torch.sub(S[:, 1], S[:, 2], out=Yp[:, 1])
+        Yp[:, 1] -= S[:, 3]
+        if relu:
+            Yb.relu_()
     oh, ow = out_hw
-    return Y.view(n, 2 * th, 2 * tw, -1)[:, :oh, :ow].permute(0, 3, 1, 2)
+    return Y.view(n, 2 * th, 2 * tw, o)[:, :oh, :ow].permute(0, 3, 1, 2)
