@@ -142,19 +142,28 @@ class _Input:
     strips: list[tuple[slice, slice, torch.Tensor]]
 
     @classmethod
-    def of(cls, full: torch.Tensor, shape, rows: tuple[int, int], cols: tuple[int, int]):
-        """Keep the part of `full` (1, C, h, w) outside the core rows x cols."""
+    def of(cls, x: torch.Tensor, origin, shape, rows, cols, dtype: torch.dtype):
+        """The rim of the (N, C, h, w) window at `origin` of the map x (1, C, H, W): x's values
+        around the core rows x cols (buffer coordinates), zeros past the map's edges; in
+        `dtype`, the one the buffer has."""
         (r0, r1), (c0, c1) = rows, cols
-        h, w = full.shape[-2:]
+        h, w = shape[-2:]
         regions = [
             (slice(0, r0), slice(0, w)), (slice(r1, h), slice(0, w)),
             (slice(r0, r1), slice(0, c0)), (slice(r0, r1), slice(c1, w)),
         ]  # fmt: skip
-        strips = [
-            (rs, cs, full[:, :, rs, cs].clone())
-            for rs, cs in regions
-            if rs.stop > rs.start and cs.stop > cs.start
-        ]
+        strips = []
+        for rs, cs in regions:
+            if rs.stop > rs.start and cs.stop > cs.start:
+                size = (rs.stop - rs.start, cs.stop - cs.start)
+                strip = torch.zeros(1, x.shape[1], *size, dtype=dtype)
+                # the part of the strip inside the map, in map coordinates
+                a0, a1 = max(origin[0] + rs.start, 0), min(origin[0] + rs.stop, x.shape[2])
+                b0, b1 = max(origin[1] + cs.start, 0), min(origin[1] + cs.stop, x.shape[3])
+                if a1 > a0 and b1 > b0:
+                    ra, ca = a0 - origin[0] - rs.start, b0 - origin[1] - cs.start
+                    strip[:, :, ra : ra + a1 - a0, ca : ca + b1 - b0] = x[:, :, a0:a1, b0:b1]
+                strips.append((rs, cs, strip))
         return cls(shape, (slice(r0, r1), slice(c0, c1)), strips)
 
     def fill(self, arena: torch.Tensor, core: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -327,13 +336,10 @@ class FastFCN(nn.Module):
             if shape is None:
                 inputs.append(None)  # the layer runs on the full previous map, its own padding
             else:
-                (h0, h1), (w0, w1) = g.window
-                full = torch.zeros(1, *shape[1:], dtype=dt)
-                sh0, sh1 = max(h0, 0), min(h1, g.in_len[0])
-                sw0, sw1 = max(w0, 0), min(w1, g.in_len[1])
-                full[:, :, sh0 - h0 : sh1 - h0, sw0 - w0 : sw1 - w0] = x[:, :, sh0:sh1, sw0:sw1]
+                (h0, _), (w0, _) = g.window
                 (c0, c1), (d0, d1) = g.in_core
-                inputs.append(_Input.of(full, shape, (c0 - h0, c1 - h0), (d0 - w0, d1 - w0)))
+                rows, cols = (c0 - h0, c1 - h0), (d0 - w0, d1 - w0)  # the core, buffer coords
+                inputs.append(_Input.of(x, (h0, w0), shape, rows, cols, dt))
             x = self._run_full(s, x)
             if i in self._tap_steps and g.out_core != tuple((0, L) for L in g.out_len):
                 tap = x.expand(n, *x.shape[1:]).to(dt)
