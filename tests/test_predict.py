@@ -242,3 +242,35 @@ def test_cli_predict(tiny, tmp_path, capsys):
                 "--device", "cuda"]  # fmt: skip
         assert main(argv) == 1
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_cli_predict_fast_writes_the_same_probabilities(tiny, tmp_path, capsys):
+    """--fast (FastFCN) is exact: the saved probabilities match the plain run's; a model it
+    cannot run (GoogLeNet trunk) and a CUDA device are refused by name."""
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", {**model_state(tiny), "class_names": NAMES})
+    for k in range(3):  # two sizes: the second 40x30 image reuses the cached background
+        Image.fromarray(_photo(40, 30, k) if k else _photo(33, 47, k)).save(tmp_path / f"i{k}.png")
+    probs = {}
+    for flag in ([], ["--fast"]):
+        out = tmp_path / f"out{len(flag)}"
+        argv = ["predict", str(tmp_path / "i*.png"), "--model", str(ckpt), "-o", str(out),
+                "--save-probs", "--batch-size", "1", *flag]  # fmt: skip
+        assert main(argv) == 0
+        probs[len(flag)] = {p.name: np.load(p)["probs"] for p in sorted(out.glob("*.npz"))}
+    assert probs[0].keys() == probs[1].keys() and len(probs[0]) == 3
+    for name in probs[0]:
+        np.testing.assert_allclose(probs[1][name], probs[0][name], atol=2e-3)  # float16 files
+    g = save_checkpoint(
+        tmp_path / "g.pt", model_state(build_model("fcn32s_googlenet", num_classes=5))
+    )
+    argv = ["predict", str(tmp_path / "i0.png"), "--model", str(g), "-o", str(tmp_path), "--fast"]
+    assert main(argv) == 1
+    assert "--fast" in capsys.readouterr().err
+
+
+def test_fast_is_refused_on_cuda_by_name(tiny):
+    from fcnseg.cli import _fast
+
+    with pytest.raises(ValueError, match="--fast is a CPU path; on cuda"):
+        _fast(tiny, True, "cuda")
+    assert _fast(tiny, False, "cuda") is tiny

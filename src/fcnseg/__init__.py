@@ -3,6 +3,7 @@
 from .checkpoint import load_model
 from .engine import TrainConfig, train, train_stages
 from .evaluate import evaluate
+from .fast import FastFCN
 from .metrics import ConfusionMatrix
 from .models import build_model, convolutionalize, list_models
 from .predict import predict  # note: shadows the module name; import fcnseg.predict's helpers
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "WEIGHTS",
     "ConfusionMatrix",
+    "FastFCN",
     "Preprocessing",
     "TrainConfig",
     "Weights",

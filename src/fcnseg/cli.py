@@ -186,6 +186,29 @@ def _checkpoint_dataset(args, ckpt: dict):
     return data, open_dataset(data, args.split, options)
 
 
+FAST_HELP = (
+    "exact faster CPU path (FastFCN) for VGG16/AlexNet FCNs: ~2.3x at 500x500 once a size "
+    "has been seen (the first image of each size costs ~2x an ordinary pass)"
+)
+
+
+def _fast(model, fast: bool, device):
+    """--fast: FastFCN, the exact CPU path (one background pass per distinct input size, so it
+    pays when sizes repeat: tiles, VOC's 500x375 / 375x500)."""
+    if not fast:
+        return model
+    import torch
+
+    from .fast import FastFCN
+
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"--fast is a CPU path; on {device} drop --fast (use --amp there)")
+    try:
+        return FastFCN(model, max_cached=8)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--fast: {e}; run without --fast") from e
+
+
 def cmd_eval(args) -> int:
     """Score a checkpoint on a dataset split: the paper's four metrics and per-class IU."""
     from .checkpoint import load_model
@@ -193,6 +216,7 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate, format_per_class, format_table, plot_confusion
 
     model, ckpt = load_model(args.checkpoint, device=args.device)
+    model = _fast(model, args.fast, args.device)
     _, dataset = _checkpoint_dataset(args, ckpt)
     names = list(getattr(dataset, "class_names", None) or ckpt.get("class_names") or [])
     loader = make_loader(dataset, args.batch_size, model.preprocessing, args.workers)
@@ -255,6 +279,7 @@ def cmd_predict(args) -> int:
     device = resolve_device(args.device)  # missing CUDA or inputs: fail before any work
     expand_inputs(args.paths)
     model, _ = load_model(args.model, num_classes=args.num_classes, device=device)
+    model = _fast(model, args.fast, device)
     results = predict_paths(model, args.paths, args.out, device=device,
                             save_probs=args.save_probs, overlay=not args.no_overlay,
                             batch_size=args.batch_size, tile=args.tile)  # fmt: skip
@@ -419,6 +444,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--factors", type=lambda t: [int(v) for v in t.split(",")], default=[32, 16, 8])
     s.add_argument("--save-confusion", metavar="DIR", help="write confusion.csv and .png")
+    s.add_argument(
+        "--fast",
+        action="store_true",
+        help=FAST_HELP,
+    )
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)
@@ -454,6 +484,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive(int), default=4, help="same-sized images/pass")
     s.add_argument("--tile", type=int, help="tile size for huge images (0: never; default: auto)")
     s.add_argument("--num-classes", type=_positive(int), help="for a model name (default 21)")
+    s.add_argument(
+        "--fast",
+        action="store_true",
+        help=FAST_HELP,
+    )
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)

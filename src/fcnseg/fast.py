@@ -225,6 +225,19 @@ class FastFCN(nn.Module):
         needed = set(model.taps) | {model.trunk_names[-1]}
         self._tap_steps = {self._step_of[n]: n for n in needed}
 
+    # what fcnseg's predict and evaluate read from a model
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    @property
+    def preprocessing(self):
+        return self.model.preprocessing
+
+    @property
+    def class_names(self):
+        return getattr(self.model, "class_names", None)
+
     def clear_cache(self) -> None:
         self._cache.clear()
 
