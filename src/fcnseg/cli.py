@@ -444,11 +444,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--factors", type=lambda t: [int(v) for v in t.split(",")], default=[32, 16, 8])
     s.add_argument("--save-confusion", metavar="DIR", help="write confusion.csv and .png")
-    s.add_argument(
-        "--fast",
-        action="store_true",
-        help=FAST_HELP,
-    )
+    s.add_argument("--fast", action="store_true", help=FAST_HELP)
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)
@@ -484,11 +480,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive(int), default=4, help="same-sized images/pass")
     s.add_argument("--tile", type=int, help="tile size for huge images (0: never; default: auto)")
     s.add_argument("--num-classes", type=_positive(int), help="for a model name (default 21)")
-    s.add_argument(
-        "--fast",
-        action="store_true",
-        help=FAST_HELP,
-    )
+    s.add_argument("--fast", action="store_true", help=FAST_HELP)
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)

@@ -12,14 +12,13 @@ Unlike VOC, SBD marks no object boundaries with 255; the value is still treated 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..categories import VOC_CLASSES
 from .io import ImageError, check_labels
-from .voc import DatasetError, PairedFiles
+from .voc import DatasetError, VOCStyleSet
 
 __all__ = ["SBDSegmentation", "read_sbd_mat"]
 
@@ -65,24 +64,12 @@ def read_sbd_mat(path: str | os.PathLike) -> np.ndarray:
     return seg.astype(np.uint8)
 
 
-class SBDSegmentation(PairedFiles):
+class SBDSegmentation(VOCStyleSet):
     """One split ("train" or "val") of SBD; 21 classes (VOC_CLASSES), items as VOCSegmentation."""
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str = "train",
-        *,
-        ids: Sequence[str] | None = None,
-        transforms: Callable | None = None,
-        num_classes: int = 21,
-    ):
-        if not 1 <= num_classes <= len(VOC_CLASSES):
-            raise DatasetError(f"SBD has 1..{len(VOC_CLASSES)} classes; got {num_classes}")
-        super().__init__(transforms, VOC_CLASSES[:num_classes])
-        self.root, self.split = Path(root), split
-        if not self.root.is_dir():
-            raise DatasetError(f"SBD root {self.root} is not a folder: {_SBD_LAYOUT}")
+    name, layout = "SBD", _SBD_LAYOUT
+
+    def _find(self, ids: Sequence[str] | None) -> None:
         base = self.root / "dataset"
         if not base.is_dir() and (self.root / "img").is_dir():
             base = self.root  # root is benchmark_RELEASE/dataset itself
@@ -97,7 +84,7 @@ class SBDSegmentation(PairedFiles):
         self.base = base
         self._pair_by_id(
             ids,
-            base / f"{split}.txt",
+            base / f"{self.split}.txt",
             _SBD_LAYOUT,
             (base / "img", ".jpg"),
             (base / "cls", ".mat", "label file"),

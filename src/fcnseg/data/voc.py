@@ -228,12 +228,14 @@ def _voc_hint(root: Path) -> str:
     return ""
 
 
-class VOCSegmentation(PairedFiles):
-    """One split of PASCAL VOC segmentation; 21 classes (VOC_CLASSES), 255 = ignore.
+class VOCStyleSet(PairedFiles):
+    """A root folder, a split, the first `num_classes` of VOC's 21 classes (VOC, SBD).
 
-    `ids` (optional) replaces the split file, e.g. `seg11valid_ids(...)`. `transforms` is a
-    paired transform applied to (image uint8 (3, H, W), target int64 (H, W)).
+    Subclasses give `name` and `layout` (for messages) and find their files in `_find`.
     """
+
+    name: str
+    layout: str
 
     def __init__(
         self,
@@ -245,11 +247,27 @@ class VOCSegmentation(PairedFiles):
         num_classes: int = 21,
     ):
         if not 1 <= num_classes <= len(VOC_CLASSES):
-            raise DatasetError(f"VOC has 1..{len(VOC_CLASSES)} classes; got {num_classes}")
+            raise DatasetError(f"{self.name} has 1..{len(VOC_CLASSES)} classes; got {num_classes}")
         super().__init__(transforms, VOC_CLASSES[:num_classes])
         self.root, self.split = Path(root), split
         if not self.root.is_dir():
-            raise DatasetError(f"VOC root {self.root} is not a folder: {_VOC_LAYOUT}")
+            raise DatasetError(f"{self.name} root {self.root} is not a folder: {self.layout}")
+        self._find(ids)
+
+    def _find(self, ids: Sequence[str] | None) -> None:
+        raise NotImplementedError
+
+
+class VOCSegmentation(VOCStyleSet):
+    """One split of PASCAL VOC segmentation; 21 classes (VOC_CLASSES), 255 = ignore.
+
+    `ids` (optional) replaces the split file, e.g. `seg11valid_ids(...)`. `transforms` is a
+    paired transform applied to (image uint8 (3, H, W), target int64 (H, W)).
+    """
+
+    name, layout = "VOC", _VOC_LAYOUT
+
+    def _find(self, ids: Sequence[str] | None) -> None:
         for sub in ("JPEGImages", "SegmentationClass"):
             if not (self.root / sub).is_dir():
                 raise DatasetError(
@@ -257,7 +275,7 @@ class VOCSegmentation(PairedFiles):
                 )
         self._pair_by_id(
             ids,
-            self.root / "ImageSets" / "Segmentation" / f"{split}.txt",
+            self.root / "ImageSets" / "Segmentation" / f"{self.split}.txt",
             _VOC_LAYOUT,
             (self.root / "JPEGImages", ".jpg"),
             (self.root / "SegmentationClass", ".png", "mask"),
