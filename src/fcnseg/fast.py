@@ -183,8 +183,10 @@ class FastFCN(nn.Module):
 
     Same forward signature and outputs as ``model`` in eval mode. Reads the model's parameters
     at every call (``bfloat16=True`` snapshots bf16 copies instead). Per input shape it keeps
-    the background and the layer buffers (``max_cached`` shapes, least recent dropped; at
-    500x500 ~0.3 GB), rebuilt when the model's weights change; ``clear_cache()`` frees them.
+    the background rims and the buffer arenas (``max_cached`` shapes, least recent dropped; at
+    500x500 ~0.2 GB), rebuilt when the model's weights change; ``clear_cache()`` frees them.
+    ``winograd``: 3x3 convs with at least this many input channels run Winograd F(2x2, 3x3)
+    (None: never); below 256 oneDNN's direct kernels are faster on this CPU.
     """
 
     def __init__(
