@@ -141,3 +141,30 @@ def test_changed_weights_rebuild_the_cached_background():
         model.conv1_1.bias.add_(0.5)
         model.conv5_1.weight.mul_(1.5)  # changes every padded (background) activation
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn32s_alexnet"])
+def test_background_from_a_smaller_black_image_is_the_full_one(name, monkeypatch):
+    """The per-size background is computed on a smaller black input with the same edges (500
+    -> 212 for VGG16): its rim strips and tap maps equal those of the full-size computation."""
+    model = tiny(name)
+    x = torch.randn(1, 3, 500, 377, dtype=torch.float64)
+    with torch.no_grad():
+        fast = FastFCN(model)
+        fast(x)
+        small = next(iter(fast._cache.values()))
+        monkeypatch.setattr(FastFCN, "_small_length", lambda self, length, axis: length)
+        full_fast = FastFCN(model)
+        full_fast(x)
+        full = next(iter(full_fast._cache.values()))
+    assert small["background_size"][0] < 300 and small["background_size"][1] < 300
+    assert full["background_size"] == (500, 377)
+    n = 0
+    for a, b in zip(small["inputs"], full["inputs"], strict=True):
+        if a is not None:
+            for (_, _, sa), (_, _, sb) in zip(a.strips, b.strips, strict=True):
+                torch.testing.assert_close(sa, sb, rtol=1e-12, atol=1e-12)
+                n += 1
+    assert n > 20
+    for i in small["taps"]:
+        torch.testing.assert_close(small["taps"][i], full["taps"][i], rtol=1e-12, atol=1e-12)

@@ -6,7 +6,9 @@ that do not depend on the image at all: a position whose receptive field misses 
 only zeros, so its activation is the one the net gives a black (all-zero) input of the same size.
 
 `FastFCN` computes, once per input size, the activations of that all-zero input (the
-"background"), then on every call runs each layer only on the "core": the positions whose
+"background": constant except in zones along the map's edges, so it is computed on a smaller
+black input with the same edges, 212x212 for 500x500, and its interior repeated), then on
+every call runs each layer only on the "core": the positions whose
 receptive field touches the image (plus what the next layer reads). Outside the core every map
 equals the background, which also holds the thin rim that each layer's own zero padding makes at
 the map's outer edge, so no special case is needed for it. The input of each layer is a
@@ -131,6 +133,33 @@ def _carve(arena: torch.Tensor, shape, channels_last: bool) -> torch.Tensor:
     return block.view(n, h, w, c).permute(0, 3, 1, 2) if channels_last else block.view(shape)
 
 
+class _Background:
+    """A background map of the real input size, held as the map of a smaller black input with
+    the same edges. Away from the map's edges every background activation is the same number
+    (it sees only the black image and biases), so the large map is the small one with its
+    constant interior repeated: row p of the large map is row p of the small one inside the
+    top zone, row p - d inside the bottom zone (d = the length difference), and a row of the
+    interior in between; columns likewise."""
+
+    def __init__(self, small: torch.Tensor, length: tuple[int, int], zones):
+        self.small, self.length, self.zones = small, length, zones
+        self.shape = (*small.shape[:2], *length)
+
+    def region(self, a0: int, a1: int, b0: int, b1: int) -> torch.Tensor:
+        """Rows a0:a1, columns b0:b1 of the large map (inside it)."""
+        x = self.small
+        for axis, (lo, hi) in ((2, (a0, a1)), (3, (b0, b1))):
+            big, small = self.length[axis - 2], x.shape[axis]
+            if big == small:
+                x = x.narrow(axis, lo, hi - lo)
+                continue
+            top, bottom = self.zones[axis - 2]
+            p = torch.arange(lo, hi)
+            idx = torch.where(p < top, p, torch.where(p >= big - bottom, p - (big - small), top))
+            x = x.index_select(axis, idx)
+        return x
+
+
 @dataclass
 class _Input:
     """A step's input window, rebuilt on each call in the shared input arena: its rim (the
@@ -142,8 +171,8 @@ class _Input:
     strips: list[tuple[slice, slice, torch.Tensor]]
 
     @classmethod
-    def of(cls, x: torch.Tensor, origin, shape, rows, cols, dtype: torch.dtype):
-        """The rim of the (N, C, h, w) window at `origin` of the map x (1, C, H, W): x's values
+    def of(cls, x: _Background, origin, shape, rows, cols, dtype: torch.dtype):
+        """The rim of the (N, C, h, w) window at `origin` of the background map x: its values
         around the core rows x cols (buffer coordinates), zeros past the map's edges; in
         `dtype`, the one the buffer has."""
         (r0, r1), (c0, c1) = rows, cols
@@ -162,7 +191,7 @@ class _Input:
                 b0, b1 = max(origin[1] + cs.start, 0), min(origin[1] + cs.stop, x.shape[3])
                 if a1 > a0 and b1 > b0:
                     ra, ca = a0 - origin[0] - rs.start, b0 - origin[1] - cs.start
-                    strip[:, :, ra : ra + a1 - a0, ca : ca + b1 - b0] = x[:, :, a0:a1, b0:b1]
+                    strip[:, :, ra : ra + a1 - a0, ca : ca + b1 - b0] = x.region(a0, a1, b0, b1)
                 strips.append((rs, cs, strip))
         return cls(shape, (slice(r0, r1), slice(c0, c1)), strips)
 
@@ -270,6 +299,61 @@ class FastFCN(nn.Module):
             length, core = out_len, out_core
         return geoms
 
+    def _zones(self, length: int, axis: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """Per step along one axis: the edge zones (top, bottom) of its input and its output:
+        the positions whose background differs from the map's constant interior because they
+        read, directly or through earlier layers, the zero padding or a partial pool window.
+        The black input itself equals its padding, so the first step has no zones."""
+        zones, zl, zr, uniform_zero = [], 0, 0, True
+        for s in self.steps:
+            k, st = _pair(s.layer.kernel_size)[axis], _pair(s.layer.stride)[axis]
+            p = _pair(s.layer.padding)[axis]
+            ceil = s.kind == "pool" and s.layer.ceil_mode
+            out = _out_len(length, k, st, p, ceil)
+            if uniform_zero and s.kind == "conv":  # zeros everywhere, padding included
+                ol, orr = 0, 0
+            else:
+                ol = min(out, -(-(zl + p) // st))  # windows that start in the top zone
+                first = -(-(length - zr + p - k + 1) // st)  # first window reaching the bottom
+                orr = out - min(out, max(0, first))
+            zones.append(((zl, zr), (ol, orr)))
+            zl, zr, length = ol, orr, out
+            uniform_zero = uniform_zero and s.kind == "pool"
+        return zones
+
+    def _small_length(self, length: int, axis: int, period: int = 32) -> int:
+        """The shortest input length, length - k * period, whose background maps are the
+        large ones with a shorter interior: at every step the input lengths differ by a multiple
+        of the stride (the windows meet the bottom edge the same way) and the zones match and
+        leave an interior. `length` itself if there is none."""
+        big = self._zones(length, axis)
+        big_len = self._lengths(length, axis)
+        for cand in range(length % period or period, length, period):
+            lens = self._lengths(cand, axis)
+            strides = [_pair(s.layer.stride)[axis] for s in self.steps]
+            aligned = all(
+                (b - c) % st == 0 for b, c, st in zip(big_len, lens, strides, strict=True)
+            )
+            zones = self._zones(cand, axis)
+            outs = [*lens[1:], None]
+            room = all(
+                zl + zr < L and (Lo is None or ol + orr < Lo)
+                for ((zl, zr), (ol, orr)), L, Lo in zip(zones, lens, outs, strict=True)
+            )
+            if aligned and room and zones == big:
+                return cand
+        return length
+
+    def _lengths(self, length: int, axis: int) -> list[int]:
+        """Each step's input length along one axis."""
+        out = []
+        for s in self.steps:
+            out.append(length)
+            k, st = _pair(s.layer.kernel_size)[axis], _pair(s.layer.stride)[axis]
+            ceil = s.kind == "pool" and s.layer.ceil_mode
+            length = _out_len(length, k, st, _pair(s.layer.padding)[axis], ceil)
+        return out
+
     def trunk_macs(self, height: int, width: int) -> int:
         """Multiply-accumulates the trunk's convs actually perform per image at this size
         (float32 on this machine: Winograd's 16 GEMMs where it runs, the direct count else)."""
@@ -341,27 +425,33 @@ class FastFCN(nn.Module):
             c = s.layer.out_channels if s.kind == "conv" else c
         arenas = {k: torch.empty(v, dtype=dt) for k, v in need.items()}
 
-        # background: the trunk on a black image (batch 1); each step's input window holds it
-        # where the window lies inside the map, zeros (padding) outside
-        x = torch.zeros(1, 3, H, W, dtype=torch.float32 if self.dtype else dtype)
+        # background: the trunk on a black image (batch 1), computed on a smaller one with the
+        # same edges where that is exact; each step's input window holds it where the window
+        # lies inside the map, zeros (padding) outside
+        small = [self._small_length(L, a) for a, L in enumerate((H, W))]
+        zones = [self._zones(L, a) for a, L in enumerate(small)]
+        x = torch.zeros(1, 3, *small, dtype=torch.float32 if self.dtype else dtype)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         inputs: list[_Input | None] = []
         taps: dict[int, torch.Tensor] = {}
         for i, (s, g, shape) in enumerate(zip(self.steps, geoms, shapes, strict=True)):
-            if shape is None:
-                inputs.append(None)  # the layer runs on the full previous map, its own padding
-            else:
+            if shape is not None:
+                bg = _Background(x, g.in_len, [z[i][0] for z in zones])
                 (h0, _), (w0, _) = g.window
                 (c0, c1), (d0, d1) = g.in_core
                 rows, cols = (c0 - h0, c1 - h0), (d0 - w0, d1 - w0)  # the core, buffer coords
-                inputs.append(_Input.of(x, (h0, w0), shape, rows, cols, dt))
+                inputs.append(_Input.of(bg, (h0, w0), shape, rows, cols, dt))
+            else:
+                inputs.append(None)  # the layer runs on the full previous map, its own padding
             x = self._run_full(s, x)
             if i in self._tap_steps and g.out_core != tuple((0, L) for L in g.out_len):
-                tap = x.expand(n, *x.shape[1:]).to(dt)
-                taps[i] = tap.contiguous(memory_format=fmt)
+                full = _Background(x, g.out_len, [z[i][1] for z in zones]).region(
+                    0, g.out_len[0], 0, g.out_len[1]
+                )
+                taps[i] = full.expand(n, *full.shape[1:]).to(dt).contiguous(memory_format=fmt)
         return {
             "geoms": geoms, "kinds": kinds, "inputs": inputs, "work": work, "taps": taps,
-            "arenas": arenas,
+            "arenas": arenas, "background_size": tuple(small),
         }  # fmt: skip
 
     def _weights(self, s: _Step) -> tuple[torch.Tensor, torch.Tensor | None]:
