@@ -188,13 +188,13 @@ def _checkpoint_dataset(args, ckpt: dict):
 
 FAST_HELP = (
     "exact faster CPU path (FastFCN) for VGG16/AlexNet FCNs: ~2.3x at 500x500 once a size "
-    "has been seen (the first image of each size costs ~2x an ordinary pass)"
+    "has been seen (the first image of each size costs about one ordinary pass)"
 )
 
 
 def _fast(model, fast: bool, device):
-    """--fast: FastFCN, the exact CPU path (one background pass per distinct input size, so it
-    pays when sizes repeat: tiles, VOC's 500x375 / 375x500)."""
+    """--fast: FastFCN, the exact CPU path (a background pass per distinct input size, about
+    one ordinary pass at 500x500: it pays from the second image of a size)."""
     if not fast:
         return model
     import torch
