@@ -52,6 +52,11 @@ def test_quick_demo_writes_a_report(tmp_path):
     report = (out / "report.md").read_text()
     for section in ("1. The models", "2. Convolutionalization", "3. A convolutionalized", "4. FCN"):
         assert section in report
+    rows = {
+        r.split("|")[1].strip(): r.split("|") for r in report.splitlines() if r.startswith("| fcn")
+    }
+    assert float(rows["fcn8s_vgg16"][7]) > 0  # the FastFCN column, timed
+    assert rows["fcn32s_googlenet"][7].strip() == "-"  # a trunk FastFCN does not run
     for line in report.splitlines():  # every linked image exists
         if line.startswith("!["):
             assert (out / line.split("(")[1].rstrip(")")).is_file(), line

@@ -25,6 +25,7 @@ from PIL import Image
 from . import build_model, list_models
 from .categories import voc_palette
 from .demo_digits import train_digit_stages
+from .fast import FastFCN
 from .heatmap import class_heatmap, class_indices, load_classifier, render_heatmap
 from .models import alexnet_classifier, convolutionalize, vgg16_classifier
 from .sliding import time_fcn_vs_sliding
@@ -58,12 +59,23 @@ def _models(image: np.ndarray, quick: bool) -> str:
         y = model(x)
         dt = time.perf_counter() - t
         assert y.shape[-2:] == x.shape[-2:], (name, y.shape, x.shape)
+        fast_ms = "-"  # FastFCN: the exact CPU path, VGG16 and AlexNet trunks
+        if "googlenet" not in name:
+            fast = FastFCN(model)
+            fast(x)  # first call of this size: background and buffers
+            t = time.perf_counter()
+            fast(x)
+            fast_ms = f"{(time.perf_counter() - t) * 1000:.0f}"
         params = sum(p.numel() for p in model.parameters()) / 1e6
         offsets = ", ".join(f"{k} {v}" for k, v in model.crop_offsets.items())
         rows.append([name, f"{params:.1f}M", "x".join(map(str, x.shape[1:])),
-                     "x".join(map(str, y.shape[1:])), offsets, f"{dt * 1000:.0f}"])  # fmt: skip
-        print(f"  {name:20s} {rows[-1][3]:>12s}  {rows[-1][5]:>6s} ms")
-    return _table(["model", "params", "input", "output", "crop offsets", "forward ms"], rows)
+                     "x".join(map(str, y.shape[1:])), offsets, f"{dt * 1000:.0f}",
+                     fast_ms])  # fmt: skip
+        fast_text = "" if fast_ms == "-" else f"  FastFCN {fast_ms} ms"
+        print(f"  {name:20s} {rows[-1][3]:>12s}  {rows[-1][5]:>6s} ms{fast_text}")
+    return _table(
+        ["model", "params", "input", "output", "crop offsets", "forward ms", "FastFCN ms"], rows
+    )
 
 
 @torch.no_grad()
@@ -180,7 +192,9 @@ def run_demo(out: Path, *, quick: bool = False) -> Path:
         f"torch {torch.__version__}.\n\n"
         "## 1. The models on a 300x451 photo\n\nRandom weights (score layers start at zero), "
         "so only shapes and timing mean something here. Crop offsets are computed from the "
-        "layer geometry.\n\n" + models + "\n\n"
+        "layer geometry. FastFCN: the exact faster CPU path (`fcnseg.FastFCN`, `--fast`), "
+        "its second call (the first also computes the padding's background for this size)."
+        "\n\n" + models + "\n\n"
         "## 2. Convolutionalization is exact\n\nRandom weights, float32.\n\n" + exact + "\n\n"
         "## 3. A convolutionalized classifier sees the cat\n\n"
         + heat
