@@ -98,6 +98,7 @@ def test_cache_follows_shapes_and_weights():
         for x in (a, b, a):  # shape changes evict and rebuild the background
             assert rel_err(fast(x), model(x)) < 1e-12
         assert len(fast._cache) == 1
+        assert list(fast._arenas) == [torch.float64]  # one set of work arenas for all sizes
         model.conv1_1.bias.add_(0.5)  # new weights: the cached background is stale until cleared
         fast.clear_cache()
         assert rel_err(fast(a), model(a)) < 1e-12

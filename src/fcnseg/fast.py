@@ -212,8 +212,10 @@ class FastFCN(nn.Module):
 
     Same forward signature and outputs as ``model`` in eval mode. Reads the model's parameters
     at every call (``bfloat16=True`` snapshots bf16 copies instead). Per input shape it keeps
-    the background rims and the buffer arenas (``max_cached`` shapes, least recent dropped; at
-    500x500 ~0.2 GB), rebuilt when the model's weights change; ``clear_cache()`` frees them.
+    the background rims (``max_cached`` shapes, least recent dropped; 25 MB at 500x500, 60 MB
+    at 1024x1024), rebuilt when the model's weights change; the work arenas (0.2 GB at 500x500,
+    0.65 GB at 1024x1024) are shared by all shapes and sized for the largest.
+    ``clear_cache()`` frees both. One call at a time: use one FastFCN per thread.
     ``winograd``: 3x3 convs with at least this many input channels run Winograd F(2x2, 3x3)
     (None: never); below 256 oneDNN's direct kernels are faster on this CPU.
     """
@@ -241,6 +243,7 @@ class FastFCN(nn.Module):
         self.max_cached = max_cached
         self.winograd = winograd
         self._cache: OrderedDict[tuple, dict] = OrderedDict()
+        self._arenas: dict[torch.dtype, dict[str, torch.Tensor]] = {}  # shared by all sizes
         self._bf16_weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._fc_weights: dict[tuple, tuple[tuple, torch.Tensor]] = {}  # weights, re-laid out
         if bfloat16:
@@ -271,6 +274,15 @@ class FastFCN(nn.Module):
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._arenas.clear()
+
+    def _arena(self, need: dict[str, int], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The shared work arenas, grown to at least `need` elements each."""
+        have = self._arenas.setdefault(dtype, {})
+        for k, v in need.items():
+            if k not in have or have[k].numel() < v:
+                have[k] = torch.empty(v, dtype=dtype)
+        return have
 
     def _versions(self) -> tuple:
         """In-place updates (optimizer steps, load_state_dict) bump a parameter's version."""
@@ -389,8 +401,8 @@ class FastFCN(nn.Module):
 
     @torch.no_grad()
     def _prepare(self, n: int, H: int, W: int, dtype: torch.dtype) -> dict:
-        """Background activations of an all-zero input, each step's input rim, and the arenas
-        its buffers live in.
+        """Background activations of an all-zero input, each step's input rim, and the sizes
+        of the arenas its buffers live in.
 
         A step's input is dead once the step has run, and its output once the next step has
         pasted it, so all inputs share one arena (refilled each call: rim strips + core), the
@@ -423,7 +435,6 @@ class FastFCN(nn.Module):
             work.append(w)
             shapes.append(shape)
             c = s.layer.out_channels if s.kind == "conv" else c
-        arenas = {k: torch.empty(v, dtype=dt) for k, v in need.items()}
 
         # background: the trunk on a black image (batch 1), computed on a smaller one with the
         # same edges where that is exact; each step's input window holds it where the window
@@ -451,7 +462,7 @@ class FastFCN(nn.Module):
                 taps[i] = full.expand(n, *full.shape[1:]).to(dt).contiguous(memory_format=fmt)
         return {
             "geoms": geoms, "kinds": kinds, "inputs": inputs, "work": work, "taps": taps,
-            "arenas": arenas, "background_size": tuple(small),
+            "need": need, "background_size": tuple(small),
         }  # fmt: skip
 
     def _weights(self, s: _Step) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -549,7 +560,7 @@ class FastFCN(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         feats: dict[str, torch.Tensor] = {}
         cur = x  # the current map's core (the full map once the core covers it)
-        arenas = state["arenas"]
+        arenas = self._arena(state["need"], self.dtype or dtype)
         for i, (s, g, inp, kind, work) in enumerate(
             zip(self.steps, state["geoms"], state["inputs"], state["kinds"], state["work"],
                 strict=True)
