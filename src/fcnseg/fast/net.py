@@ -1,210 +1,21 @@
-"""A faster exact forward for reference-layout FCNs: skip the work the 100-pixel padding causes.
-
-The reference pads conv1_1 by 100 pixels so that any input gives an output. At 500x500 this
-makes every early map ~40% larger than the image's own, and most of that border holds values
-that do not depend on the image at all: a position whose receptive field misses the image sees
-only zeros, so its activation is the one the net gives a black (all-zero) input of the same size.
-
-`FastFCN` computes, once per input size, the activations of that all-zero input (the
-"background": constant except in zones along the map's edges, so it is computed on a smaller
-black input with the same edges, 212x212 for 500x500, and its interior repeated), then on
-every call runs each layer only on the "core": the positions whose
-receptive field touches the image (plus what the next layer reads). Outside the core every map
-equals the background, which also holds the thin rim that each layer's own zero padding makes at
-the map's outer edge, so no special case is needed for it. The input of each layer is a
-persistent buffer: background and zero padding written once, the core pasted in on each call,
-so the large layer inputs are not re-allocated (and re-faulted by the OS) on every call.
-
-Each layer then runs with the fastest kernel that gives the same numbers (fcnseg.kernels):
-3x3 convs with >= 256 input channels (VGG16's conv3_2 to conv5_3) by Winograd F(2x2, 3x3),
-2.25x fewer multiply-adds; the other convs by oneDNN into kept output buffers with the ReLU
-fused (no page faults for fresh 50 MB activations); fc6/fc7 as one GEMM (oneDNN's linear with
-the ReLU fused, where torch has it: a 7x7 conv on a 22x22 map runs far below the conv kernels'
-speed); channels_last throughout; the upsamplers as per-class (grouped) transposed convs when
-their weights are diagonal, as the bilinear ones are.
-
-Exactness: the same function of the same values, up to float rounding (summation order, and
-Winograd's transforms: ~1e-7 relative in float32, like the direct convs'); tests/test_fast.py
-compares with the model's own forward, in float64 to 1e-12.
-
-At 500x500 the model's forward performs 181.5 GMAC (the "same" layout: 108.3); FastFCN's trunk
-computes 124.6 GMAC of it, as 88.9 GMAC of products with Winograd. At 1024 the padding's share,
-and the gain from skipping it, is smaller. `bfloat16=True` gives a bf16 trunk (the head stays
-float32): not exact, ~1e-2 relative, argmax nearly always the same; see
-benchmarks/inference.py.
-"""
+"""FastFCN: the exact faster CPU forward (see the package docstring), and a plain bf16 path."""
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernels
-from .models.fcn import FCN
+from .. import kernels
+from ..models.fcn import FCN
+from . import plan
+from .buffers import Background, RimInput, carve
+from .plan import Geom, Step, pair, parse_trunk
 
-__all__ = ["FastFCN", "bf16_forward", "core_interval"]
-
-
-def core_interval(
-    core: tuple[int, int], length: int, kernel: int, stride: int, padding: int, out_len: int
-) -> tuple[int, int]:
-    """Output positions [a, b) of a conv/pool whose window touches input positions `core`."""
-    a, b = core
-    lo = max(0, -(-(a + padding - kernel + 1) // stride))
-    hi = min(out_len, (b - 1 + padding) // stride + 1)
-    return lo, hi
-
-
-def _out_len(length: int, kernel: int, stride: int, padding: int, ceil: bool) -> int:
-    span = length + 2 * padding - kernel
-    n = (-(-span // stride) if ceil else span // stride) + 1
-    if ceil and (n - 1) * stride >= length + padding:  # PyTorch's rule: last window starts inside
-        n -= 1
-    return n
-
-
-@dataclass
-class _Step:
-    """One conv (with its ReLU fused) or max pool of the trunk."""
-
-    name: str  # the name of the last module it covers (e.g. "relu1_1", "pool1")
-    layer: nn.Module
-    kind: str  # "conv" | "pool"
-    relu: bool = False
-    modules: tuple[str, ...] = ()
-
-
-@dataclass
-class _Geom:
-    """Per axis: input length and core, output length and core, the input window to read."""
-
-    in_len: tuple[int, int]
-    in_core: tuple[tuple[int, int], tuple[int, int]]
-    out_len: tuple[int, int]
-    out_core: tuple[tuple[int, int], tuple[int, int]]
-    window: tuple[tuple[int, int], tuple[int, int]]  # input coords [lo, hi), may pass the edges
-
-    @property
-    def direct(self) -> bool:
-        """Input and output are all core: run the layer on the whole map, its own padding."""
-        whole_in = all(c == (0, n) for c, n in zip(self.in_core, self.in_len, strict=True))
-        whole_out = all(c == (0, n) for c, n in zip(self.out_core, self.out_len, strict=True))
-        return whole_in and whole_out
-
-
-def _parse_trunk(model: FCN) -> list[_Step]:
-    steps: list[_Step] = []
-    for name in model.trunk_names:
-        layer = getattr(model, name)
-        if isinstance(layer, nn.Conv2d):
-            if layer.groups != 1 or layer.dilation != (1, 1) or layer.padding_mode != "zeros":
-                raise ValueError(f"FastFCN: unsupported conv {name}: {layer}")
-            steps.append(_Step(name, layer, "conv", modules=(name,)))
-        elif isinstance(layer, nn.MaxPool2d):
-            if layer.padding not in (0, (0, 0)) or layer.dilation not in (1, (1, 1)):
-                raise ValueError(f"FastFCN: unsupported pool {name}: {layer}")
-            steps.append(_Step(name, layer, "pool", modules=(name,)))
-        elif isinstance(layer, nn.ReLU) and steps and steps[-1].kind == "conv":
-            if steps[-1].relu:
-                raise ValueError(f"FastFCN: two ReLUs in a row at {name}")
-            steps[-1].relu = True
-            steps[-1].modules += (name,)
-            steps[-1].name = name
-        elif isinstance(layer, nn.Dropout) and steps:  # identity in eval mode
-            steps[-1].modules += (name,)
-            steps[-1].name = name
-        else:
-            raise ValueError(
-                f"FastFCN handles plain conv/ReLU/pool trunks (VGG16, AlexNet); "
-                f"{name} is {type(layer).__name__}"
-            )
-    return steps
-
-
-def _carve(arena: torch.Tensor, shape, channels_last: bool) -> torch.Tensor:
-    """An (N, C, h, w) tensor over the start of a flat arena, dense in its memory format."""
-    n, c, h, w = shape
-    block = arena[: n * c * h * w]
-    return block.view(n, h, w, c).permute(0, 3, 1, 2) if channels_last else block.view(shape)
-
-
-class _Background:
-    """A background map of the real input size, held as the map of a smaller black input with
-    the same edges. Away from the map's edges every background activation is the same number
-    (it sees only the black image and biases), so the large map is the small one with its
-    constant interior repeated: row p of the large map is row p of the small one inside the
-    top zone, row p - d inside the bottom zone (d = the length difference), and a row of the
-    interior in between; columns likewise."""
-
-    def __init__(self, small: torch.Tensor, length: tuple[int, int], zones):
-        self.small, self.length, self.zones = small, length, zones
-        self.shape = (*small.shape[:2], *length)
-
-    def region(self, a0: int, a1: int, b0: int, b1: int) -> torch.Tensor:
-        """Rows a0:a1, columns b0:b1 of the large map (inside it)."""
-        x = self.small
-        for axis, (lo, hi) in ((2, (a0, a1)), (3, (b0, b1))):
-            big, small = self.length[axis - 2], x.shape[axis]
-            if big == small:
-                x = x.narrow(axis, lo, hi - lo)
-                continue
-            top, bottom = self.zones[axis - 2]
-            p = torch.arange(lo, hi)
-            idx = torch.where(p < top, p, torch.where(p >= big - bottom, p - (big - small), top))
-            x = x.index_select(axis, idx)
-        return x
-
-
-@dataclass
-class _Input:
-    """A step's input window, rebuilt on each call in the shared input arena: its rim (the
-    background and the zero padding around the core, up to four strips kept at batch 1),
-    then the core pasted in."""
-
-    shape: tuple[int, int, int, int]  # (N, C, h, w)
-    core: tuple[slice, slice]
-    strips: list[tuple[slice, slice, torch.Tensor]]
-
-    @classmethod
-    def of(cls, x: _Background, origin, shape, rows, cols, dtype: torch.dtype):
-        """The rim of the (N, C, h, w) window at `origin` of the background map x: its values
-        around the core rows x cols (buffer coordinates), zeros past the map's edges; in
-        `dtype`, the one the buffer has."""
-        (r0, r1), (c0, c1) = rows, cols
-        h, w = shape[-2:]
-        regions = [
-            (slice(0, r0), slice(0, w)), (slice(r1, h), slice(0, w)),
-            (slice(r0, r1), slice(0, c0)), (slice(r0, r1), slice(c1, w)),
-        ]  # fmt: skip
-        strips = []
-        for rs, cs in regions:
-            if rs.stop > rs.start and cs.stop > cs.start:
-                size = (rs.stop - rs.start, cs.stop - cs.start)
-                strip = torch.zeros(1, x.shape[1], *size, dtype=dtype)
-                # the part of the strip inside the map, in map coordinates
-                a0, a1 = max(origin[0] + rs.start, 0), min(origin[0] + rs.stop, x.shape[2])
-                b0, b1 = max(origin[1] + cs.start, 0), min(origin[1] + cs.stop, x.shape[3])
-                if a1 > a0 and b1 > b0:
-                    ra, ca = a0 - origin[0] - rs.start, b0 - origin[1] - cs.start
-                    strip[:, :, ra : ra + a1 - a0, ca : ca + b1 - b0] = x.region(a0, a1, b0, b1)
-                strips.append((rs, cs, strip))
-        return cls(shape, (slice(r0, r1), slice(c0, c1)), strips)
-
-    def fill(self, arena: torch.Tensor, core: torch.Tensor, channels_last: bool) -> torch.Tensor:
-        buf = _carve(arena, self.shape, channels_last)
-        for rs, cs, strip in self.strips:
-            buf[:, :, rs, cs] = strip
-        buf[:, :, self.core[0], self.core[1]] = core
-        return buf
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
+__all__ = ["FastFCN", "bf16_forward"]
 
 
 class FastFCN(nn.Module):
@@ -236,7 +47,7 @@ class FastFCN(nn.Module):
         if model.pad_to != 1:
             raise ValueError("FastFCN does not handle models that pad their input (pad_to > 1)")
         self.model = model
-        self.steps = _parse_trunk(model)
+        self.steps = parse_trunk(model)
         self.channels_last = channels_last
         self.matmul_fc = matmul_fc
         self.dtype = torch.bfloat16 if bfloat16 else None
@@ -289,82 +100,11 @@ class FastFCN(nn.Module):
         return tuple(0 if p.is_inference() else p._version for p in self.model.parameters())
 
     # ------------------------------------------------------------------ planning
-    def _geometry(self, H: int, W: int) -> list[_Geom]:
-        geoms = []
-        length, core = (H, W), ((0, H), (0, W))
-        for s in self.steps:
-            k, st = _pair(s.layer.kernel_size), _pair(s.layer.stride)
-            p = _pair(s.layer.padding)
-            ceil = s.kind == "pool" and s.layer.ceil_mode
-            out_len = tuple(_out_len(length[a], k[a], st[a], p[a], ceil) for a in (0, 1))
-            out_core = tuple(
-                core_interval(core[a], length[a], k[a], st[a], p[a], out_len[a]) for a in (0, 1)
-            )
-            window = []
-            for a in (0, 1):
-                lo = out_core[a][0] * st[a] - p[a]
-                hi = (out_core[a][1] - 1) * st[a] - p[a] + k[a]
-                if s.kind == "pool":  # ceil mode: the last window may stop at the map's end
-                    hi = min(hi, length[a])
-                window.append((lo, hi))
-            geoms.append(_Geom(length, core, out_len, out_core, tuple(window)))
-            length, core = out_len, out_core
-        return geoms
+    def _geometry(self, H: int, W: int) -> list[Geom]:
+        return plan.geometry(self.steps, H, W)
 
-    def _zones(self, length: int, axis: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-        """Per step along one axis: the edge zones (top, bottom) of its input and its output:
-        the positions whose background differs from the map's constant interior because they
-        read, directly or through earlier layers, the zero padding or a partial pool window.
-        The black input itself equals its padding, so the first step has no zones."""
-        zones, zl, zr, uniform_zero = [], 0, 0, True
-        for s in self.steps:
-            k, st = _pair(s.layer.kernel_size)[axis], _pair(s.layer.stride)[axis]
-            p = _pair(s.layer.padding)[axis]
-            ceil = s.kind == "pool" and s.layer.ceil_mode
-            out = _out_len(length, k, st, p, ceil)
-            if uniform_zero and s.kind == "conv":  # zeros everywhere, padding included
-                ol, orr = 0, 0
-            else:
-                ol = min(out, -(-(zl + p) // st))  # windows that start in the top zone
-                first = -(-(length - zr + p - k + 1) // st)  # first window reaching the bottom
-                orr = out - min(out, max(0, first))
-            zones.append(((zl, zr), (ol, orr)))
-            zl, zr, length = ol, orr, out
-            uniform_zero = uniform_zero and s.kind == "pool"
-        return zones
-
-    def _small_length(self, length: int, axis: int, period: int = 32) -> int:
-        """The shortest input length, length - k * period, whose background maps are the
-        large ones with a shorter interior: at every step the input lengths differ by a multiple
-        of the stride (the windows meet the bottom edge the same way) and the zones match and
-        leave an interior. `length` itself if there is none."""
-        big = self._zones(length, axis)
-        big_len = self._lengths(length, axis)
-        for cand in range(length % period or period, length, period):
-            lens = self._lengths(cand, axis)
-            strides = [_pair(s.layer.stride)[axis] for s in self.steps]
-            aligned = all(
-                (b - c) % st == 0 for b, c, st in zip(big_len, lens, strides, strict=True)
-            )
-            zones = self._zones(cand, axis)
-            outs = [*lens[1:], None]
-            room = all(
-                zl + zr < L and (Lo is None or ol + orr < Lo)
-                for ((zl, zr), (ol, orr)), L, Lo in zip(zones, lens, outs, strict=True)
-            )
-            if aligned and room and zones == big:
-                return cand
-        return length
-
-    def _lengths(self, length: int, axis: int) -> list[int]:
-        """Each step's input length along one axis."""
-        out = []
-        for s in self.steps:
-            out.append(length)
-            k, st = _pair(s.layer.kernel_size)[axis], _pair(s.layer.stride)[axis]
-            ceil = s.kind == "pool" and s.layer.ceil_mode
-            length = _out_len(length, k, st, _pair(s.layer.padding)[axis], ceil)
-        return out
+    def _small_length(self, length: int, axis: int) -> int:
+        return plan.small_length(self.steps, length, axis)
 
     def trunk_macs(self, height: int, width: int) -> int:
         """Multiply-accumulates the trunk's convs actually perform per image at this size
@@ -381,7 +121,7 @@ class FastFCN(nn.Module):
                     total += (a1 - a0) * (b1 - b0) * w[0].numel() * w.shape[0]
         return total
 
-    def _kernel(self, s: _Step, g: _Geom, dtype: torch.dtype) -> str:
+    def _kernel(self, s: Step, g: Geom, dtype: torch.dtype) -> str:
         """How a step runs on its buffer: "winograd", "inplace" (oneDNN into a kept output),
         "plain" (torch's conv / pool / GEMM, a fresh output), or "direct" (no buffer)."""
         if g.direct:
@@ -391,7 +131,7 @@ class FastFCN(nn.Module):
             return "plain"
         if (
             self.winograd is not None
-            and _pair(s.layer.kernel_size) == (3, 3)
+            and pair(s.layer.kernel_size) == (3, 3)
             and s.layer.in_channels >= self.winograd
             and self.channels_last
         ):
@@ -440,23 +180,23 @@ class FastFCN(nn.Module):
         # same edges where that is exact; each step's input window holds it where the window
         # lies inside the map, zeros (padding) outside
         small = [self._small_length(L, a) for a, L in enumerate((H, W))]
-        zones = [self._zones(L, a) for a, L in enumerate(small)]
+        zones = [plan.zones(self.steps, L, a) for a, L in enumerate(small)]
         x = torch.zeros(1, 3, *small, dtype=torch.float32 if self.dtype else dtype)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        inputs: list[_Input | None] = []
+        inputs: list[RimInput | None] = []
         taps: dict[int, torch.Tensor] = {}
         for i, (s, g, shape) in enumerate(zip(self.steps, geoms, shapes, strict=True)):
             if shape is not None:
-                bg = _Background(x, g.in_len, [z[i][0] for z in zones])
+                bg = Background(x, g.in_len, [z[i][0] for z in zones])
                 (h0, _), (w0, _) = g.window
                 (c0, c1), (d0, d1) = g.in_core
                 rows, cols = (c0 - h0, c1 - h0), (d0 - w0, d1 - w0)  # the core, buffer coords
-                inputs.append(_Input.of(bg, (h0, w0), shape, rows, cols, dt))
+                inputs.append(RimInput.of(bg, (h0, w0), shape, rows, cols, dt))
             else:
                 inputs.append(None)  # the layer runs on the full previous map, its own padding
             x = self._run_full(s, x)
             if i in self._tap_steps and g.out_core != tuple((0, L) for L in g.out_len):
-                full = _Background(x, g.out_len, [z[i][1] for z in zones]).region(
+                full = Background(x, g.out_len, [z[i][1] for z in zones]).region(
                     0, g.out_len[0], 0, g.out_len[1]
                 )
                 taps[i] = full.expand(n, *full.shape[1:]).to(dt).contiguous(memory_format=fmt)
@@ -465,16 +205,16 @@ class FastFCN(nn.Module):
             "need": need, "background_size": tuple(small),
         }  # fmt: skip
 
-    def _weights(self, s: _Step) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _weights(self, s: Step) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.dtype is not None:
             return self._bf16_weights[s.name]
         return s.layer.weight, s.layer.bias
 
-    def _fc_weight(self, s: _Step, w: torch.Tensor) -> torch.Tensor:
+    def _fc_weight(self, s: Step, w: torch.Tensor) -> torch.Tensor:
         """(K, out) contiguous copy of a conv weight, for fc6/fc7 as one GEMM."""
         return self._derived(("fc", s.name), w, lambda: w.reshape(w.shape[0], -1).t().contiguous())
 
-    def _conv_weight(self, s: _Step, w: torch.Tensor) -> torch.Tensor:
+    def _conv_weight(self, s: Step, w: torch.Tensor) -> torch.Tensor:
         """The weight in channels_last, so oneDNN does not reorder it on every call."""
         if not self.channels_last:
             return w
@@ -482,7 +222,7 @@ class FastFCN(nn.Module):
             ("cl", s.name), w, lambda: w.contiguous(memory_format=torch.channels_last)
         )
 
-    def _winograd_weight(self, s: _Step) -> torch.Tensor:
+    def _winograd_weight(self, s: Step) -> torch.Tensor:
         """G g G^T of the float32 weight (in float64), in the dtype the trunk runs in."""
         w = s.layer.weight
         return self._derived(
@@ -501,21 +241,21 @@ class FastFCN(nn.Module):
             self._fc_weights[key] = cached
         return cached[1]
 
-    def _run_full(self, s: _Step, x: torch.Tensor) -> torch.Tensor:
+    def _run_full(self, s: Step, x: torch.Tensor) -> torch.Tensor:
         """The step on a whole map, with the layer's own padding (used for the background)."""
         y = s.layer(x)
         return F.relu(y) if s.relu else y
 
     # ------------------------------------------------------------------ forward
-    def _as_gemm(self, s: _Step, out_hw: tuple[int, int]) -> bool:
+    def _as_gemm(self, s: Step, out_hw: tuple[int, int]) -> bool:
         """fc6 / fc7 (a 7x7 or 1x1 kernel, stride 1, on a small map) run as im2col + one GEMM."""
-        kh, kw = _pair(s.layer.kernel_size)
+        kh, kw = pair(s.layer.kernel_size)
         small = kh * kw >= 25 or kh * kw == 1
         return (
             self.matmul_fc and s.layer.stride == (1, 1) and small and out_hw[0] * out_hw[1] <= 4096
         )
 
-    def _conv(self, s: _Step, x: torch.Tensor, padding, out=None) -> torch.Tensor:
+    def _conv(self, s: Step, x: torch.Tensor, padding, out=None) -> torch.Tensor:
         """The conv and its ReLU; into `out` (a persistent buffer) when one is given."""
         w, b = self._weights(s)
         kh, kw = w.shape[-2:]
@@ -532,7 +272,7 @@ class FastFCN(nn.Module):
         y = F.conv2d(x, self._conv_weight(s, w), b, s.layer.stride, padding)
         return y.relu_() if s.relu else y
 
-    def _step(self, s: _Step, x: torch.Tensor, padding=None, out=None) -> torch.Tensor:
+    def _step(self, s: Step, x: torch.Tensor, padding=None, out=None) -> torch.Tensor:
         if s.kind == "conv":
             return self._conv(s, x, s.layer.padding if padding is None else padding, out)
         p = s.layer
@@ -576,7 +316,7 @@ class FastFCN(nn.Module):
                         buf, U, b, work, arenas, (a1 - a0, b1 - b0), relu=s.relu
                     )
                 elif kind == "inplace":
-                    out = _carve(arenas["out"], work, channels_last=True)
+                    out = carve(arenas["out"], work, channels_last=True)
                     y = self._step(s, buf, padding=(0, 0), out=out)
                 else:
                     y = self._step(s, buf, padding=(0, 0))

@@ -1,0 +1,183 @@
+"""The trunk of an FCN as a list of steps, and the geometry FastFCN plans with.
+
+Per step and axis: map lengths, the "core" (positions whose receptive field touches the
+image), the input window a step reads to produce its core, and the edge zones of the
+background (the activations of a black image), which let the background be computed on a
+smaller black image with the same edges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..models.fcn import FCN
+
+__all__ = [
+    "Geom", "Step", "core_interval", "geometry", "lengths", "out_len", "pair", "parse_trunk",
+    "small_length", "zones",
+]  # fmt: skip
+
+
+def core_interval(
+    core: tuple[int, int], length: int, kernel: int, stride: int, padding: int, out_len: int
+) -> tuple[int, int]:
+    """Output positions [a, b) of a conv/pool whose window touches input positions `core`."""
+    a, b = core
+    lo = max(0, -(-(a + padding - kernel + 1) // stride))
+    hi = min(out_len, (b - 1 + padding) // stride + 1)
+    return lo, hi
+
+
+def out_len(length: int, kernel: int, stride: int, padding: int, ceil: bool) -> int:
+    span = length + 2 * padding - kernel
+    n = (-(-span // stride) if ceil else span // stride) + 1
+    if ceil and (n - 1) * stride >= length + padding:  # PyTorch's rule: last window starts inside
+        n -= 1
+    return n
+
+
+@dataclass
+class Step:
+    """One conv (with its ReLU fused) or max pool of the trunk."""
+
+    name: str  # the name of the last module it covers (e.g. "relu1_1", "pool1")
+    layer: nn.Module
+    kind: str  # "conv" | "pool"
+    relu: bool = False
+    modules: tuple[str, ...] = ()
+
+
+@dataclass
+class Geom:
+    """Per axis: input length and core, output length and core, the input window to read."""
+
+    in_len: tuple[int, int]
+    in_core: tuple[tuple[int, int], tuple[int, int]]
+    out_len: tuple[int, int]
+    out_core: tuple[tuple[int, int], tuple[int, int]]
+    window: tuple[tuple[int, int], tuple[int, int]]  # input coords [lo, hi), may pass the edges
+
+    @property
+    def direct(self) -> bool:
+        """Input and output are all core: run the layer on the whole map, its own padding."""
+        whole_in = all(c == (0, n) for c, n in zip(self.in_core, self.in_len, strict=True))
+        whole_out = all(c == (0, n) for c, n in zip(self.out_core, self.out_len, strict=True))
+        return whole_in and whole_out
+
+
+def parse_trunk(model: FCN) -> list[Step]:
+    steps: list[Step] = []
+    for name in model.trunk_names:
+        layer = getattr(model, name)
+        if isinstance(layer, nn.Conv2d):
+            if layer.groups != 1 or layer.dilation != (1, 1) or layer.padding_mode != "zeros":
+                raise ValueError(f"FastFCN: unsupported conv {name}: {layer}")
+            steps.append(Step(name, layer, "conv", modules=(name,)))
+        elif isinstance(layer, nn.MaxPool2d):
+            if layer.padding not in (0, (0, 0)) or layer.dilation not in (1, (1, 1)):
+                raise ValueError(f"FastFCN: unsupported pool {name}: {layer}")
+            steps.append(Step(name, layer, "pool", modules=(name,)))
+        elif isinstance(layer, nn.ReLU) and steps and steps[-1].kind == "conv":
+            if steps[-1].relu:
+                raise ValueError(f"FastFCN: two ReLUs in a row at {name}")
+            steps[-1].relu = True
+            steps[-1].modules += (name,)
+            steps[-1].name = name
+        elif isinstance(layer, nn.Dropout) and steps:  # identity in eval mode
+            steps[-1].modules += (name,)
+            steps[-1].name = name
+        else:
+            raise ValueError(
+                f"FastFCN handles plain conv/ReLU/pool trunks (VGG16, AlexNet); "
+                f"{name} is {type(layer).__name__}"
+            )
+    return steps
+
+
+def pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def geometry(steps: list[Step], H: int, W: int) -> list[Geom]:
+    """Per step: lengths, image-dependent cores and the input window each step reads."""
+    geoms = []
+    length, core = (H, W), ((0, H), (0, W))
+    for s in steps:
+        k, st = pair(s.layer.kernel_size), pair(s.layer.stride)
+        p = pair(s.layer.padding)
+        ceil = s.kind == "pool" and s.layer.ceil_mode
+        out = tuple(out_len(length[a], k[a], st[a], p[a], ceil) for a in (0, 1))
+        out_core = tuple(
+            core_interval(core[a], length[a], k[a], st[a], p[a], out[a]) for a in (0, 1)
+        )
+        window = []
+        for a in (0, 1):
+            lo = out_core[a][0] * st[a] - p[a]
+            hi = (out_core[a][1] - 1) * st[a] - p[a] + k[a]
+            if s.kind == "pool":  # ceil mode: the last window may stop at the map's end
+                hi = min(hi, length[a])
+            window.append((lo, hi))
+        geoms.append(Geom(length, core, out, out_core, tuple(window)))
+        length, core = out, out_core
+    return geoms
+
+
+Zones = list[tuple[tuple[int, int], tuple[int, int]]]
+
+
+def zones(steps: list[Step], length: int, axis: int) -> Zones:
+    """Per step along one axis: the edge zones (top, bottom) of its input and its output:
+    the positions whose background differs from the map's constant interior because they
+    read, directly or through earlier layers, the zero padding or a partial pool window.
+    The black input itself equals its padding, so the first step has no zones."""
+    found, zl, zr, uniform_zero = [], 0, 0, True
+    for s in steps:
+        k, st = pair(s.layer.kernel_size)[axis], pair(s.layer.stride)[axis]
+        p = pair(s.layer.padding)[axis]
+        ceil = s.kind == "pool" and s.layer.ceil_mode
+        out = out_len(length, k, st, p, ceil)
+        if uniform_zero and s.kind == "conv":  # zeros everywhere, padding included
+            ol, orr = 0, 0
+        else:
+            ol = min(out, -(-(zl + p) // st))  # windows that start in the top zone
+            first = -(-(length - zr + p - k + 1) // st)  # first window reaching the bottom
+            orr = out - min(out, max(0, first))
+        found.append(((zl, zr), (ol, orr)))
+        zl, zr, length = ol, orr, out
+        uniform_zero = uniform_zero and s.kind == "pool"
+    return found
+
+
+def small_length(steps: list[Step], length: int, axis: int, period: int = 32) -> int:
+    """The shortest input length, length - k * period, whose background maps are the
+    large ones with a shorter interior: at every step the input lengths differ by a multiple
+    of the stride (the windows meet the bottom edge the same way) and the zones match and
+    leave an interior. `length` itself if there is none."""
+    big = zones(steps, length, axis)
+    big_len = lengths(steps, length, axis)
+    for cand in range(length % period or period, length, period):
+        lens = lengths(steps, cand, axis)
+        strides = [pair(s.layer.stride)[axis] for s in steps]
+        aligned = all((b - c) % st == 0 for b, c, st in zip(big_len, lens, strides, strict=True))
+        small = zones(steps, cand, axis)
+        outs = [*lens[1:], None]
+        room = all(
+            zl + zr < L and (Lo is None or ol + orr < Lo)
+            for ((zl, zr), (ol, orr)), L, Lo in zip(small, lens, outs, strict=True)
+        )
+        if aligned and room and small == big:
+            return cand
+    return length
+
+
+def lengths(steps: list[Step], length: int, axis: int) -> list[int]:
+    """Each step's input length along one axis."""
+    out = []
+    for s in steps:
+        out.append(length)
+        k, st = pair(s.layer.kernel_size)[axis], pair(s.layer.stride)[axis]
+        ceil = s.kind == "pool" and s.layer.ceil_mode
+        length = out_len(length, k, st, pair(s.layer.padding)[axis], ceil)
+    return out
