@@ -56,15 +56,19 @@ class FastFCN(nn.Module):
         self._cache: OrderedDict[tuple, dict] = OrderedDict()
         self._arenas: dict[torch.dtype, dict[str, torch.Tensor]] = {}  # shared by all sizes
         self._bf16_weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._fc_weights: dict[tuple, tuple[tuple, torch.Tensor]] = {}  # weights, re-laid out
-        if bfloat16:
+        self._bf16_winograd: dict[str, torch.Tensor] = {}  # G g G^T of the float32 weight
+        self._derived_weights: dict[tuple, tuple[tuple, torch.Tensor]] = {}  # re-laid out
+        if bfloat16:  # snapshots, all taken now: later weight updates are not seen
             for s in self.steps:
                 if s.kind == "conv":
-                    b = s.layer.bias
+                    w, b = s.layer.weight.detach(), s.layer.bias
                     self._bf16_weights[s.name] = (
-                        s.layer.weight.detach().to(torch.bfloat16),
+                        w.to(torch.bfloat16),
                         None if b is None else b.detach().to(torch.bfloat16),
                     )
+                    if self._winograd_eligible(s):
+                        u = kernels.winograd_weight(w.double()).to(torch.bfloat16)
+                        self._bf16_winograd[s.name] = u
         # the step whose output carries each name the head reads (taps and the trunk's end)
         self._step_of = {m: i for i, s in enumerate(self.steps) for m in s.modules}
         needed = set(model.taps) | {model.trunk_names[-1]}
@@ -121,6 +125,17 @@ class FastFCN(nn.Module):
                     total += (a1 - a0) * (b1 - b0) * w[0].numel() * w.shape[0]
         return total
 
+    def _winograd_eligible(self, s: Step) -> bool:
+        """A stride-1 3x3 conv with at least `winograd` input channels (NHWC only)."""
+        return (
+            self.winograd is not None
+            and self.channels_last
+            and s.kind == "conv"
+            and s.layer.stride == (1, 1)
+            and pair(s.layer.kernel_size) == (3, 3)
+            and s.layer.in_channels >= self.winograd
+        )
+
     def _kernel(self, s: Step, g: Geom, dtype: torch.dtype) -> str:
         """How a step runs on its buffer: "winograd", "inplace" (oneDNN into a kept output),
         "plain" (torch's conv / pool / GEMM, a fresh output), or "direct" (no buffer)."""
@@ -129,12 +144,7 @@ class FastFCN(nn.Module):
         (a0, a1), (b0, b1) = g.out_core
         if s.kind != "conv" or s.layer.stride != (1, 1) or self._as_gemm(s, (a1 - a0, b1 - b0)):
             return "plain"
-        if (
-            self.winograd is not None
-            and pair(s.layer.kernel_size) == (3, 3)
-            and s.layer.in_channels >= self.winograd
-            and self.channels_last
-        ):
+        if self._winograd_eligible(s):
             return "winograd"
         probe = torch.empty(0, dtype=self.dtype or dtype)
         return "inplace" if self.channels_last and kernels.available(probe) else "plain"
@@ -223,22 +233,23 @@ class FastFCN(nn.Module):
         )
 
     def _winograd_weight(self, s: Step) -> torch.Tensor:
-        """G g G^T of the float32 weight (in float64), in the dtype the trunk runs in."""
+        """G g G^T of the float32 weight (in float64), in the dtype the trunk runs in (bf16:
+        the snapshot taken with the other bf16 weights)."""
+        if self.dtype is not None:
+            return self._bf16_winograd[s.name]
         w = s.layer.weight
         return self._derived(
-            ("wino", s.name),
-            w,
-            lambda: kernels.winograd_weight(w.double()).to(self.dtype or w.dtype),
+            ("wino", s.name), w, lambda: kernels.winograd_weight(w.double()).to(w.dtype)
         )
 
     def _derived(self, key: tuple, w: torch.Tensor, make) -> torch.Tensor:
         """A copy of `w` in another layout, remade whenever `w` changes."""
         # inference tensors (e.g. the bf16 snapshots made under inference_mode) have no version
         version = (0 if w.is_inference() else w._version, w.data_ptr(), w.dtype)
-        cached = self._fc_weights.get(key)
+        cached = self._derived_weights.get(key)
         if cached is None or cached[0] != version:
             cached = (version, make())
-            self._fc_weights[key] = cached
+            self._derived_weights[key] = cached
         return cached[1]
 
     def _run_full(self, s: Step, x: torch.Tensor) -> torch.Tensor:

@@ -157,9 +157,9 @@ def small_length(steps: list[Step], length: int, axis: int, period: int = 32) ->
     leave an interior. `length` itself if there is none."""
     big = zones(steps, length, axis)
     big_len = lengths(steps, length, axis)
+    strides = [pair(s.layer.stride)[axis] for s in steps]
     for cand in range(length % period or period, length, period):
         lens = lengths(steps, cand, axis)
-        strides = [pair(s.layer.stride)[axis] for s in steps]
         aligned = all((b - c) % st == 0 for b, c, st in zip(big_len, lens, strides, strict=True))
         small = zones(steps, cand, axis)
         outs = [*lens[1:], None]
