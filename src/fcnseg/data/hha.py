@@ -1,0 +1,283 @@
+"""HHA: depth as three 8-bit channels (Gupta, Girshick, Arbelaez, Malik, ECCV 2014; FCN.md 9).
+
+`hha(depth, intrinsics)` -> uint8 (H, W, 3), channels in the order of Gupta's code (and of the
+release's HHA PNGs):
+
+    0  horizontal disparity   31000 / max(z in cm, 100), i.e. 310 / max(z, 1 m); 255 at z <= 1.22 m
+    1  height above ground    in cm: 0 at the lowest point of the scene, 255 at 2.55 m and above
+    2  angle to gravity       angle in degrees between the surface normal and "up", plus 38
+                              (so 38 = a floor or table top, 128 = a wall, 218 = a ceiling)
+
+Steps (all NumPy/SciPy, vectorized over pixels), as in Gupta's `saveHHA`/`processDepthImage`:
+
+1. back-project every pixel through the pinhole camera: x = (col - cx) z / fx,
+   y = (row - cy) z / fy (col, row 0-based; camera x right, y down, z forward; metres);
+2. surface normals: the least-squares plane through the valid points of a square window around
+   each pixel (box-filtered sums give each window's covariance; its smallest eigenvector, in
+   closed form), turned to face the camera;
+3. gravity: start from the camera's own up, (0, -1, 0); repeatedly take the direction that is
+   most parallel to the normals within `angle` of it (floors, table tops, ceilings) and most
+   perpendicular to those within `angle` of perpendicular (walls): the eigenvector of
+   sum(walls n n^T) - sum(floors n n^T) with the smallest eigenvalue; 5 rounds at 45 degrees,
+   then 5 at 15 (Gupta's schedule);
+4. height = p . up - the lowest p . up in the image. Gupta's rule: if the lowest point is less
+   than 0.9 m below the camera (no floor in view), the ground is taken 1.3 m below it.
+
+Missing depth (0, or not finite) is FILLED: such a pixel takes the depth of the nearest valid
+pixel for all three channels, and is left out of the normal fits and of the gravity estimate.
+The output never holds NaN. An image with no valid depth at all is an error.
+
+`read_depth(path)` reads a 16-bit depth PNG (NYUDv2: millimetres) as uint16 (H, W).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io import DEFAULT_MAX_PIXELS, ImageError, _open
+
+__all__ = [
+    "CAMERAS",
+    "HHAGeometry",
+    "estimate_geometry",
+    "hha",
+    "hha_file",
+    "parse_intrinsics",
+    "read_depth",
+]
+
+# camera intrinsics (fx, fy, cx, cy) in pixels. NYUDv2's colour camera (640 x 480), to which
+# the dataset's depth maps are registered (FCN.md section 9; the NYU toolbox's values).
+CAMERAS = {"nyud": (518.857901, 519.469611, 325.582449, 253.736166)}
+
+_SIXTEEN = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Gupta's schedule for the gravity estimate: (angle threshold in degrees, rounds)
+_GRAVITY_SCHEDULE = ((45.0, 5), (15.0, 5))
+
+
+def read_depth(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """The 16-bit single-channel depth PNG at `path` as uint16 (H, W), values as stored."""
+    p = Path(path)
+    with _open(p, max_pixels, "depth image") as im:
+        if im.mode not in _SIXTEEN:
+            raise ImageError(
+                f"depth image {p} has pixel mode {im.mode!r}; depth must be a 16-bit "
+                f"single-channel PNG (values as stored, e.g. millimetres). An 8-bit or colour "
+                f"picture of depth has lost the values: use the original depth file"
+            )
+        a = np.array(im)
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise ImageError(f"depth image {p}: values {a.min()}..{a.max()} exceed 0..65535")
+    return a.astype(np.uint16)
+
+
+@dataclass
+class HHAGeometry:
+    """What `hha` computes before encoding; all float64 arrays, metres and degrees, no NaN."""
+
+    points: np.ndarray  # (H, W, 3) camera coordinates (x right, y down, z forward), filled
+    normals: np.ndarray  # (H, W, 3) unit normals facing the camera
+    up: np.ndarray  # (3,) unit vector against gravity, camera coordinates
+    height: np.ndarray  # (H, W) metres above the ground
+    angle: np.ndarray  # (H, W) degrees between normal and up
+    missing: np.ndarray  # (H, W) bool: depth was missing here (filled from the nearest pixel)
+
+
+def _check_intrinsics(intrinsics) -> tuple[float, float, float, float]:
+    try:
+        fx, fy, cx, cy = (float(v) for v in intrinsics)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"intrinsics must be four numbers fx, fy, cx, cy (pixels); got {intrinsics!r}"
+        ) from None
+    if not (fx > 0 and fy > 0 and np.isfinite([fx, fy, cx, cy]).all()):
+        raise ValueError(f"intrinsics fx, fy must be > 0 and all finite; got {intrinsics!r}")
+    return fx, fy, cx, cy
+
+
+def _fill_missing(z: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Each invalid pixel takes the value of its nearest valid pixel."""
+    if valid.all():
+        return z
+    from scipy import ndimage
+
+    idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    return z[idx[0], idx[1]]
+
+
+def _box(a: np.ndarray, radius: int) -> np.ndarray:
+    """Sum over the (2r+1)^2 window around each pixel (zero outside), for (H, W) or (H, W, k)."""
+    from scipy import ndimage
+
+    k = 2 * radius + 1
+    size = (k, k) + (1,) * (a.ndim - 2)
+    return ndimage.uniform_filter(a, size=size, mode="constant") * (k * k)
+
+
+def _smallest_eigenvector(cov: np.ndarray) -> np.ndarray:
+    """Unit eigenvector of the smallest eigenvalue of each symmetric 3x3 in (..., 6) form
+    (xx, xy, xz, yy, yz, zz), in closed form (trigonometric eigenvalues, then the largest cross
+    product of two rows of C - lambda I); zero where it is undefined."""
+    a, b, c, d, e, f = (cov[..., k] for k in range(6))
+    q = (a + d + f) / 3
+    p2 = (a - q) ** 2 + (d - q) ** 2 + (f - q) ** 2 + 2 * (b * b + c * c + e * e)
+    p = np.sqrt(p2 / 6)
+    ps = np.where(p > 0, p, 1.0)
+    ba, bd, bf, bb, bc, be = (a - q) / ps, (d - q) / ps, (f - q) / ps, b / ps, c / ps, e / ps
+    det = ba * (bd * bf - be * be) - bb * (bb * bf - be * bc) + bc * (bb * be - bd * bc)
+    phi = np.arccos(np.clip(det / 2, -1.0, 1.0)) / 3
+    lam = q + 2 * p * np.cos(phi + 2 * np.pi / 3)  # the smallest of the three
+    r1 = np.stack([a - lam, b, c], axis=-1)
+    r2 = np.stack([b, d - lam, e], axis=-1)
+    r3 = np.stack([c, e, f - lam], axis=-1)
+    cands = np.stack([np.cross(r1, r2), np.cross(r1, r3), np.cross(r2, r3)])  # (3, ..., 3)
+    norms = np.linalg.norm(cands, axis=-1)
+    best = norms.argmax(axis=0)
+    v = np.take_along_axis(cands, best[None, ..., None], axis=0)[0]
+    n = np.take_along_axis(norms, best[None], axis=0)[0]
+    return np.where((n > 0)[..., None], v / np.where(n > 0, n, 1.0)[..., None], 0.0)
+
+
+def _normals(p: np.ndarray, valid: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit normals (H, W, 3) facing the camera, and where the fit was well-posed (H, W).
+
+    The normal of the least-squares plane through the valid points of the window: the
+    eigenvector of their covariance with the smallest eigenvalue.
+    """
+    w = valid.astype(np.float64)
+    count = _box(w, radius)
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    sums = _box(np.stack([x, y, z, x * x, x * y, x * z, y * y, y * z, z * z], axis=-1)
+                * w[..., None], radius)  # fmt: skip
+    mean = sums[..., :3] / np.maximum(count, 1)[..., None]
+    mx, my, mz = mean[..., 0], mean[..., 1], mean[..., 2]
+    second = sums[..., 3:] / np.maximum(count, 1)[..., None]
+    cov = second - np.stack([mx * mx, mx * my, mx * mz, my * my, my * mz, mz * mz], axis=-1)
+    n = _smallest_eigenvector(cov)
+    # well-posed: valid points fill at least half the window (a thin strip of them along a
+    # hole's edge would be near-collinear, and its plane undefined)
+    ok = (count > (2 * radius + 1) ** 2 / 2) & (np.abs(n).sum(-1) > 0)
+    flip = (n * p).sum(-1) > 0  # face the camera: n . p < 0
+    n[flip] *= -1
+    return n, ok
+
+
+def _gravity(normals: np.ndarray) -> np.ndarray:
+    """Gupta's iterative estimate of "up" from (N, 3) unit normals; camera coordinates."""
+    up = np.array([0.0, -1.0, 0.0])  # the camera's own up (y points down)
+    for angle, rounds in _GRAVITY_SCHEDULE:
+        cos_t, sin_t = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+        for _ in range(rounds):
+            sim = np.abs(normals @ up)
+            par, perp = normals[sim > cos_t], normals[sim < sin_t]
+            if len(par) + len(perp) == 0:
+                break
+            # a tiny pull toward the current estimate breaks ties (e.g. a lone frontal wall
+            # leaves any up in its plane equally good): 1e-6 of the normals' count
+            prior = 1e-6 * len(normals) * np.outer(up, up)
+            _, vecs = np.linalg.eigh(perp.T @ perp - par.T @ par - prior)
+            new = vecs[:, 0]  # smallest eigenvalue
+            up = new * (1.0 if new @ up >= 0 else -1.0)
+    return up / np.linalg.norm(up)
+
+
+def estimate_geometry(
+    depth, intrinsics, *, radius: int = 2, gravity_radius: int = 4, stride: int = 2
+) -> HHAGeometry:
+    """Points, normals, gravity, height and angle from `depth` in metres (0 = missing).
+
+    `radius`: half-width of the normal fit window for the angle channel (5 x 5); the gravity
+    estimate uses smoother normals (`gravity_radius`, 9 x 9) on every `stride`-th pixel.
+    """
+    fx, fy, cx, cy = _check_intrinsics(intrinsics)
+    z = np.asarray(depth, dtype=np.float64)
+    if z.ndim != 2 or min(z.shape) < 1:
+        raise ValueError(f"depth must be an (H, W) array; got shape {z.shape}")
+    valid = np.isfinite(z) & (z > 0)
+    if (np.isfinite(z) & (z < 0)).any():
+        raise ValueError(f"depth holds negative values (min {np.nanmin(z):g}); depth is >= 0")
+    if not valid.any():
+        raise ValueError("depth has no valid pixel (all 0 or not finite): nothing to compute")
+    z = _fill_missing(np.where(valid, z, 0.0), valid)
+    h, w = z.shape
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
+    p = np.stack([(cols - cx) * z / fx, (rows - cy) * z / fy, z], axis=-1)
+    n, ok = _normals(p, valid, radius)
+    ng, okg = _normals(p, valid, gravity_radius)
+    sample = (okg & valid)[::stride, ::stride]
+    up = _gravity(ng[::stride, ::stride][sample])
+    if not ok.all():  # no fit here (too few valid neighbours): nearest fitted normal
+        n = _fill_missing(n, ok) if ok.any() else np.broadcast_to(up, n.shape).copy()
+    along = p @ up  # metres up
+    lowest = along[valid].min()
+    ground = lowest if lowest <= -0.9 else -1.3  # Gupta: no floor in view -> 1.3 m below
+    angle = np.degrees(np.arccos(np.clip(n @ up, -1.0, 1.0)))
+    return HHAGeometry(p, n, up, along - ground, angle, ~valid)
+
+
+def hha(depth, intrinsics, **kwargs) -> np.ndarray:
+    """HHA image uint8 (H, W, 3) from `depth` (H, W) in METRES (0 = missing) and the camera's
+    (fx, fy, cx, cy) in pixels; channels and method in the module doc. kwargs: see
+    `estimate_geometry`.
+
+    A 16-bit NYUDv2 depth PNG: ``hha(read_depth(path) / 1000, CAMERAS["nyud"])``.
+    """
+    g = estimate_geometry(depth, intrinsics, **kwargs)
+    z_cm = np.maximum(g.points[..., 2] * 100.0, 100.0)  # Gupta: depth at least 1 m
+    channels = np.stack([31000.0 / z_cm, g.height * 100.0, g.angle + 128.0 - 90.0], axis=-1)
+    return np.clip(np.rint(channels), 0, 255).astype(np.uint8)
+
+
+def parse_intrinsics(text: str | None, camera: str | None) -> tuple[float, float, float, float]:
+    """--intrinsics "fx,fy,cx,cy" or --camera NAME (one of CAMERAS) -> the four numbers."""
+    if (text is None) == (camera is None):
+        raise ValueError(
+            "give the camera: --intrinsics fx,fy,cx,cy (pixels) or --camera "
+            f"{'|'.join(CAMERAS)}, one of the two"
+        )
+    if camera is not None:
+        if camera not in CAMERAS:
+            raise ValueError(f"--camera {camera!r} unknown: known cameras are {', '.join(CAMERAS)}")
+        return CAMERAS[camera]
+    parts = text.split(",")
+    try:
+        values = tuple(float(v) for v in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise ValueError(
+            f"--intrinsics {text!r}: write four numbers fx,fy,cx,cy, e.g. 518.9,519.5,325.6,253.7"
+        )
+    return _check_intrinsics(values)
+
+
+def hha_file(
+    depth_path: str | os.PathLike,
+    out: str | os.PathLike,
+    intrinsics,
+    *,
+    depth_scale: float = 0.001,
+    overwrite: bool = False,
+) -> np.ndarray:
+    """Read a 16-bit depth PNG, write its HHA PNG to `out` (temp file + rename); return it.
+
+    `depth_scale`: metres per stored unit (0.001: millimetres, as NYUDv2). `out` may not be
+    the input, and may not exist unless `overwrite`.
+    """
+    from PIL import Image
+
+    from ..safety import atomic_write, check_outputs
+
+    if not (np.isfinite(depth_scale) and depth_scale > 0):
+        raise ValueError(f"--depth-scale must be > 0 (metres per stored unit); got {depth_scale}")
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"HHA output {out}: HHA images are written as PNG; name it *.png")
+    check_outputs([(out, "HHA image")], [depth_path], overwrite=overwrite)
+    image = hha(read_depth(depth_path).astype(np.float64) * depth_scale, intrinsics)
+    atomic_write(out, lambda f: Image.fromarray(image).save(f, format="PNG"), what="HHA image")
+    return image

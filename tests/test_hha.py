@@ -1,0 +1,239 @@
+"""HHA from depth on scenes of known geometry, ray-cast through a pinhole camera.
+
+World: y up, the floor is y = 0, the camera sits `height` above it at x = z = 0, looks along +z,
+pitched down and rolled. Surfaces: the floor, a wall z = wall (facing the camera), a box on the
+floor. Each pixel knows its true height above the floor and its true angle to gravity (0 for
+the floor and the box top, 90 for the wall and the box sides), so every channel is checked
+against the truth away from depth edges (where a fit window straddles two surfaces).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fcnseg.data import hha
+from fcnseg.data.hha import CAMERAS, estimate_geometry, hha_file, parse_intrinsics, read_depth
+from fcnseg.data.io import ImageError
+
+K = CAMERAS["nyud"]  # 640 x 480
+
+
+def _rotation(pitch_deg: float, roll_deg: float) -> np.ndarray:
+    """World-from-camera rotation: camera (x right, y down, z forward) -> world (y up)."""
+    p, r = np.radians(pitch_deg), np.radians(roll_deg)
+    flip = np.diag([1.0, -1.0, 1.0])  # camera y down -> world y up
+    pitch = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    roll = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    return pitch @ flip @ roll  # pitch > 0 looks down
+
+
+def render(
+    *,
+    pitch=20.0,
+    roll=0.0,
+    height=1.4,
+    wall=4.0,
+    box=None,
+    size=(240, 320),
+    intrinsics=None,
+):
+    """(depth (H, W) metres, true height above floor, true angle to up (deg), true up in camera
+    coordinates, surface id (0 none, 1 floor, 2 wall, 3 box top, 4 box side))."""
+    h, w = size
+    fx, fy, cx, cy = intrinsics or (K[0] / 2, K[1] / 2, K[2] / 2, K[3] / 2)
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
+    d_cam = np.stack([(cols - cx) / fx, (rows - cy) / fy, np.ones_like(cols)], axis=-1)
+    R = _rotation(pitch, roll)
+    d = d_cam @ R.T  # world directions; the ray parameter t is the camera z (depth)
+    origin = np.array([0.0, height, 0.0])
+    best = np.full((h, w), np.inf)
+    surface = np.zeros((h, w), np.int8)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = -origin[1] / d[..., 1]  # floor y = 0
+        hit = (t > 0) & (t < best)
+        best[hit], surface[hit] = t[hit], 1
+        t = (wall - origin[2]) / d[..., 2]  # wall z = wall
+        hit = (t > 0) & (t < best)
+        best[hit], surface[hit] = t[hit], 2
+        if box is not None:  # ((x0, x1), (0, top), (z0, z1)), slab method
+            lo, hi = np.array([b[0] for b in box]), np.array([b[1] for b in box])
+            t1, t2 = (lo - origin) / d, (hi - origin) / d
+            tnear = np.minimum(t1, t2).max(-1)
+            tfar = np.maximum(t1, t2).min(-1)
+            hit = (tnear <= tfar) & (tnear > 0) & (tnear < best)
+            entry = origin + tnear[..., None] * d
+            top = np.abs(entry[..., 1] - hi[1]) < 1e-9
+            best[hit] = tnear[hit]
+            surface[hit] = np.where(top[hit], 3, 4)
+    assert (surface > 0).all(), "every pixel should see a surface"
+    world = origin + best[..., None] * d
+    angle = np.where((surface == 1) | (surface == 3), 0.0, 90.0)
+    up = R.T @ np.array([0.0, 1.0, 0.0])
+    return best, world[..., 1], angle, up, surface
+
+
+def _interior(surface: np.ndarray, margin: int = 6) -> np.ndarray:
+    """Pixels whose whole (2 margin + 1)^2 neighbourhood shows the same surface."""
+    from scipy import ndimage
+
+    same = np.zeros(surface.shape, bool)
+    for s in np.unique(surface):
+        same |= ndimage.binary_erosion(surface == s, iterations=margin, border_value=1)
+    return same
+
+
+def _degrees(a, b) -> float:
+    return float(np.degrees(np.arccos(np.clip(abs(a @ b), -1, 1))))
+
+
+SCENES = {
+    "floor, tilted camera": dict(pitch=35.0, roll=8.0, wall=50.0),
+    "wall and floor": dict(pitch=15.0, roll=-5.0, wall=3.0),
+    "box on the floor": dict(
+        pitch=25.0, roll=3.0, wall=5.0, box=((-0.4, 0.5), (0, 0.6), (2.2, 2.9))
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENES))
+def test_gravity_height_and_angle_match_the_scene(name):
+    depth, height, angle, up, surface = render(**SCENES[name])
+    g = estimate_geometry(depth, (K[0] / 2, K[1] / 2, K[2] / 2, K[3] / 2))
+    assert _degrees(g.up, up) < 2.0  # the issue's bound; exact planes give ~0.01 degrees
+    assert g.up @ up > 0  # up, not down
+    inner = _interior(surface)
+    # angle to gravity within 2 degrees on every surface's interior
+    assert np.abs(g.angle - angle)[inner].max() < 2.0
+    # height above the lowest point (the floor, 0) within 2 cm
+    assert np.abs(g.height - height)[inner].max() < 0.02
+    image = hha(depth, (K[0] / 2, K[1] / 2, K[2] / 2, K[3] / 2))
+    assert image.dtype == np.uint8 and image.shape == (*depth.shape, 3)
+    # the encoded channels: height in cm (clipped at 255), angle + 38, disparity 31000 / cm
+    want_h = np.clip(np.rint(height * 100), 0, 255)
+    assert np.abs(image[..., 1].astype(int) - want_h)[inner].max() <= 2
+    assert np.abs(image[..., 2].astype(int) - (angle + 38))[inner].max() <= 2
+    want_d = np.clip(np.rint(31000 / np.maximum(depth * 100, 100)), 0, 255)
+    assert np.abs(image[..., 0].astype(int) - want_d).max() <= 1  # everywhere: no fit involved
+    for s, a in ((1, 38), (2, 128), (3, 38), (4, 128)):  # every surface type, as the paper shows
+        if (surface == s).any():
+            assert np.median(image[..., 2][inner & (surface == s)]) == a
+
+
+def test_gravity_survives_noise_and_a_large_tilt():
+    depth, _, _, up, _ = render(
+        pitch=40.0, roll=-12.0, wall=4.0, box=((-0.3, 0.3), (0, 0.4), (2.5, 3))
+    )
+    rng = np.random.default_rng(0)
+    noisy = depth * (1 + rng.normal(0, 0.003, depth.shape))  # 0.3 % depth noise
+    g = estimate_geometry(noisy, (K[0] / 2, K[1] / 2, K[2] / 2, K[3] / 2))
+    assert _degrees(g.up, up) < 2.0
+
+
+def test_missing_depth_is_filled_and_never_nan():
+    depth, _, _, up, surface = render(**SCENES["box on the floor"])
+    holes = depth.copy()
+    holes[100:130, 50:90] = 0  # a hole on the floor
+    holes[:, :3] = 0  # a missing border, as the Kinect leaves
+    holes[5, 200] = np.nan  # not finite counts as missing too
+    k = (K[0] / 2, K[1] / 2, K[2] / 2, K[3] / 2)
+    g = estimate_geometry(holes, k)
+    assert g.missing.sum() == 30 * 40 + 240 * 3 + 1
+    assert _degrees(g.up, up) < 2.0
+    image = hha(holes, k)
+    full = hha(depth, k)
+    assert np.isfinite(g.height).all() and np.isfinite(g.angle).all()
+    # a filled pixel takes its nearest valid neighbour's depth: on the flat floor, nearly the same
+    inner = _interior(surface)[100:130, 50:90]
+    diff = np.abs(image[100:130, 50:90].astype(int) - full[100:130, 50:90].astype(int))
+    assert diff[..., 2][inner].max() <= 2  # the floor's angle survives the hole
+    assert diff[..., 0].max() <= 20  # disparity from the nearest valid pixel
+
+
+def test_no_point_0_9_m_below_the_camera_puts_ground_1_3_m_below_it():
+    # camera 0.5 m above the floor: no point 0.9 m below it, so Gupta's rule applies
+    depth, *_ = render(pitch=0.0, wall=2.0, height=0.5, size=(60, 80))
+    k = (K[0] / 8, K[1] / 8, K[2] / 8, K[3] / 8)
+    g = estimate_geometry(depth, k)
+    along = g.points @ g.up
+    np.testing.assert_allclose(g.height, along + 1.3)
+
+
+def test_bad_inputs_raise_clear_errors():
+    k = (K[0] / 8, K[1] / 8, K[2] / 8, K[3] / 8)
+    with pytest.raises(ValueError, match="no valid pixel"):
+        hha(np.zeros((10, 10)), k)
+    with pytest.raises(ValueError, match="negative"):
+        hha(-np.ones((10, 10)), k)
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        hha(np.ones((2, 10, 10)), k)
+    with pytest.raises(ValueError, match="four numbers"):
+        hha(np.ones((10, 10)), (1, 2, 3))
+    with pytest.raises(ValueError, match="> 0"):
+        hha(np.ones((10, 10)), (0, 1, 1, 1))
+
+
+def test_intrinsics_parsing():
+    assert parse_intrinsics(None, "nyud") == CAMERAS["nyud"]
+    assert parse_intrinsics("1,2,3,4", None) == (1.0, 2.0, 3.0, 4.0)
+    with pytest.raises(ValueError, match="one of the two"):
+        parse_intrinsics(None, None)
+    with pytest.raises(ValueError, match="known cameras are nyud"):
+        parse_intrinsics(None, "kinect2")
+    with pytest.raises(ValueError, match="four numbers"):
+        parse_intrinsics("1,2,x", None)
+
+
+def _save_depth_png(path, depth_m):
+    Image.fromarray(np.rint(depth_m * 1000).astype(np.uint16)).save(path)  # mode I;16
+
+
+def test_hha_file_reads_16_bit_millimetres_and_writes_png(tmp_path):
+    depth, *_ = render(**SCENES["wall and floor"])
+    src = tmp_path / "d.png"
+    _save_depth_png(src, depth)
+    assert read_depth(src).dtype == np.uint16
+    np.testing.assert_array_equal(read_depth(src), np.rint(depth * 1000))
+    k = (K[0] / 2, K[1] / 2, K[2] / 2, K[3] / 2)
+    out = tmp_path / "hha.png"
+    image = hha_file(src, out, k)
+    back = np.array(Image.open(out))
+    np.testing.assert_array_equal(back, image)
+    # millimetre quantisation changes almost nothing
+    assert np.abs(image.astype(int) - hha(depth, k).astype(int)).max() <= 2
+    with pytest.raises(FileExistsError):
+        hha_file(src, out, k)
+    hha_file(src, out, k, overwrite=True)
+    with pytest.raises(FileExistsError):
+        hha_file(src, src, k, overwrite=True)  # never the input
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_read_depth_refuses_eight_bit_pictures(tmp_path):
+    Image.new("L", (4, 3), 7).save(tmp_path / "d8.png")
+    with pytest.raises(ImageError, match="16-bit single-channel"):
+        read_depth(tmp_path / "d8.png")
+    with pytest.raises(ImageError, match="no such file"):
+        read_depth(tmp_path / "none.png")
+
+
+def test_cli_hha_writes_once_and_refuses_to_overwrite(tmp_path, capsys):
+    from fcnseg.cli import main
+
+    depth, *_ = render(**SCENES["box on the floor"])
+    src, out = tmp_path / "depth.png", tmp_path / "hha.png"
+    _save_depth_png(src, depth)
+    k = ",".join(str(v / 2) for v in K)
+    assert main(["hha", str(src), "--intrinsics", k, "-o", str(out)]) == 0
+    first = np.array(Image.open(out))
+    assert first.shape == (240, 320, 3) and first.dtype == np.uint8
+    assert main(["hha", str(src), "--intrinsics", k, "-o", str(out)]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["hha", str(src), "--camera", "nyud", "-o", str(out), "--overwrite"]) == 0
+    assert not np.array_equal(np.array(Image.open(out)), first)  # another camera, other HHA
+    assert main(["hha", str(src), "-o", str(tmp_path / "x.png")]) == 1
+    assert "--intrinsics fx,fy,cx,cy" in capsys.readouterr().err
+    assert main(["hha", str(src), "--camera", "nyud", "--depth-scale", "0", "-o",
+                 str(tmp_path / "y.png")]) == 1  # fmt: skip
+    assert "--depth-scale must be > 0" in capsys.readouterr().err
