@@ -4,6 +4,12 @@ digits          the built-in digit scenes (options: n_train, n_val, size, seed, 
 voc:ROOT        PASCAL VOC 2012 layout (JPEGImages, SegmentationClass, ImageSets)
 sbd:ROOT        SBD (benchmark_RELEASE: dataset/img, dataset/cls/*.mat, train.txt)
 folder:ROOT     your own data: images/, masks/, classes.txt
+nyud:ROOT       NYUDv2 (option modality: color, hha, depth, color-depth, color-hha)
+siftflow:ROOT   SIFT Flow (option task: sem, geo, both)
+context:ROOT    PASCAL-Context 59 (option annotations=DIR: where trainval/ and labels.txt are)
+
+Multi-modal items (nyud color-hha: image a dict by modality) and two-task items (siftflow
+both: target a dict by head) are batched key by key (`collate_items`).
 """
 
 from __future__ import annotations
@@ -26,10 +32,15 @@ def open_dataset(spec: str, split: str, options: dict | None = None, transforms=
                         else 300)  # fmt: skip
         options.pop("n_val" if split == "train" else "n_train", None)
         return DigitScenes(split, n, transforms=transforms, **options)
-    if kind not in ("voc", "sbd", "folder"):
-        raise ValueError(f"data '{spec}' unknown: use digits, voc:ROOT, sbd:ROOT or folder:ROOT")
+    if kind not in ("voc", "sbd", "folder", *_RELEASE_SETS):
+        raise ValueError(
+            f"data '{spec}' unknown: use digits, voc:ROOT, sbd:ROOT, folder:ROOT, nyud:ROOT, "
+            f"siftflow:ROOT or context:ROOT"
+        )
     if not root:
         raise ValueError(f"data '{spec}': give a folder, e.g. voc:/data/VOCdevkit/VOC2012")
+    if kind in _RELEASE_SETS:
+        return _open_release_set(kind, root, split, options, transforms)
     if kind == "voc":
         from .voc import VOCSegmentation
 
@@ -44,6 +55,32 @@ def open_dataset(spec: str, split: str, options: dict | None = None, transforms=
         # "all": every image (a folder dataset need not have splits/)
         split_or_all = None if split == "all" else split
         return FolderSegmentation(root, split_or_all, transforms=transforms, **options)
+
+
+# the paper's other data sets: kind -> (module, class, {option: what it sets})
+_RELEASE_SETS = {
+    "nyud": ("nyud", "NYUDSegmentation", {
+        "modality": "color, hha, depth, color-depth or color-hha",
+        "ids": "item ids instead of the split list"}),
+    "siftflow": ("siftflow", "SIFTFlowSegmentation", {
+        "task": "sem, geo or both", "ids": "item ids instead of the split list"}),
+    "context": ("context", "ContextSegmentation", {
+        "annotations": "folder of trainval/*.mat and labels.txt (default ROOT)",
+        "ids": "item ids instead of the split file"}),
+}  # fmt: skip
+
+
+def _open_release_set(kind: str, root: str, split: str, options: dict, transforms):
+    import importlib
+
+    from .release import check_options
+
+    module, cls, valid = _RELEASE_SETS[kind]
+    check_options(f"{kind}:{root}", options, valid)
+    if isinstance(options.get("ids"), str | int):  # one id from the command line
+        options["ids"] = [options["ids"]]
+    dataset = getattr(importlib.import_module(f".{module}", __package__), cls)
+    return dataset(root, split, transforms=transforms, **options)
 
 
 def build_datasets(config) -> tuple:
@@ -81,8 +118,48 @@ def make_loader(dataset, batch: int, preprocessing, workers: int = 0) -> Iterato
 
 
 def _collate(items):
+    images, targets = items[0]
+    if isinstance(images, dict) or isinstance(targets, dict):
+        return _collate_dicts(items)
     if len({tuple(x.shape) for x, _ in items}) == 1:
         return torch.stack([x for x, _ in items]), torch.stack([t.long() for _, t in items])
     from .transforms import pad_collate
 
     return pad_collate(items)
+
+
+def _collate_dicts(items):
+    """Items whose image and/or target are dicts -> batches of the same dicts, key by key.
+
+    Each key is batched as a plain item would be (stacked, or padded when sizes differ); an
+    image dict pairs each modality with the first target (or the first target head), which
+    only sets the padding, and a target dict pairs each head with the first image.
+    """
+    first_image, first_target = items[0]
+
+    def keys(x, what):
+        if not isinstance(x, dict):
+            return None
+        if any(set(it[what]) != set(x) for it in items):
+            raise ValueError(
+                f"collate: items have different {'image' if what == 0 else 'target'} keys"
+            )
+        return list(x)
+
+    image_keys, target_keys = keys(first_image, 0), keys(first_target, 1)
+
+    def plain_target(t):
+        return t[target_keys[0]] if target_keys else t
+
+    def plain_image(x):
+        return x[image_keys[0]] if image_keys else x
+
+    if image_keys:
+        images = {k: _collate([(x[k], plain_target(t)) for x, t in items])[0] for k in image_keys}
+    else:
+        images = _collate([(x, plain_target(t)) for x, t in items])[0]
+    if target_keys:
+        targets = {k: _collate([(plain_image(x), t[k]) for x, t in items])[1] for k in target_keys}
+    else:
+        targets = _collate([(plain_image(x), t) for x, t in items])[1]
+    return images, targets
