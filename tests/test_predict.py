@@ -44,8 +44,15 @@ def test_predict_label_map_and_probs(tiny, tmp_path):
     Image.fromarray(image).save(tmp_path / "p.png")
     np.testing.assert_array_equal(predict(tiny, tmp_path / "p.png"), labels)
     np.testing.assert_array_equal(predict(tiny, Image.fromarray(image)), labels)
-    with pytest.raises(ValueError, match="RGB uint8"):
-        predict(tiny, image.astype(np.float32))
+    # one image, one result however it is passed: float 0..255 and 0..1, CHW tensor, uint16
+    np.testing.assert_array_equal(predict(tiny, image.astype(np.float32)), labels)
+    np.testing.assert_array_equal(predict(tiny, image / 255.0), labels)
+    np.testing.assert_array_equal(predict(tiny, torch.from_numpy(image).permute(2, 0, 1)), labels)
+    np.testing.assert_array_equal(predict(tiny, image.astype(np.uint16) * 257), labels)
+    with pytest.raises(ValueError, match=r"values -1\.\.255, neither 0\.\.1 nor 0\.\.255"):
+        predict(tiny, image.astype(np.float32) - (image == 0))
+    with pytest.raises(ValueError, match=r"shape \(37, 53, 2\)"):
+        predict(tiny, image[:, :, :2])
 
 
 def test_predict_paths_writes_palette_png_overlay_and_probs(tiny, tmp_path):
@@ -153,7 +160,7 @@ def test_disk_full_keeps_earlier_outputs(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez_compressed", savez)
     out = tmp_path / "out"
-    with pytest.raises(OSError, match=r"disk full while writing .*1_probs\.npz"):
+    with pytest.raises(OSError, match=r"probabilities .*1_probs\.npz \(the disk is full\)"):
         predict_paths(tiny, [tmp_path / f"{k}.png" for k in range(3)], out, save_probs=True,
                       batch_size=1, progress=False)  # fmt: skip
     assert np.load(out / "0_probs.npz")["probs"].shape == (5, 20, 30)  # intact

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -27,6 +27,7 @@ from torch import nn
 
 from .models import build_model, list_models
 from .models.registry import load_checked
+from .safety import atomic_write
 from .weights import Preprocessing
 
 __all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "load_model", "save_checkpoint"]
@@ -40,43 +41,19 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Atomically write `state` (see the module docstring) to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed
-        if stale != tmp and not _alive(stale.name.split(".")[-2]):
-            stale.unlink(missing_ok=True)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(
-            e.errno,
-            f"could not write checkpoint {path}: {e.strerror or e}. The previous checkpoint "
-            f"(if any) is intact; free disk space or choose another --out",
-        ) from e
-    return path
+    """Atomically write `state` (see the module docstring) to `path`.
+
+    Any failure (a full disk makes torch raise RuntimeError, not OSError) removes the temporary
+    file and raises `WriteError` naming `path`; a previous checkpoint there is intact.
+    """
+    return atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f),
+                        what="checkpoint")  # fmt: skip
 
 
 def _first_sentence(e: BaseException, limit: int = 120) -> str:
     """The first sentence of an error: torch's zip reader appends a paragraph of advice."""
     line = (str(e).splitlines() or [""])[0]
     return line.split(". ")[0][:limit]
-
-
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -99,7 +76,55 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in _REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint '{path}' lacks {', '.join(missing)}")
+    problem = _field_problem(ckpt)
+    if problem:
+        raise CheckpointError(f"checkpoint '{path}': {problem}. It was not written by fcnseg or "
+                              f"was edited: use another checkpoint of the run")  # fmt: skip
     return ckpt
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _field_problem(ckpt: dict) -> str | None:
+    """What is wrong with a checkpoint's fields (types and ranges), or None."""
+    n = ckpt["num_classes"]
+    checks = [
+        (isinstance(ckpt["model_name"], str), "model_name must be a string"),
+        (isinstance(ckpt["model_options"], dict)
+         and all(isinstance(k, str) for k in ckpt["model_options"]),
+         "model_options must be a dict of option names"),
+        (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 65536,
+         "num_classes must be an integer in 1..65536"),
+        (isinstance(ckpt["model"], dict)
+         and all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()),
+         "model must be a state dict of tensors"),
+        (ckpt.get("class_names") is None
+         or (isinstance(ckpt["class_names"], list | tuple)
+             and all(isinstance(c, str) for c in ckpt["class_names"])),
+         "class_names must be a list of strings"),
+        (ckpt.get("step") is None
+         or (isinstance(ckpt["step"], int) and not isinstance(ckpt["step"], bool)
+             and ckpt["step"] >= 0), "step must be an integer >= 0"),
+        (ckpt.get("config") is None or isinstance(ckpt["config"], dict),
+         "config must be a dict"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            field = message.split()[0]
+            return f"{message}, got {ckpt.get(field)!r:.80}"
+    pre = ckpt.get("preprocessing")
+    if pre is not None:
+        ok = (isinstance(pre, dict) and pre.get("channel_order") in ("RGB", "BGR")
+              and _is_number(pre.get("scale")) and pre["scale"] != 0
+              and all(isinstance(pre.get(k), list | tuple) and len(pre[k]) == 3
+                      and all(_is_number(v) for v in pre[k]) for k in ("mean", "std"))
+              and all(v != 0 for v in pre["std"]))  # fmt: skip
+        if not ok:
+            return (f"preprocessing must hold channel_order RGB/BGR, a finite non-zero scale and "
+                    f"3 finite means and non-zero stds, got {pre!r:.120}")  # fmt: skip
+    return None
 
 
 def model_state(model: nn.Module) -> dict:
@@ -139,7 +164,11 @@ def load_model(
             f"{num_classes}: drop the option or pass {ckpt['num_classes']}"
         )
     options = ckpt["model_options"]
-    model = build_model(ckpt["model_name"], num_classes=ckpt["num_classes"], **options)
+    try:
+        model = build_model(ckpt["model_name"], num_classes=ckpt["num_classes"], **options)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint '{source}' names a model fcnseg cannot build "
+                              f"({ckpt['model_name']}, {options}): {e}") from None  # fmt: skip
     load_checked(model, ckpt["model"], f"checkpoint '{source}'")
     if ckpt.get("preprocessing"):
         p = ckpt["preprocessing"]

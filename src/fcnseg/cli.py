@@ -60,10 +60,13 @@ def cmd_heatmap(args) -> int:
     from PIL import Image, ImageOps
 
     from .heatmap import class_heatmap, class_indices, load_classifier, render_heatmap
+    from .safety import check_outputs
 
     path = Path(args.image)
     if not path.is_file():
         raise SystemExit(f"error: image '{path}' not found")
+    out = Path(args.out or path.with_name(path.stem + "_heatmap.png"))
+    check_outputs([(out, "heatmap")], [path], overwrite=args.overwrite)
     try:
         image = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
     except OSError as e:
@@ -74,26 +77,40 @@ def cmd_heatmap(args) -> int:
     for i, name, p in hm.top_classes(args.top):
         print(f"  {p:6.3f}  {i:4d}  {name}")
     classes = class_indices(args.cls) if args.cls else [hm.top_classes(1)[0][0]]
-    out = Path(args.out or path.with_name(path.stem + "_heatmap.png"))
     label = args.cls or hm.top_classes(1)[0][1]
     render_heatmap(image, hm.class_map(classes).numpy(), out, f"P({label}), {args.classifier}")
     print(f"heatmap written to {out}")
     return 0
 
 
-def _positive(kind):
-    """argparse type: a number > 0, with the offending value in the error."""
+def _ranged(kind, lo, hi):
+    """argparse type: a number in lo..hi, with the offending value and the range in the error."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a {kind.__name__}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+            kind_name = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"'{text}' is not {kind_name}") from None
+        if not (lo <= value <= hi):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be in {lo:g}..{hi:g}, got {text}")
         return value
 
     return parse
+
+
+def _int_list(lo: int, hi: int):
+    """argparse type: comma-separated integers, each in lo..hi (e.g. 600,250,250)."""
+    one = _ranged(int, lo, hi)
+    return lambda text: [one(v) for v in text.split(",")]
+
+
+STEPS = _ranged(int, 1, 10**9)
+BATCH = _ranged(int, 1, 4096)
+CLASSES = _ranged(int, 2, 65536)
+WIDTH = _ranged(float, 1 / 64, 8.0)
+WORKERS = _ranged(int, 0, 256)
+STEPS0 = _ranged(int, 0, 10**9)
 
 
 def _key_values(pairs: list[str] | None, flag: str = "--data-option") -> dict:
@@ -161,9 +178,10 @@ def cmd_train(args) -> int:
             raise ValueError(f"--stage-steps gives {len(steps)} numbers for "
                              f"{len(args.stages)} stages")  # fmt: skip
         stages = [(f"fcn{s}_{backbone}", n) for s, n in zip(args.stages, steps, strict=True)]
-        results = train_stages(config, stages, resume=args.resume)
+        results = train_stages(config, stages, resume=args.resume, overwrite=args.overwrite)
     else:
-        results = [{"model": args.model, **train(config, resume=args.resume)}]
+        results = [{"model": args.model,
+                    **train(config, resume=args.resume, overwrite=args.overwrite)}]  # fmt: skip
     rows = {r["model"]: r["metrics"] for r in results if r["metrics"]}
     if rows:
         from .evaluate import format_table
@@ -186,6 +204,10 @@ def _checkpoint_dataset(args, ckpt: dict):
     return data, open_dataset(data, args.split, options)
 
 
+OVERWRITE_HELP = (
+    "replace output files that exist already (never the inputs); without it such outputs "
+    "are refused before any work"
+)
 FAST_HELP = (
     "exact faster CPU path (FastFCN) for VGG16/AlexNet FCNs: ~2.3x at 500x500 once a size "
     "has been seen (the first image of each size costs about one ordinary pass)"
@@ -214,8 +236,15 @@ def cmd_eval(args) -> int:
     from .checkpoint import load_model
     from .data.build import make_loader
     from .evaluate import evaluate, format_per_class, format_table, plot_confusion
+    from .predict import resolve_device
+    from .safety import check_outputs
 
-    model, ckpt = load_model(args.checkpoint, device=args.device)
+    if args.save_confusion:
+        out = Path(args.save_confusion)
+        check_outputs([(out / "confusion.csv", "confusion CSV"),
+                       (out / "confusion.png", "confusion plot")], [args.checkpoint],
+                      overwrite=args.overwrite, flag="--save-confusion")  # fmt: skip
+    model, ckpt = load_model(args.checkpoint, device=resolve_device(args.device))
     model = _fast(model, args.fast, args.device)
     _, dataset = _checkpoint_dataset(args, ckpt)
     names = list(getattr(dataset, "class_names", None) or ckpt.get("class_names") or [])
@@ -233,7 +262,6 @@ def cmd_eval(args) -> int:
         print("upper bound: ground truth downsampled by the output stride and upsampled back")
         print(format_table({f"stride {f}": m for f, m in bound.items()}))
     if args.save_confusion:
-        out = Path(args.save_confusion)
         from .evaluate import save_confusion
 
         save_confusion(cm.matrix, names, out / "confusion.csv")
@@ -246,7 +274,11 @@ def cmd_compare(args) -> int:
     """The paper's refinement figure: input | FCN-32s | FCN-16s | FCN-8s | ground truth."""
     from .checkpoint import load_model
     from .figures import compare_figure
+    from .predict import resolve_device
+    from .safety import check_outputs
 
+    check_outputs([(args.out, "comparison figure")], args.checkpoints, overwrite=args.overwrite)
+    resolve_device(args.device)
     models, ckpt = {}, {}
     for path in args.checkpoints:
         model, ckpt = load_model(path, device=args.device)
@@ -282,7 +314,8 @@ def cmd_predict(args) -> int:
     model = _fast(model, args.fast, device)
     results = predict_paths(model, args.paths, args.out, device=device,
                             save_probs=args.save_probs, overlay=not args.no_overlay,
-                            batch_size=args.batch_size, tile=args.tile)  # fmt: skip
+                            batch_size=args.batch_size, tile=args.tile,
+                            overwrite=args.overwrite)  # fmt: skip
     done = [r for r in results if r["ok"]]
     failed = [r for r in results if not r["ok"]]
     overall = Counter(c for r in done for c in r["classes"])
@@ -301,15 +334,28 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_hha(args) -> int:
+    """HHA image (disparity, height, angle to gravity) from a 16-bit depth PNG (Gupta 2014)."""
+    from .data.hha import hha_file, parse_intrinsics
+
+    intrinsics = parse_intrinsics(args.intrinsics, args.camera)
+    hha_file(args.depth, args.out, intrinsics, depth_scale=args.depth_scale,
+             overwrite=args.overwrite)  # fmt: skip
+    print(f"HHA image written to {args.out}")
+    return 0
+
+
 def cmd_export(args) -> int:
     """Export a checkpoint or model to ONNX or TorchScript, checked at three input sizes."""
     from .checkpoint import load_model
     from .export import export_onnx, export_torchscript, format_report, parse_sizes
+    from .safety import check_outputs
 
     sizes = parse_sizes(args.sizes)
-    model, _ = load_model(args.model, num_classes=args.num_classes)
-    suffix = ".onnx" if args.format == "onnx" else ".pt"
+    suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
     out = Path(args.out or Path(args.model).stem + suffix)
+    check_outputs([(out, f"{args.format} model")], [args.model], overwrite=args.overwrite)
+    model, _ = load_model(args.model, num_classes=args.num_classes)
     if args.format == "onnx":
         rows = export_onnx(model, out, opset=args.opset, verify_sizes=sizes)
     else:
@@ -351,8 +397,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--classifier", choices=CLASSIFIERS, default="efficientnet_lite0")
     s.add_argument("--weights", help="classifier weights file or url (default: registered)")
     s.add_argument("--class", dest="cls", help="class name, index or group (e.g. cat)")
-    s.add_argument("--top", type=int, default=5, help="how many top classes to print")
+    s.add_argument("--top", type=_ranged(int, 1, 1000), default=5, help="top classes to print")
     s.add_argument("-o", "--out", help="output PNG (default: IMAGE_heatmap.png)")
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     s.set_defaults(func=cmd_heatmap)
     from .recipes import RECIPES
 
@@ -378,7 +425,7 @@ def _parser() -> argparse.ArgumentParser:
         default="cvpr",
         help="; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()),
     )
-    s.add_argument("--steps", type=_positive(int), default=1000, help="optimizer steps")
+    s.add_argument("--steps", type=STEPS, default=1000, help="optimizer steps")
     s.add_argument(
         "--stages",
         type=lambda t: t.split(","),
@@ -386,13 +433,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--stage-steps",
-        type=lambda t: [int(v) for v in t.split(",")],
+        type=_int_list(1, 10**9),
         help="steps per stage, e.g. 600,250,250 (default: --steps each)",
     )
-    s.add_argument("--batch-size", type=_positive(int), help="images per step (recipe's)")
-    s.add_argument("--accumulate", type=_positive(int), help="micro-batches per step")
-    s.add_argument("--lr", type=_positive(float), help="learning rate (recipe's)")
-    s.add_argument("--width", type=_positive(float), default=1.0, help="channel multiplier")
+    s.add_argument("--batch-size", type=BATCH, help="images per step (recipe's)")
+    s.add_argument("--accumulate", type=BATCH, help="micro-batches per step")
+    s.add_argument("--lr", type=_ranged(float, 1e-30, 10.0), help="learning rate (recipe's)")
+    s.add_argument("--width", type=WIDTH, default=1.0, help="channel multiplier")
     s.add_argument(
         "--layout",
         choices=("reference", "same"),
@@ -405,28 +452,29 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="builder option, e.g. dropout=0 (repeatable)",
     )
-    s.add_argument("--num-classes", type=_positive(int), help="default: the dataset's")
+    s.add_argument("--num-classes", type=CLASSES, help="default: the dataset's")
     s.add_argument("--init-from", help="checkpoint to start from (staged training)")
     s.add_argument("--backbone-weights", help="ImageNet weights: name, url or file")
     s.add_argument("--out", default="runs/fcn", help="run folder (checkpoints, logs, plots)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
-    s.add_argument("--eval-every", type=int, default=0, help="validate every N steps")
-    s.add_argument("--ckpt-every", type=_positive(int), default=100)
-    s.add_argument("--log-every", type=_positive(int), default=10)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--eval-every", type=STEPS0, default=0, help="validate every N steps")
+    s.add_argument("--ckpt-every", type=STEPS, default=100)
+    s.add_argument("--log-every", type=STEPS, default=10)
+    s.add_argument("--seed", type=_ranged(int, 0, 2**63 - 1), default=0)
     s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument(
         "--amp", choices=("bf16", "fp16"), help="mixed precision: bf16 on CPU or CUDA, fp16 on CUDA"
     )
     s.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster)")
-    s.add_argument("--workers", type=int, default=0, help="data loader processes")
-    s.add_argument("--crop", type=_positive(int), help="random crop size for training")
+    s.add_argument("--workers", type=WORKERS, default=0, help="data loader processes")
+    s.add_argument("--crop", type=_ranged(int, 1, 16384), help="random crop size for training")
     s.add_argument(
         "--nproc",
-        type=_positive(int),
+        type=_ranged(int, 1, 1024),
         default=1,
         help="processes (DistributedDataParallel via torchrun)",
     )
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help=cmd_eval.__doc__, description=cmd_eval.__doc__)
@@ -434,25 +482,26 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="dataset (default: the one it was trained on)")
     s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
     s.add_argument("--split", default="val")
-    s.add_argument("--batch-size", type=_positive(int), default=8)
+    s.add_argument("--batch-size", type=BATCH, default=8)
     s.add_argument("--device", default="cpu")
-    s.add_argument("--workers", type=int, default=0)
+    s.add_argument("--workers", type=WORKERS, default=0)
     s.add_argument(
         "--upper-bound",
         action="store_true",
         help="also the mean IU of ground truth down- and upsampled by 32/16/8",
     )
-    s.add_argument("--factors", type=lambda t: [int(v) for v in t.split(",")], default=[32, 16, 8])
+    s.add_argument("--factors", type=_int_list(1, 1024), default=[32, 16, 8])
     s.add_argument("--save-confusion", metavar="DIR", help="write confusion.csv and .png")
     s.add_argument("--fast", action="store_true", help=FAST_HELP)
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)
     s.add_argument("--model", default="fcn8s_vgg16", help="a VGG16 or AlexNet FCN")
-    s.add_argument("--size", type=_positive(int), default=500, help="square input side")
-    s.add_argument("--width", type=_positive(float), default=1.0, help="channel multiplier")
-    s.add_argument("--repeats", type=_positive(int), default=5)
-    s.add_argument("--threads", type=_positive(int), help="torch threads (default: torch's)")
+    s.add_argument("--size", type=_ranged(int, 1, 8192), default=500, help="square input side")
+    s.add_argument("--width", type=WIDTH, default=1.0, help="channel multiplier")
+    s.add_argument("--repeats", type=_ranged(int, 1, 1000), default=5)
+    s.add_argument("--threads", type=_ranged(int, 1, 1024), help="torch threads (default: torch's)")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("compare", help=cmd_compare.__doc__, description=cmd_compare.__doc__)
@@ -460,14 +509,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="dataset (default: the one they were trained on)")
     s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
     s.add_argument("--split", default="val")
-    s.add_argument("--n", type=_positive(int), default=4, help="first N items of the split")
+    s.add_argument("--n", type=_ranged(int, 1, 100), default=4, help="first N items of the split")
     s.add_argument(
         "--indices",
-        type=lambda t: [int(v) for v in t.split(",")],
+        type=_int_list(0, 10**9),
         help="items to show, e.g. 0,5,9 (instead of --n)",
     )
     s.add_argument("--device", default="cpu")
     s.add_argument("-o", "--out", default="compare.png", help="output PNG")
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("predict", help=cmd_predict.__doc__, description=cmd_predict.__doc__)
@@ -477,23 +527,36 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="cpu or cuda (default: cpu)")
     s.add_argument("--save-probs", action="store_true", help="also write <stem>_probs.npz")
     s.add_argument("--no-overlay", action="store_true", help="skip <stem>_overlay images")
-    s.add_argument("--batch-size", type=_positive(int), default=4, help="same-sized images/pass")
-    s.add_argument("--tile", type=int, help="tile size for huge images (0: never; default: auto)")
-    s.add_argument("--num-classes", type=_positive(int), help="for a model name (default 21)")
+    s.add_argument("--batch-size", type=_ranged(int, 1, 1024), default=4, help="images per pass")
+    s.add_argument("--tile", type=_ranged(int, 0, 65536),
+                   help="tile size for huge images (0: never; default: auto)")  # fmt: skip
+    s.add_argument("--num-classes", type=CLASSES, help="for a model name (default 21)")
     s.add_argument("--fast", action="store_true", help=FAST_HELP)
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("hha", help=cmd_hha.__doc__, description=cmd_hha.__doc__)
+    s.add_argument("depth", help="16-bit depth PNG (0 = missing: filled from the nearest pixel)")
+    s.add_argument("--intrinsics", metavar="FX,FY,CX,CY", help="camera intrinsics in pixels")
+    s.add_argument("--camera", choices=["nyud"], help="a known camera instead of --intrinsics")
+    s.add_argument("--depth-scale", type=float, default=0.001,
+                   help="metres per stored unit (default 0.001: millimetres)")  # fmt: skip
+    s.add_argument("-o", "--out", required=True, help="output HHA PNG")
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    s.set_defaults(func=cmd_hha)
 
     s = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
     s.add_argument("model", help="checkpoint file or model name")
     s.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    s.add_argument("-o", "--out", help="output file (default: MODEL.onnx / MODEL.pt)")
-    s.add_argument("--opset", type=_positive(int), default=17, help="ONNX opset (default 17)")
+    s.add_argument("-o", "--out", help="output file (default: MODEL.onnx / MODEL.torchscript.pt)")
+    s.add_argument("--opset", type=_ranged(int, 9, 21), default=17, help="ONNX opset (default 17)")
     s.add_argument(
         "--sizes",
         default="224x224,2x197x311,500x375",
         help="check sizes, HxW or NxHxW (default: 224x224,2x197x311,500x375)",
     )
-    s.add_argument("--num-classes", type=_positive(int), help="for a model name (default 21)")
+    s.add_argument("--num-classes", type=CLASSES, help="for a model name (default 21)")
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     s.set_defaults(func=cmd_export)
     return p
 
@@ -509,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ValueError, RuntimeError, OSError, KeyError, ImportError) as e:
         if isinstance(e, OSError) and e.strerror:  # without the "[Errno N]" prefix
-            message = e.strerror + (f": '{e.filename}'" if e.filename else "")
+            named = e.filename and str(e.filename) in e.strerror
+            message = e.strerror + (f": '{e.filename}'" if e.filename and not named else "")
         else:
             message = str(e)
         return _fail(message, args.debug)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -35,6 +36,14 @@ from torch import nn
 from .checkpoint import CheckpointError, load_checkpoint, model_state, save_checkpoint
 from .models import build_model
 from .recipes import Recipe, get_recipe
+from .safety import (
+    RunLock,
+    WriteError,
+    atomic_write,
+    check_outputs,
+    check_range,
+    save_figure,
+)
 
 __all__ = ["TrainConfig", "TrainingDiverged", "make_optimizer", "train", "train_stages"]
 
@@ -68,18 +77,26 @@ class TrainConfig:
     crop: int | None = None  # random crop for variable-size data (None: pad in batch)
 
     def check(self) -> None:
-        """Ranges: fail before any work, naming the value."""
-        for name in ("steps", "ckpt_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("batch_size", "accumulate"):
+        """Types and ranges: fail before any work, naming the value and the allowed range."""
+        big = 10**9
+        for name, lo, hi in (("steps", 1, big), ("ckpt_every", 1, big), ("log_every", 1, big),
+                             ("eval_every", 0, big), ("workers", 0, 256), ("seed", 0, 2**63 - 1),
+                             ("batch_size", 1, 4096), ("accumulate", 1, 4096),
+                             ("num_classes", 2, 65536), ("crop", 1, 16384)):  # fmt: skip
             v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1, got {v}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if self.eval_every < 0 or self.workers < 0:
-            raise ValueError("eval_every and workers must be >= 0")
+            if v is not None or name in ("steps", "ckpt_every", "log_every", "eval_every",
+                                         "workers", "seed"):  # fmt: skip
+                check_range(name, v, lo, hi, integer=True)
+        if self.lr is not None:
+            check_range("lr", self.lr, 1e-30, 10.0)
+            if self.lr <= 0:
+                raise ValueError(f"lr must be in 1e-30..10.0, got {self.lr}")
+        for name in ("model", "recipe", "data", "train_split", "val_split", "out", "device"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        for name in ("model_options", "data_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a dict, got {getattr(self, name)!r}")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be bf16 or fp16, got '{self.amp}'")
         if self.amp == "fp16" and not self.device.startswith("cuda"):
@@ -184,39 +201,66 @@ class _Log:
                 rows = [r for r in csv.DictReader(f) if r[self.FIELDS[-1]] is not None]
                 self.rows = [r for r in rows if int(r["step"]) <= start]
         if enabled:
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, self.FIELDS)
-                w.writeheader()
-                w.writerows(self.rows)
-            os.replace(tmp, path)
+            text = io.StringIO()
+            w = csv.DictWriter(text, self.FIELDS)
+            w.writeheader()
+            w.writerows(self.rows)
+            atomic_write(path, lambda f: f.write(text.getvalue().encode()), what="training log")
 
     def add(self, **row) -> None:
         self.rows.append({k: row.get(k, "") for k in self.FIELDS})
         if self.enabled:
-            with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, self.FIELDS).writerow(self.rows[-1])
+            try:  # appended: a row cut short by a crash or a full disk is dropped on reading
+                with open(self.path, "a", newline="") as f:
+                    csv.DictWriter(f, self.FIELDS).writerow(self.rows[-1])
+            except OSError as e:
+                raise WriteError(e.errno, f"could not append to the training log {self.path} "
+                                          f"({e.strerror}): free disk space, then --resume",
+                                 str(self.path)) from e  # fmt: skip
 
 
 # ------------------------------------------------------------------------- train
 
 
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train one model; returns {"checkpoint", "best", "metrics", "steps", "seconds"}."""
+RUN_FILES = ("last.pt", "best.pt", "config.json", "log.csv", "curves.png")
+
+
+def train(
+    config: TrainConfig, *, resume: bool = False, progress: bool = True, overwrite: bool = False
+) -> dict:
+    """Train one model; returns {"checkpoint", "best", "metrics", "steps", "seconds"}.
+
+    The run folder is locked while this runs (a second process training in it is refused).
+    A new run refuses a folder that holds another run's files unless `overwrite`.
+    """
+    config.check()
+    out = Path(config.out)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 holds the folder's lock
+        return _train(config, resume, progress, overwrite)
+    _check_writable(out)
+    with RunLock(out):
+        return _train(config, resume, progress, overwrite)
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -> dict:
     from .data.build import build_datasets, collate_items, make_loader
     from .evaluate import evaluate
+    from .predict import resolve_device
 
-    config.check()
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU: use --device cpu")
+    device = resolve_device(config.device)
     dist = _Dist.from_env(config.device)
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     recipe = get_recipe(config.recipe)
     out = Path(config.out)
     last, best_path = out / "last.pt", out / "best.pt"
-    _check_writable(out)  # before any work
+    if not (resume and last.exists()):  # a new run: another run's files are not ours to replace
+        if last.exists() and not overwrite:
+            raise FileExistsError(f"{out} already holds a run (last.pt): pass --resume to "
+                                  f"continue it, --overwrite to start it again, or choose "
+                                  f"another --out")  # fmt: skip
+        check_outputs([(out / n, n) for n in RUN_FILES], overwrite=overwrite, flag="--out")
+        best_path.unlink(missing_ok=True)  # --overwrite: the old run's best is not this run's
 
     train_set, val_set, class_names = build_datasets(config)
     num_classes = config.num_classes or len(class_names)
@@ -245,16 +289,19 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             raise CheckpointError(f"{e}. To resume anyway, copy {best_path.name} (if any) over "
                                   f"{last.name}, or start again without --resume in a new "
                                   f"--out") from None  # fmt: skip
-        _check_same_run(ckpt["config"], resolved, last)
+        _check_same_run(ckpt, resolved, last, recipe)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start, best_iu = ckpt["step"], ckpt.get("best_mean_iu", -1.0)
+        if start >= config.steps:  # nothing to do: say so and touch nothing
+            print(f"nothing to do: {last} is already at step {start} of {config.steps}")
+            return {"checkpoint": last, "best": best_path if best_path.exists() else last,
+                    "metrics": ckpt.get("metrics", {}), "steps": start, "seconds": 0.0}  # fmt: skip
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-    elif last.exists():
-        raise FileExistsError(f"{out} already holds a run (last.pt): pass --resume to continue "
-                              f"it, or choose another --out")  # fmt: skip
+    elif resume and dist.rank == 0:
+        print(f"note: nothing to resume in {out} (no last.pt): starting a new run")
     if dist.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "config.json", resolved)
@@ -392,14 +439,37 @@ def _check_writable(out: Path) -> None:
                                f"another --out") from None  # fmt: skip
 
 
-def _check_same_run(saved: dict, now: dict, path: Path) -> None:
-    keys = ("model", "model_options", "recipe", "data", "seed", "batch_size", "accumulate",
-            "lr", "num_classes", "world_size", "data_options")  # fmt: skip
-    diff = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+# options whose change would make the resumed run differ from one uninterrupted run
+_SAME_RUN = ("model", "model_options", "recipe", "data", "data_options", "train_split",
+             "val_data", "val_split", "crop", "seed", "batch_size", "accumulate", "lr",
+             "num_classes", "world_size", "amp", "steps")  # fmt: skip
+
+
+def _check_same_run(ckpt: dict, now: dict, path: Path, recipe: Recipe) -> None:
+    """Refuse a --resume whose options differ from the checkpoint's, saying why each matters."""
+    saved = ckpt.get("config")
+    if not isinstance(saved, dict) or not isinstance(ckpt.get("step"), int):
+        raise CheckpointError(f"{path} lacks its run config or step (written by another tool?): "
+                              f"start a new run with --init-from {path}")  # fmt: skip
+    diff = [k for k in _SAME_RUN if saved.get(k, _DEFAULTS.get(k)) != now.get(k)]
+    if diff == ["steps"] and recipe.schedule != "poly":  # a fixed lr: more steps extend the run
+        print(
+            f"note: the run had {saved['steps']} steps, now {now['steps']}: the fixed learning "
+            f"rate of recipe '{recipe.name}' makes this the same as one longer run"
+        )
+        return
     if diff:
+        why = [f"{k}: {saved.get(k, _DEFAULTS.get(k))!r} -> {now.get(k)!r}" for k in diff]
+        extra = (" (the poly learning-rate schedule depends on the total steps)"
+                 if "steps" in diff else "")  # fmt: skip
         raise ValueError(f"--resume with {path}: the run was started with other settings "
-                         f"({'; '.join(diff)}); resume with the same ones or use another "
-                         f"--out")  # fmt: skip
+                         f"({'; '.join(why)}){extra}, so continuing would not give the run it "
+                         f"started. Resume with the same settings, or start a new run in "
+                         f"another --out with --init-from {path}")  # fmt: skip
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+             if f.default is not dataclasses.MISSING}  # fmt: skip
 
 
 def _diverged(step: int, loss: float, lr: float, recipe: Recipe, last: Path) -> str:
@@ -418,22 +488,22 @@ def _plain(metrics: dict) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, default=str).encode()
+    atomic_write(path, lambda f: f.write(text), what="run config")
 
 
 class _Interrupt:
-    """The first SIGINT asks the loop to checkpoint and stop; a second one stops at once."""
+    """The first SIGINT or SIGTERM asks the loop to checkpoint and stop; a second one stops at
+    once (the checkpoint on disk is then the previous one, whole)."""
 
     requested = False
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self):
-        self._old = signal.getsignal(signal.SIGINT)
-        try:
-            signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread
-            self._old = None
+        self._old = {}
+        for sig in self.SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -442,8 +512,8 @@ class _Interrupt:
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
         return False
 
 
@@ -476,7 +546,4 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
         ax2.set_ylim(0, 1)
     ax.set_title(title)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, what="training curves")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from .metrics import ConfusionMatrix
+from .safety import atomic_write, save_figure
 
 __all__ = [
     "evaluate",
@@ -161,10 +163,7 @@ def plot_confusion(
                 ax.text(j, i, text, ha="center", va="center", fontsize=7,
                         color="white" if dark else "black")  # fmt: skip
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
-    return path
+    return save_figure(fig, path, what="confusion matrix plot", dpi=100)
 
 
 def save_confusion(
@@ -178,14 +177,12 @@ def save_confusion(
     """
     m = _matrix(matrix)
     names = _names(class_names, m.shape[0])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["ground truth \\ prediction", *names])
-        for name, row in zip(names, m, strict=True):
-            writer.writerow([name, *(int(v) for v in row)])
-    return path
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["ground truth \\ prediction", *names])
+    for name, row in zip(names, m, strict=True):
+        writer.writerow([name, *(int(v) for v in row)])
+    return atomic_write(path, lambda f: f.write(text.getvalue().encode()), what="confusion CSV")
 
 
 def load_confusion(path: str | Path) -> tuple[np.ndarray, list[str]]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from .safety import write_bytes
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -156,11 +159,6 @@ def _verify(
     return rows
 
 
-def _temp_beside(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{os.getpid()}.part")
-
-
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -179,32 +177,30 @@ def export_onnx(
                           f"({e})") from None  # fmt: skip
     model = _cpu_eval(model)
     path = Path(path)
-    tmp = _temp_beside(path)
-    try:
-        with _tracing(), torch.no_grad():
-            torch.onnx.export(
-                model,
-                (_example(model, TRACE_SIZE, seed=99),),
-                str(tmp),
-                dynamo=False,
-                opset_version=opset,
-                input_names=["image"],
-                output_names=["logits"],
-                dynamic_axes={"image": _AXES, "logits": _AXES},
-                do_constant_folding=True,
-            )
-        graph = onnx.load(str(tmp)).graph
-        for v in (graph.input[0], graph.output[0]):
-            dims = v.type.tensor_type.shape.dim
-            fixed = [i for i in _AXES if not dims[i].dim_param]
-            if fixed:
-                raise ExportError(f"ONNX {v.name} has fixed axes {fixed}: expected dynamic")
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        rows = _verify(model, lambda x: session.run(None, {"image": x})[0], verify_sizes,
-                       f"ONNX export of {getattr(model, 'name', 'model')}")  # fmt: skip
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buf = io.BytesIO()  # built and checked in memory: a failed export leaves no file
+    with _tracing(), torch.no_grad():
+        torch.onnx.export(
+            model,
+            (_example(model, TRACE_SIZE, seed=99),),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": _AXES, "logits": _AXES},
+            do_constant_folding=True,
+        )
+    data = buf.getvalue()
+    graph = onnx.load_from_string(data).graph
+    for v in (graph.input[0], graph.output[0]):
+        dims = v.type.tensor_type.shape.dim
+        fixed = [i for i in _AXES if not dims[i].dim_param]
+        if fixed:
+            raise ExportError(f"ONNX {v.name} has fixed axes {fixed}: expected dynamic")
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    rows = _verify(model, lambda x: session.run(None, {"image": x})[0], verify_sizes,
+                   f"ONNX export of {getattr(model, 'name', 'model')}")  # fmt: skip
+    write_bytes(path, data, what="ONNX model")
     return rows
 
 
@@ -218,23 +214,21 @@ def export_torchscript(
     checking the saved file at `verify_sizes`; returns rows as `export_onnx`."""
     model = _cpu_eval(model)
     path = Path(path)
-    tmp = _temp_beside(path)
-    try:
-        with _tracing(), torch.no_grad():
-            traced = torch.jit.trace(model, _example(model, TRACE_SIZE, seed=99), check_trace=False)
-        with _quiet():
-            torch.jit.save(traced, str(tmp))
-            loaded = torch.jit.load(str(tmp), map_location="cpu").eval()
+    with _tracing(), torch.no_grad():
+        traced = torch.jit.trace(model, _example(model, TRACE_SIZE, seed=99), check_trace=False)
+    buf = io.BytesIO()  # saved to memory: torch.jit.save to a full disk aborts the process
+    with _quiet():
+        torch.jit.save(traced, buf)
+        data = buf.getvalue()
+        loaded = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
 
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return loaded(torch.from_numpy(x)).numpy()
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return loaded(torch.from_numpy(x)).numpy()
 
-        rows = _verify(model, run, verify_sizes,
-                       f"TorchScript export of {getattr(model, 'name', 'model')}")  # fmt: skip
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    rows = _verify(model, run, verify_sizes,
+                   f"TorchScript export of {getattr(model, 'name', 'model')}")  # fmt: skip
+    write_bytes(path, data, what="TorchScript model")
     return rows
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ from torch import nn
 
 from .categories import voc_palette
 from .data.io import colorize
+from .safety import save_figure
 
 __all__ = ["compare_figure"]
 
@@ -68,10 +68,4 @@ def compare_figure(
         fig.tight_layout(rect=(0, 0.05, 1, 1))
     else:
         fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, what="comparison figure")

@@ -23,6 +23,7 @@ from .models import (
     load_checked,
     vgg16_classifier,
 )
+from .safety import save_figure
 from .weights import EFFICIENTNET_LITE, WEIGHTS, Preprocessing, load_state
 
 __all__ = [
@@ -137,7 +138,4 @@ def render_heatmap(image: np.ndarray, heat: np.ndarray, path: Path, title: str) 
     for ax in axes:
         ax.axis("off")
     fig.colorbar(im, ax=axes, fraction=0.025, pad=0.01)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, what="heatmap", bbox_inches="tight")

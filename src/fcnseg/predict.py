@@ -40,7 +40,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,8 @@ from PIL import Image
 from torch import nn
 
 from .categories import VOC_CLASSES
-from .data.io import ImageError, colorize, read_image, write_mask
+from .data.io import ImageError, colorize, read_image, to_rgb, write_mask
+from .safety import atomic_write, check_outputs, check_range
 
 __all__ = [
     "AUTO_TILE",
@@ -82,32 +83,29 @@ def resolve_device(
     if device is None:
         p = None if model is None else next(model.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"device {device!r} is not a device name: use cpu, cuda or cuda:N"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device '{device}': CUDA is not available on this machine (torch "
             f"{torch.__version__}, built with CUDA {torch.version.cuda}); use --device cpu"
         )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device '{device}': this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s), numbered from 0")  # fmt: skip
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device '{device}': fcnseg runs on cpu or cuda[:N]")
     return dev
 
 
 def _as_rgb(image: ImageLike) -> np.ndarray:
-    """Path, PIL image or array -> uint8 RGB (H, W, 3)."""
-    if isinstance(image, str | os.PathLike):
-        return read_image(image)
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-        raise ValueError(
-            f"expected an RGB uint8 image (H, W, 3), got {a.dtype} array of shape {a.shape}; "
-            f"read files with fcnseg.data.io.read_image"
-        )
-    if a.shape[0] < 1 or a.shape[1] < 1:
-        raise ValueError(f"image has no pixels: shape {a.shape}")
-    return a
+    """Path, PIL image (any mode), NumPy array or tensor -> uint8 RGB (H, W, 3): one set of
+    rules for all (`fcnseg.data.io.to_rgb`), so an image gives one result however passed."""
+    return to_rgb(image)
 
 
 # ---------------------------------------------------------------------------- tiling
@@ -178,6 +176,11 @@ def _run(
     labels = torch.empty((n, h, w), dtype=torch.int64)
     out = torch.empty((n, model.num_classes, h, w), dtype=torch.float32) if probs else None
     for rows, cols, logits in _regions(model, x, plan):
+        if not torch.isfinite(logits).all():
+            raise ValueError(
+                f"model {getattr(model, 'name', '')} gives NaN or infinite scores on this "
+                f"image: its weights or preprocessing are broken (a diverged checkpoint?)"
+            )
         labels[:, rows, cols] = logits.argmax(1).cpu()
         if out is not None:
             out[:, :, rows, cols] = logits.float().softmax(1).cpu()
@@ -258,22 +261,42 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+_OUTPUT_SUFFIXES = (".png", "_overlay.png", "_overlay.jpg", "_probs.npz")
+
+
 def _output_stems(rels: Sequence[Path]) -> list[Path]:
-    """Relative output stems mirroring the inputs' folders; clashes get the extension, then a
-    counter appended (photo.jpg and photo.png -> photo_jpg, photo_png)."""
+    """Relative output stems mirroring the inputs' folders, such that no two inputs' outputs
+    share a name: stems that clash get the extension, then a counter appended (photo.jpg and
+    photo.png -> photo_jpg, photo_png; x.png and x_overlay.png -> x, x_overlay_2 since x's
+    overlay is x_overlay.png)."""
     stems = [r.with_suffix("") for r in rels]
     counts: dict[Path, int] = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
-    out, used = [], set()
+    out, taken = [], set()
+
+    def names(stem: Path) -> list[Path]:
+        return [stem.with_name(stem.name + x) for x in _OUTPUT_SUFFIXES]
+
     for r, s in zip(rels, stems, strict=True):
         if counts[s] > 1:
             s = s.with_name(f"{s.name}_{r.suffix.lstrip('.').lower() or 'file'}")
         base, k = s, 2
-        while s in used:
+        while any(n in taken for n in names(s)):
             s, k = base.with_name(f"{base.name}_{k}"), k + 1
-        used.add(s)
+        taken.update(names(s))
         out.append(s)
+    return out
+
+
+def _output_paths(path: Path, base: Path, overlay: bool, probs: bool) -> dict[str, Path]:
+    """The files written for input `path` under output stem `base` (labels, overlay, probs)."""
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    out = {"labels": base.with_name(base.name + ".png")}
+    if overlay:
+        out["overlay"] = base.with_name(base.name + ("_overlay.jpg" if jpeg else "_overlay.png"))
+    if probs:
+        out["probs"] = base.with_name(base.name + "_probs.npz")
     return out
 
 
@@ -291,27 +314,6 @@ def _check_writable(out_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- writing
-def _disk_full(path: Path, e: OSError) -> OSError:
-    return OSError(
-        errno.ENOSPC,
-        f"disk full while writing {path} ({e.strerror}); the outputs written before it are "
-        f"complete and no partial file was left. Free space and run again",
-    )
-
-
-def _atomic(path: Path, write: Callable[[object], None]) -> None:
-    """write(file object) into a temp file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def blend_overlay(
     image: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA
 ) -> np.ndarray:
@@ -324,35 +326,26 @@ def blend_overlay(
 
 def _write_outputs(
     path: Path,
-    stem: Path,
+    targets: dict[str, Path],
     rgb: np.ndarray,
     labels: np.ndarray,
     probs: np.ndarray | None,
-    out_dir: Path,
     names: Sequence[str],
-    with_overlay: bool,
 ) -> dict:
-    base = out_dir / stem
     record = {"input": str(path), "ok": True, "size": tuple(labels.shape)}
-    target = base.with_name(base.name + ".png")
-    try:
-        write_mask(target, labels)
-        record["labels"] = str(target)
-        if with_overlay:
-            jpeg = path.suffix.lower() in (".jpg", ".jpeg")
-            target = base.with_name(base.name + ("_overlay.jpg" if jpeg else "_overlay.png"))
-            im = Image.fromarray(blend_overlay(rgb, labels))
-            _atomic(target, lambda f: im.save(f, format="JPEG" if jpeg else "PNG", quality=90))
-            record["overlay"] = str(target)
-        if probs is not None:
-            target = base.with_name(base.name + "_probs.npz")
-            p16 = probs.astype(np.float16)
-            _atomic(target, lambda f: np.savez_compressed(f, probs=p16, class_names=list(names)))
-            record["probs"] = str(target)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise _disk_full(target, e) from None
-        raise
+    write_mask(targets["labels"], labels)
+    record["labels"] = str(targets["labels"])
+    if "overlay" in targets:
+        jpeg = targets["overlay"].suffix == ".jpg"
+        im = Image.fromarray(blend_overlay(rgb, labels))
+        atomic_write(targets["overlay"], lambda f: im.save(f, format="JPEG" if jpeg else "PNG",
+                                                           quality=90), what="overlay")  # fmt: skip
+        record["overlay"] = str(targets["overlay"])
+    if probs is not None:
+        p16 = probs.astype(np.float16)
+        atomic_write(targets["probs"], lambda f: np.savez_compressed(
+            f, probs=p16, class_names=list(names)), what="probabilities")  # fmt: skip
+        record["probs"] = str(targets["probs"])
     present = np.unique(labels)
     record["classes"] = [names[i] if i < len(names) else str(i) for i in present.tolist()]
     return record
@@ -379,6 +372,7 @@ def predict_paths(
     batch_size: int = 4,
     tile: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Segment every image in `inputs` (files, folders, globs) and write, under `out_dir`
     (mirroring each input's folders below the folder or glob root given):
@@ -392,11 +386,15 @@ def predict_paths(
     read or segmented is reported (one line on stderr) and skipped; a full disk stops the run
     with OSError, leaving the outputs written before complete. Every file is written to a
     temporary name and renamed, so none is ever half-written.
+
+    Before any work, the output names are checked: none may be an input, and none may exist
+    already unless `overwrite` (outputs of two inputs never share a name: see _output_stems).
     """
     from tqdm.auto import tqdm
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_range("batch_size", batch_size, 1, 1024, integer=True)
+    if tile is not None:
+        check_range("tile", tile, 0, 65536, integer=True)
     dev = resolve_device(device, model)
     files = expand_inputs(inputs)
     if not files:
@@ -404,8 +402,13 @@ def predict_paths(
             f"no images in {', '.join(map(str, inputs))} (looked for {', '.join(IMAGE_EXTENSIONS)})"
         )
     out = Path(out_dir)
-    _check_writable(out)
     stems = _output_stems([rel for _, rel in files])
+    targets = [_output_paths(f, out / s, overlay, save_probs)
+               for (f, _), s in zip(files, stems, strict=True)]  # fmt: skip
+    check_outputs([(p, f"{kind} of {f}") for (f, _), t in zip(files, targets, strict=True)
+                   for kind, p in t.items()], [f for f, _ in files],
+                  overwrite=overwrite)  # fmt: skip
+    _check_writable(out)
     names = class_names(model)
     results: list[dict | None] = [None] * len(files)
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress,
@@ -433,9 +436,7 @@ def predict_paths(
         for k, (i, rgb, t_read) in enumerate(group):
             try:
                 p_k = None if probs is None else probs[k]
-                rec = _write_outputs(
-                    files[i][0], stems[i], rgb, labels[k], p_k, out, names, overlay
-                )
+                rec = _write_outputs(files[i][0], targets[i], rgb, labels[k], p_k, names)
             except OSError as e:
                 if e.errno == errno.ENOSPC:
                     bar.close()

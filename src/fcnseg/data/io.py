@@ -26,7 +26,6 @@ values are the classes, or an RGB picture whose colours are looked up in a palet
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..categories import voc_palette
+from ..safety import atomic_write
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -42,6 +42,7 @@ __all__ = [
     "colorize",
     "read_image",
     "read_mask",
+    "to_rgb",
     "write_mask",
 ]
 
@@ -180,6 +181,70 @@ def _to_rgb(im: Image.Image, p: Path) -> np.ndarray:
             f"image {p} has pixel mode {mode!r}, which cannot be converted to RGB ({e}); "
             f"save it as an 8-bit RGB PNG or JPEG"
         ) from e
+
+
+def to_rgb(image, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Any image as uint8 RGB (H, W, 3), by the rules of `read_image`, however it is passed.
+
+    - a path: `read_image`;
+    - a PIL image of any mode (16-bit, float, alpha, palette, CMYK ...): converted as if read
+      from a file (16-bit rescaled, alpha composited onto black), but no EXIF rotation;
+    - a NumPy array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (RGBA, composited onto black):
+      uint8 as is; uint16 (and int values 0..65535) rescaled as 16-bit; bool as 0/255; float
+      as a float file (0..1 or 0..255);
+    - a torch tensor: (C, H, W) (torchvision's convention: C = 1, 3 or 4) or (H, W), values as
+      for a NumPy array.
+    So a 16-bit PNG gives the same pixels from its path, its PIL image or its array.
+    """
+    if isinstance(image, str | os.PathLike):
+        return read_image(image, max_pixels=max_pixels)
+    if isinstance(image, Image.Image):
+        a = _to_rgb(image, Path(f"<PIL {image.mode} image>"))
+    else:
+        a = _array_to_rgb(image)
+    if a.shape[0] < 1 or a.shape[1] < 1:
+        raise ImageError(f"image has no pixels: shape {a.shape}")
+    if max_pixels is not None and a.shape[0] * a.shape[1] > max_pixels:
+        raise ImageError(f"image of {a.shape[1]} x {a.shape[0]} pixels is over the limit of "
+                         f"{max_pixels:,}: pass a larger max_pixels (or None), or downscale "
+                         f"it")  # fmt: skip
+    return a
+
+
+def _array_to_rgb(image) -> np.ndarray:
+    what = "tensor" if hasattr(image, "detach") else "array"
+    if what == "tensor":
+        t = image.detach().cpu()
+        if t.dim() == 3:
+            if t.shape[0] not in (1, 3, 4):
+                raise ImageError(f"image tensor of shape {tuple(t.shape)}: tensors are (C, H, W) "
+                                 f"with C = 1, 3 or 4, or (H, W)")  # fmt: skip
+            t = t.permute(1, 2, 0)
+        image = t.numpy()
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise ImageError(f"image {what} of shape {a.shape}: expected (H, W), (H, W, 3) or (H, W, "
+                         f"4) for arrays, (C, H, W) for tensors")  # fmt: skip
+    src = Path(f"<{a.dtype} {what}>")
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype.kind in "iu" and a.dtype != np.uint8:
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ImageError(f"image {what} ({a.dtype}) has values {a.min()}..{a.max()}, outside "
+                             f"0..255 and 0..65535: rescale it to uint8")  # fmt: skip
+        a = _sixteen_to_eight(a)
+    elif a.dtype.kind == "f":
+        a = _float_to_eight(a.astype(np.float64), src)
+    elif a.dtype != np.uint8:
+        raise ImageError(f"image {what} of dtype {a.dtype}: expected uint8, uint16, bool or float")
+    if a.ndim == 2:
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if a.shape[2] == 4:  # RGBA: onto black, as read_image does
+        alpha = a[..., 3:].astype(np.uint16)
+        return ((a[..., :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+    return np.ascontiguousarray(a)
 
 
 def read_image(
@@ -342,14 +407,4 @@ def write_mask(path: str | os.PathLike, labels, palette=None) -> None:
     pal[: len(given)] = given
     im = Image.fromarray(a.astype(np.uint8))  # mode L; putpalette makes it P
     im.putpalette(pal.tobytes())
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            im.save(f, format="PNG")
-        os.replace(tmp, p)  # never leave a half-written mask under the final name
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno and not e.filename:  # e.g. ENOSPC: name the mask
-            raise OSError(e.errno, e.strerror or str(e), str(p)) from e
-        raise
+    atomic_write(p, lambda f: im.save(f, format="PNG"), what="mask")

@@ -140,7 +140,18 @@ def load_checked(model: nn.Module, state: dict[str, torch.Tensor], what: str = "
             + "; ".join(parts)
             + ". Is it a checkpoint of another architecture, class count or width?"
         )
+    check_finite(state, what)
     model.load_state_dict(state, strict=True)
+
+
+def check_finite(state: dict[str, torch.Tensor], what: str = "weights") -> None:
+    """Refuse weights holding NaN or infinity: they cannot give a meaningful result."""
+    bad = [f"{k} ({int((~torch.isfinite(v)).sum())} values)" for k, v in state.items()
+           if v.is_floating_point() and not torch.isfinite(v).all()]  # fmt: skip
+    if bad:
+        raise ValueError(f"{what} hold NaN or infinite values in {len(bad)} tensor(s): "
+                         f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}. The file is "
+                         f"damaged or its training diverged: use an earlier one")  # fmt: skip
 
 
 def _load_backbone(model: FCN, arch: Arch | str, source) -> None:
