@@ -1,7 +1,9 @@
-"""VGG16 and AlexNet, described once as data and built two ways.
+"""VGG16, AlexNet and CaffeNet, described once as data and built two ways.
 
 1. As an FCN trunk whose modules carry the reference's layer names (``conv1_1`` ... ``fc7``),
-   in the Caffe geometry (conv1 padding 100, ceil-mode pools) or the modern "same" one.
+   in the Caffe geometry (conv1 padding 100, ceil-mode pools) or the modern "same" one;
+   optionally with another input channel count, renamed layers (``conv1_1_bgrd``) or a
+   suffix on every name (``conv1_1color``), as the reference release's NYUDv2 nets have.
 2. As an ImageNet classifier in torchvision's module layout (``features``, ``avgpool``,
    ``classifier``), whose state-dict keys match torchvision's published weight files.
 
@@ -19,6 +21,8 @@ from torch import nn
 
 __all__ = [
     "ALEXNET",
+    "CAFFENET",
+    "LRN",
     "VGG16",
     "Arch",
     "Conv",
@@ -39,6 +43,7 @@ class Conv:
     kernel: int
     stride: int = 1
     padding: int = 0
+    groups: int = 1  # CaffeNet's conv2/4/5: two halves, as it was split over two GPUs
 
 
 @dataclass(frozen=True)
@@ -49,11 +54,21 @@ class Pool:
 
 
 @dataclass(frozen=True)
+class LRN:
+    """Caffe's across-channel local response normalization (k = 1), point-wise in space."""
+
+    name: str
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+
+
+@dataclass(frozen=True)
 class Arch:
     """A plain conv/pool feature extractor followed by two fully connected layers (fc6, fc7)."""
 
     name: str
-    features: tuple[Conv | Pool, ...]
+    features: tuple[Conv | Pool | LRN, ...]
     fc_kernel: int  # fc6 sees a fc_kernel x fc_kernel window of the last pool (avgpool size)
     fc_width: int  # 4096
     taps: dict[str, int]  # feature name -> stride, for the skips (pool3: 8, pool4: 16)
@@ -97,6 +112,29 @@ ALEXNET = Arch(
     dropout_first=True,
 )
 
+# CaffeNet, the reference's FCN-AlexNet trunk (FCN.md 8): 96/256/384/384/256 channels, LRN
+# after pool1 and pool2 (not before, as in the original AlexNet), conv2/4/5 in two groups.
+# Only the reference layout is meaningful for it (no torchvision classifier exists).
+CAFFENET = Arch(
+    name="caffenet",
+    features=(
+        Conv("conv1", 96, 11, stride=4, padding=0),
+        Pool("pool1", 3, 2),
+        LRN("norm1"),
+        Conv("conv2", 256, 5, padding=2, groups=2),
+        Pool("pool2", 3, 2),
+        LRN("norm2"),
+        Conv("conv3", 384, 3, padding=1),
+        Conv("conv4", 384, 3, padding=1, groups=2),
+        Conv("conv5", 256, 3, padding=1, groups=2),
+        Pool("pool5", 3, 2),
+    ),
+    fc_kernel=6,
+    fc_width=4096,
+    taps={},
+    dropout_first=True,
+)
+
 
 def scaled(channels: int, width: float) -> int:
     """Channel count under the `width` multiplier (keeps the topology, shrinks the compute)."""
@@ -107,53 +145,86 @@ def scaled(channels: int, width: float) -> int:
 
 @dataclass
 class Trunk:
-    """Named layers run in order, the channels of every named output, and the last one."""
+    """Named layers run in order, the channels of every named output, and the last one.
+
+    Names are the final module names (renamed and suffixed); `suffix` is what was appended,
+    so a head finds its tap "pool4" of a suffixed trunk at ``"pool4" + suffix``.
+    """
 
     layers: OrderedDict[str, nn.Module]
     channels: dict[str, int]
     out: str
+    in_channels: int = 3
+    suffix: str = ""
 
 
 def build_trunk(
-    arch: Arch, *, width: float = 1.0, layout: str = "reference", dropout: float = 0.5
+    arch: Arch,
+    *,
+    width: float = 1.0,
+    layout: str = "reference",
+    dropout: float = 0.5,
+    in_channels: int = 3,
+    rename: dict[str, str] | None = None,
+    suffix: str = "",
 ) -> Trunk:
     """The classifier as an FCN trunk with reference layer names, up to fc7 (+ ReLU, dropout).
 
     reference: the first conv is padded by 100 and fc6 is unpadded (Caffe FCN); "same": the
     first conv keeps its own padding and fc6 is padded by k//2, so the output stride is exact.
-    Pools use ceil mode in both, as Caffe did.
+    Pools use ceil mode in both, as Caffe did. `in_channels` is the input's channel count
+    (NYUDv2 colour + depth: 4), `rename` maps layer names to others (``conv1_1`` ->
+    ``conv1_1_bgrd``), and `suffix` is appended to every name (two-stream nets: ``"color"``).
     """
     if layout not in ("reference", "same"):
         raise ValueError(f"layout must be 'reference' or 'same', got {layout!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    rename = rename or {}
+    unknown = set(rename) - {s.name for s in arch.features} - {"fc6", "fc7"}
+    if unknown:
+        raise ValueError(f"rename names layers {sorted(unknown)} that {arch.name} does not have")
+
+    def final(name: str) -> str:
+        return rename.get(name, name) + suffix
+
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     channels: dict[str, int] = {}
-    c_in = 3
+    c_in = in_channels
     for i, spec in enumerate(arch.features):
         if isinstance(spec, Conv):
             pad = 100 if (i == 0 and layout == "reference") else spec.padding
             c_out = scaled(spec.out, width)
-            layers[spec.name] = nn.Conv2d(c_in, c_out, spec.kernel, spec.stride, pad)
-            layers[spec.name.replace("conv", "relu")] = nn.ReLU(inplace=True)
+            if c_in % spec.groups or c_out % spec.groups:
+                raise ValueError(
+                    f"{spec.name}: {c_in} -> {c_out} channels do not split into "
+                    f"{spec.groups} groups; choose a width giving even counts"
+                )
+            conv = nn.Conv2d(c_in, c_out, spec.kernel, spec.stride, pad, groups=spec.groups)
+            layers[final(spec.name)] = conv
+            layers[final(spec.name.replace("conv", "relu"))] = nn.ReLU(inplace=True)
             c_in = c_out
+        elif isinstance(spec, LRN):  # Caffe: x / (1 + alpha/size * sum x^2)^beta, as torch's
+            layers[final(spec.name)] = nn.LocalResponseNorm(spec.size, spec.alpha, spec.beta, 1.0)
         else:
-            layers[spec.name] = nn.MaxPool2d(spec.kernel, spec.stride, ceil_mode=True)
-        channels[spec.name] = c_in
+            layers[final(spec.name)] = nn.MaxPool2d(spec.kernel, spec.stride, ceil_mode=True)
+        channels[final(spec.name)] = c_in
     fc = scaled(arch.fc_width, width)
     fc6_pad = arch.fc_kernel // 2 if layout == "same" else 0
-    layers["fc6"] = nn.Conv2d(c_in, fc, arch.fc_kernel, padding=fc6_pad)
-    layers["relu6"] = nn.ReLU(inplace=True)
-    layers["drop6"] = nn.Dropout(dropout)  # element-wise, as Caffe's dropout
-    layers["fc7"] = nn.Conv2d(fc, fc, 1)
-    layers["relu7"] = nn.ReLU(inplace=True)
-    layers["drop7"] = nn.Dropout(dropout)
-    channels.update(fc6=fc, fc7=fc, drop7=fc)
+    layers[final("fc6")] = nn.Conv2d(c_in, fc, arch.fc_kernel, padding=fc6_pad)
+    layers[final("relu6")] = nn.ReLU(inplace=True)
+    layers[final("drop6")] = nn.Dropout(dropout)  # element-wise, as Caffe's dropout
+    layers[final("fc7")] = nn.Conv2d(fc, fc, 1)
+    layers[final("relu7")] = nn.ReLU(inplace=True)
+    layers[final("drop7")] = nn.Dropout(dropout)
+    channels.update({final("fc6"): fc, final("fc7"): fc, final("drop7"): fc})
     for layer in layers.values():  # He init: a 15-layer ReLU stack trained from scratch learns;
         if isinstance(layer, nn.Conv2d):  # PyTorch's default init shrinks the signal to ~0
             nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
             nn.init.zeros_(layer.bias)
-    return Trunk(layers, channels, out="drop7")
+    return Trunk(layers, channels, final("drop7"), in_channels, suffix)
 
 
 # ---------------------------------------------------------------- torchvision-layout classifiers
@@ -179,6 +250,8 @@ def _torchvision_features(arch: Arch, width: float) -> tuple[nn.Sequential, dict
     index: dict[str, int] = {}
     c_in = 3
     for spec in arch.features:
+        if isinstance(spec, LRN) or (isinstance(spec, Conv) and spec.groups != 1):
+            raise ValueError(f"{arch.name} has no torchvision layout (LRN / grouped convs)")
         if isinstance(spec, Conv):
             index[spec.name] = len(modules)
             c_out = scaled(spec.out, width)
