@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .upsample import ClassUpsample
+
 __all__ = ["bilinear_kernel", "bilinear_upsampler", "init_bilinear_", "zero_init_"]
 
 
@@ -42,10 +44,15 @@ def init_bilinear_(layer: nn.ConvTranspose2d) -> nn.ConvTranspose2d:
 
 def bilinear_upsampler(
     channels: int, factor: int, kernel_size: int | None = None, padding: int = 0, trainable=True
-) -> nn.ConvTranspose2d:
-    """A stride-`factor` transposed conv (default kernel 2 x factor), bilinear, no bias."""
+) -> ClassUpsample:
+    """A stride-`factor` transposed conv (default kernel 2 x factor), bilinear, no bias.
+
+    A `ClassUpsample`: an `nn.ConvTranspose2d` with the same (C, C, k, k) weight that runs per
+    class (grouped, C times less work) while its kernel is diagonal and its weight needs no
+    gradient, and as the dense op otherwise (see fcnseg.models.upsample).
+    """
     k = 2 * factor if kernel_size is None else kernel_size
-    layer = nn.ConvTranspose2d(channels, channels, k, stride=factor, padding=padding, bias=False)
+    layer = ClassUpsample(channels, channels, k, stride=factor, padding=padding, bias=False)
     init_bilinear_(layer)
     layer.weight.requires_grad_(trainable)
     return layer
