@@ -1,8 +1,6 @@
-"""HHA from depth on scenes of known geometry, ray-cast through a pinhole camera.
-
-World: y up, the floor is y = 0, the camera sits `height` above it at x = z = 0, looks along +z,
-pitched down and rolled. Surfaces: the floor, a wall z = wall (facing the camera), a box on the
-floor. Each pixel knows its true height above the floor and its true angle to gravity (0 for
+"""HHA from depth on scenes of known geometry, ray-cast through a pinhole camera
+(fcnseg.data.depth_scenes: a floor seen from a pitched and rolled camera, a wall, a box on the
+floor). Each pixel knows its true height above the floor and its true angle to gravity (0 for
 the floor and the box top, 90 for the wall and the box sides), so every channel is checked
 against the truth away from depth edges (where a fit window straddles two surfaces).
 """
@@ -14,74 +12,18 @@ import pytest
 from PIL import Image
 
 from fcnseg.data import hha
+from fcnseg.data.depth_scenes import interior, render_scene
 from fcnseg.data.hha import CAMERAS, estimate_geometry, hha_file, parse_intrinsics, read_depth
 from fcnseg.data.io import ImageError
 
 K = CAMERAS["nyud"]  # 640 x 480
 
 
-def _rotation(pitch_deg: float, roll_deg: float) -> np.ndarray:
-    """World-from-camera rotation: camera (x right, y down, z forward) -> world (y up)."""
-    p, r = np.radians(pitch_deg), np.radians(roll_deg)
-    flip = np.diag([1.0, -1.0, 1.0])  # camera y down -> world y up
-    pitch = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
-    roll = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
-    return pitch @ flip @ roll  # pitch > 0 looks down
-
-
-def render(
-    *,
-    pitch=20.0,
-    roll=0.0,
-    height=1.4,
-    wall=4.0,
-    box=None,
-    size=(240, 320),
-    intrinsics=None,
-):
-    """(depth (H, W) metres, true height above floor, true angle to up (deg), true up in camera
-    coordinates, surface id (0 none, 1 floor, 2 wall, 3 box top, 4 box side))."""
-    h, w = size
-    fx, fy, cx, cy = intrinsics or (K[0] / 2, K[1] / 2, K[2] / 2, K[3] / 2)
-    rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
-    d_cam = np.stack([(cols - cx) / fx, (rows - cy) / fy, np.ones_like(cols)], axis=-1)
-    R = _rotation(pitch, roll)
-    d = d_cam @ R.T  # world directions; the ray parameter t is the camera z (depth)
-    origin = np.array([0.0, height, 0.0])
-    best = np.full((h, w), np.inf)
-    surface = np.zeros((h, w), np.int8)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = -origin[1] / d[..., 1]  # floor y = 0
-        hit = (t > 0) & (t < best)
-        best[hit], surface[hit] = t[hit], 1
-        t = (wall - origin[2]) / d[..., 2]  # wall z = wall
-        hit = (t > 0) & (t < best)
-        best[hit], surface[hit] = t[hit], 2
-        if box is not None:  # ((x0, x1), (0, top), (z0, z1)), slab method
-            lo, hi = np.array([b[0] for b in box]), np.array([b[1] for b in box])
-            t1, t2 = (lo - origin) / d, (hi - origin) / d
-            tnear = np.minimum(t1, t2).max(-1)
-            tfar = np.maximum(t1, t2).min(-1)
-            hit = (tnear <= tfar) & (tnear > 0) & (tnear < best)
-            entry = origin + tnear[..., None] * d
-            top = np.abs(entry[..., 1] - hi[1]) < 1e-9
-            best[hit] = tnear[hit]
-            surface[hit] = np.where(top[hit], 3, 4)
-    assert (surface > 0).all(), "every pixel should see a surface"
-    world = origin + best[..., None] * d
-    angle = np.where((surface == 1) | (surface == 3), 0.0, 90.0)
-    up = R.T @ np.array([0.0, 1.0, 0.0])
-    return best, world[..., 1], angle, up, surface
-
-
-def _interior(surface: np.ndarray, margin: int = 6) -> np.ndarray:
-    """Pixels whose whole (2 margin + 1)^2 neighbourhood shows the same surface."""
-    from scipy import ndimage
-
-    same = np.zeros(surface.shape, bool)
-    for s in np.unique(surface):
-        same |= ndimage.binary_erosion(surface == s, iterations=margin, border_value=1)
-    return same
+def render(*, size=(240, 320), intrinsics=None, **scene):
+    """(depth, true height, true angle, true up, surface) of a scene seen at half NYUD size."""
+    k = intrinsics or (K[0] / 2, K[1] / 2, K[2] / 2, K[3] / 2)
+    s = render_scene(k, size, **scene)
+    return s.depth, s.height, s.angle, s.up, s.surface
 
 
 def _degrees(a, b) -> float:
@@ -103,7 +45,7 @@ def test_gravity_height_and_angle_match_the_scene(name):
     g = estimate_geometry(depth, (K[0] / 2, K[1] / 2, K[2] / 2, K[3] / 2))
     assert _degrees(g.up, up) < 2.0  # the issue's bound; exact planes give ~0.01 degrees
     assert g.up @ up > 0  # up, not down
-    inner = _interior(surface)
+    inner = interior(surface)
     # angle to gravity within 2 degrees on every surface's interior
     assert np.abs(g.angle - angle)[inner].max() < 2.0
     # height above the lowest point (the floor, 0) within 2 cm
@@ -145,7 +87,7 @@ def test_missing_depth_is_filled_and_never_nan():
     full = hha(depth, k)
     assert np.isfinite(g.height).all() and np.isfinite(g.angle).all()
     # a filled pixel takes its nearest valid neighbour's depth: on the flat floor, nearly the same
-    inner = _interior(surface)[100:130, 50:90]
+    inner = interior(surface)[100:130, 50:90]
     diff = np.abs(image[100:130, 50:90].astype(int) - full[100:130, 50:90].astype(int))
     assert diff[..., 2][inner].max() <= 2  # the floor's angle survives the hole
     assert diff[..., 0].max() <= 20  # disparity from the nearest valid pixel
@@ -237,3 +179,14 @@ def test_cli_hha_writes_once_and_refuses_to_overwrite(tmp_path, capsys):
     assert main(["hha", str(src), "--camera", "nyud", "--depth-scale", "0", "-o",
                  str(tmp_path / "y.png")]) == 1  # fmt: skip
     assert "--depth-scale must be > 0" in capsys.readouterr().err
+
+
+def test_renderer_depth_is_exact():
+    # a level camera 1 m above the floor, a wall 3 m ahead: wall depth is 3 everywhere; a floor
+    # pixel in row v lies where the ray meets y = 0: z = 1 m * fy / (v - cy)
+    k = (100.0, 100.0, 40.0, 30.0)
+    s = render_scene(k, (60, 80), pitch=0.0, height=1.0, wall=3.0)
+    assert (s.depth[s.surface == 2] == 3.0).all()
+    v = np.nonzero((s.surface == 1).any(axis=1))[0]
+    np.testing.assert_allclose(s.depth[v, 0], 100.0 / (v - 30.0))
+    np.testing.assert_allclose(s.up, [0, -1, 0], atol=1e-12)
