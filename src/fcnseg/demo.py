@@ -149,13 +149,18 @@ def _sliding(quick: bool) -> str:
 def _digits_section(d: dict) -> str:
     steps = ", ".join(f"{k.split('_')[0]} {v}" for k, v in d["steps"].items())
     opts = d["config"]["data_options"]
+    amps = "; ".join(f"{k.split('_')[0]} {v}" for k, v in d.get("amp", {}).items())
     return (
         "## 4. FCN-32s -> 16s -> 8s on digit scenes\n\n"
         f"VGG16 topology at 1/8 width, 'same' layout, trained from scratch in stages "
-        f"(steps: {steps}; batch 16; our 'modern' recipe: AdamW, poly decay; bf16 autocast) "
+        f"(steps: {steps}; batch 16; our 'modern' recipe: AdamW, poly decay; channels_last) "
         f"on {opts['n_train']} {opts['size']}x{opts['size']} scenes of real MNIST digits, "
         f"scored on {opts['n_val']} held-out scenes drawn from other digit images. "
-        f"Training took {d['seconds']:.0f} s.\n\n"
+        f"Training took {d['seconds']:.0f} s. Mixed precision (`--amp auto`: bf16 only where "
+        f"a short measurement of forward + backward finds it at least 5% faster on this "
+        f"machine, see `fcnseg.amp`), per stage: {amps}. The figures below depend on the "
+        f"machine (its kernels and that choice change the rounding): see the README for "
+        f"those measured elsewhere.\n\n"
         + d["table"]
         + "\n\nUpper bound: the same held-out ground truth downsampled by each output "
         "stride and upsampled back (the paper's section 4.1 analysis):\n\n"

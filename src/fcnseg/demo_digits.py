@@ -35,7 +35,7 @@ def digits_config(out: Path, quick: bool) -> tuple[TrainConfig, tuple[int, ...]]
     config = TrainConfig(
         model=VARIANTS[0], model_options={"width": 0.125, "layout": "same"}, recipe="modern",
         data="digits", data_options=dict(data), batch_size=16, out=str(out), ckpt_every=100,
-        log_every=20, eval_every=200, amp="bf16", channels_last=True, seed=0,
+        log_every=20, eval_every=200, amp="auto", channels_last=True, seed=0,
     )  # fmt: skip
     return config, steps
 
@@ -75,8 +75,19 @@ def train_digit_stages(out: Path, quick: bool) -> dict:
         "seconds": sum(r["seconds"] for r in results),
         "metrics": {k: v["mean_iu"] for k, v in rows.items()},
         "steps": dict(zip(VARIANTS, steps, strict=True)),
+        "amp": {r["model"]: _amp_note(r) for r in results},
         "config": dataclasses.asdict(config),
     }
+
+
+def _amp_note(result: dict) -> str:
+    """What --amp auto chose for a stage, with the times it measured (s per fwd + bwd)."""
+    choice = result.get("amp_choice")
+    if choice is None:  # a stage reused from an earlier run: not measured this time
+        return "reused from an earlier run"
+    times = ", ".join(f"{k} {v:.3f} s" for k, v in choice.times.items())
+    cached = "; cached" if choice.cached else ""
+    return f"{choice.amp or 'fp32'} ({times}: {choice.reason}{cached})"
 
 
 @torch.inference_mode()
