@@ -17,6 +17,7 @@ import numpy as np
 from fcnseg.weights.caffe import MESSAGES, V1_TYPES
 
 V1_NUMBERS = {name: number for number, name in V1_TYPES.items()}
+BIG = 100_000  # values: above this, a blob's data is appended as raw packed bytes
 
 
 def write_caffemodel(
@@ -32,27 +33,36 @@ def write_caffemodel(
 
     legacy_shape: num/channels/height/width instead of shape.dim (blobs of up to 4 dims, padded
     with leading 1s as Caffe's legacy form does). double: the values in double_data.
+    Messages are serialized by protobuf; a large blob's packed values are appended as raw bytes
+    to its serialized BlobProto (protobuf merges fields that way), as `.extend` would be slow.
     """
-    net = MESSAGES["NetParameter"](name=name)
+    v1 = form == "layers"
+    out = [MESSAGES["NetParameter"](name=name).SerializeToString()]
     for layer_name, kind, blobs in layers:
-        if form == "layer":
-            msg = net.layer.add(name=layer_name, type=kind)
+        if v1:
+            msg = MESSAGES["V1LayerParameter"](name=layer_name, type=V1_NUMBERS[kind])
         else:
-            msg = net.layers.add(name=layer_name, type=V1_NUMBERS[kind])
+            msg = MESSAGES["LayerParameter"](name=layer_name, type=kind)
         msg.bottom.append("data")
         msg.top.append(layer_name)
+        body = msg.SerializeToString()
         for array in blobs:
             a = np.asarray(array)
-            blob = msg.blobs.add()
+            blob = MESSAGES["BlobProto"]()
             if legacy_shape:
                 assert a.ndim <= 4, a.shape
-                dims = (1,) * (4 - a.ndim) + a.shape
-                blob.num, blob.channels, blob.height, blob.width = dims
+                blob.num, blob.channels, blob.height, blob.width = (1,) * (4 - a.ndim) + a.shape
             else:
                 blob.shape.dim.extend(a.shape)
-            (blob.double_data if double else blob.data).extend(a.ravel().tolist())
+            raw = b""
+            if a.size <= BIG:  # protobuf's own encoder
+                (blob.double_data if double else blob.data).extend(a.ravel().tolist())
+            else:
+                raw = _field(8 if double else 5, a.astype("<f8" if double else "<f4").tobytes())
+            body += _field(6 if v1 else 7, blob.SerializeToString() + raw)
+        out.append(_field(2 if v1 else 100, body))
     path = Path(path)
-    path.write_bytes(net.SerializeToString())
+    path.write_bytes(b"".join(out))
     return path
 
 

@@ -13,12 +13,15 @@ import collections
 import os
 from pathlib import Path
 
+import caffemodel_writer
 import numpy as np
 import pytest
 import torch
 from caffemodel_writer import encode_by_hand, write_caffemodel
 
+import fcnseg
 import fcnseg.weights as W
+from fcnseg.cli import main
 from fcnseg.weights.caffe import MESSAGES
 
 NSFW = Path(
@@ -62,7 +65,10 @@ def _legacy(shape: tuple[int, ...]) -> tuple[int, ...]:
 @pytest.mark.parametrize("form", ["layer", "layers"])
 @pytest.mark.parametrize("legacy_shape", [False, True])
 @pytest.mark.parametrize("double", [False, True])
-def test_written_file_reads_back(tmp_path, form, legacy_shape, double):
+@pytest.mark.parametrize("raw", [False, True], ids=["protobuf-data", "raw-data"])
+def test_written_file_reads_back(tmp_path, monkeypatch, form, legacy_shape, double, raw):
+    if raw:  # the writer's path for large blobs: packed values appended as bytes
+        monkeypatch.setattr(caffemodel_writer, "BIG", 5)
     layers = _layers(form=form)
     path = write_caffemodel(tmp_path / "net.caffemodel", layers, form=form,
                             legacy_shape=legacy_shape, double=double)  # fmt: skip
@@ -189,6 +195,65 @@ def test_other_files_are_refused_by_name(tmp_path, content, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ValueError, match=r"nope\.caffemodel: no such"):
         W.read_caffemodel(tmp_path / "nope.caffemodel")
+
+
+# ---------------------------------------------------------------- fcnseg convert (a real net)
+
+
+def _release_file(name: str, seed: int = 0):
+    """A .caffemodel's layers for the release's net `name`, from its state dict's names and
+    shapes, random values everywhere; fc6 / fc7 written as a classifier's InnerProduct (out, in).
+    Returns (layers, the state dict the net must end up with)."""
+    state = fcnseg.build_reference(name).state_dict()
+    g = torch.Generator().manual_seed(seed)
+    want = {k: torch.randn(v.shape, generator=g) * 0.01 for k, v in state.items()}
+    layers: dict[str, list] = {}
+    for key, value in want.items():
+        layers.setdefault(key.rsplit(".", 1)[0], []).append(value.numpy())
+    kinds = {layer: "Convolution" for layer in layers}
+    for layer in ("fc6", "fc7"):
+        kinds[layer] = "InnerProduct"
+        w = layers[layer][0]
+        layers[layer][0] = w.reshape(w.shape[0], -1)
+    for layer in layers:
+        if layer.startswith("upscore"):
+            kinds[layer] = "Deconvolution"
+    return [(layer, kinds[layer], blobs) for layer, blobs in layers.items()], want
+
+
+@pytest.mark.slow
+def test_convert_writes_the_nets_state_dict(tmp_path, capsys):
+    """voc-fcn-alexnet (grouped convs, 6x6 fc6): 59 M values, 235 MB, through the CLI."""
+    layers, want = _release_file("voc-fcn-alexnet")
+    path = write_caffemodel(tmp_path / "fcn-alexnet-pascal.caffemodel", layers)
+    out = tmp_path / "alexnet.pth"
+    assert main(["convert", str(path), "--net", "voc-fcn-alexnet", "-o", str(out)]) == 0
+    got = torch.load(out, weights_only=True)
+    assert list(got) == list(want)
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    model = fcnseg.build_reference("voc-fcn-alexnet", weights=out)
+    assert torch.equal(model.state_dict()["fc6.weight"], want["fc6.weight"])
+    # not over an existing file, and never a file of another net
+    assert main(["convert", str(path), "--net", "voc-fcn-alexnet", "-o", str(out)]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    other = tmp_path / "fcn32s.pth"
+    assert main(["convert", str(path), "--net", "voc-fcn32s", "-o", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and "conv1_1" in err and "voc-fcn32s" in err
+    assert not other.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [path.name, out.name]
+    )  # nothing else was left behind
+
+
+@pytest.mark.slow
+def test_convert_reads_the_old_form(tmp_path):
+    """The same net's file in the V1 `layers` form with legacy 4-d shapes (files of 2014-15)."""
+    layers, want = _release_file("voc-fcn-alexnet", seed=1)
+    path = write_caffemodel(tmp_path / "v1.caffemodel", layers, form="layers", legacy_shape=True)
+    got = torch.load(W.convert_caffemodel(path, "voc-fcn-alexnet", tmp_path / "v1.pth"))
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
 
 
 # ------------------------------------------------------------------ a real file written by Caffe

@@ -14,7 +14,6 @@ of the weights in memory (benchmarks/caffemodel_read.py).
 from __future__ import annotations
 
 import mmap
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -139,12 +138,17 @@ def _varint(buf, pos: int, end: int) -> tuple[int, int]:
     return value, new
 
 
-def _fields(buf, start: int, end: int):
-    """(field number, wire type, value) over one message; value: an int, or (start, end)."""
+def _fields(buf, start: int, end: int, allowed=None):
+    """(field number, wire type, value) over one message; value: an int, or (start, end).
+
+    allowed: the message's (field number, wire type) pairs, when anything else means corrupt.
+    """
     pos = start
     while pos < end:
         tag, pos = _varint(buf, pos, end)
         number, wtype = wire_format.UnpackTag(tag)
+        if allowed is not None and (number, wtype) not in allowed:
+            raise _Corrupt(f"field {number} (wire type {wtype}) is no NetParameter field", pos)
         if number == 0:
             raise _Corrupt("field number 0", pos)
         if wtype == _VARINT:
@@ -226,6 +230,9 @@ def _read_layer(buf, f, start: int, end: int, v1: bool, index: int) -> CaffeLaye
     return CaffeLayer(name, kind, blobs)
 
 
+# NetParameter's (field number, wire type): name, layers (V1), input, input_dim (plain or packed),
+# force_backward, state, debug_info, input_shape, layer
+_NET_FIELDS = {(1, 2), (2, 2), (3, 2), (4, 0), (4, 2), (5, 0), (6, 2), (7, 0), (8, 2), (100, 2)}
 _TEXT_NET = re.compile(rb"^\s*(#|name\s*:|layers?\s*\{|input\s*:|force_backward)", re.M)
 
 
@@ -262,12 +269,10 @@ def read_layers(path) -> list[CaffeLayer]:
             raise ValueError(f"{path}: {problem}")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             try:
-                layers = [
-                    _read_layer(buf, f, a, b, number == 2, i)
-                    for i, (number, (a, b)) in enumerate(
-                        (n, v) for n, w, v in _fields(buf, 0, size) if n in (2, 100) and w == 2
-                    )
-                ]
+                layers = []
+                for number, _, value in _fields(buf, 0, size, _NET_FIELDS):
+                    if number in (2, 100):
+                        layers.append(_read_layer(buf, f, *value, number == 2, len(layers)))
             except _Corrupt as e:
                 if e.truncated:
                     raise ValueError(
@@ -326,17 +331,10 @@ def convert_caffemodel(path, net_name: str, out) -> Path:
     """`fcnseg convert`: a reference net's .caffemodel -> a plain state dict file (.pth).
 
     The blobs are mapped onto the net's layers by `fcnseg.models.reference.state_dict_from_caffe`
-    (which checks every name and shape); the result is written to a temp file, then renamed.
+    (which checks every name and shape); the file is written atomically (temp file + rename).
     """
     from ..models.reference import state_dict_from_caffe  # models import weights: not at top
+    from ..safety import atomic_write
 
-    state = state_dict_from_caffe(net_name, read_caffemodel(path))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.part")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    state = state_dict_from_caffe(net_name, read_caffemodel(path), label=str(path))
+    return atomic_write(out, lambda f: torch.save(state, f), what="state dict")

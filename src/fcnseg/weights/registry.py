@@ -25,7 +25,14 @@ from .preprocessing import (
     Preprocessing,
 )
 
-__all__ = ["REFERENCE_WEIGHTS", "WEIGHTS", "ReferenceWeights", "Source", "Weights"]
+__all__ = [
+    "REFERENCE_WEIGHTS",
+    "WEIGHTS",
+    "ReferenceWeights",
+    "Source",
+    "Weights",
+    "reference_table",
+]
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,7 @@ class ReferenceWeights:
     net: str  # the release's folder name, as `build_reference` spells it
     sources: tuple[Source, ...]  # tried in order
     dataset: str  # "voc", "nyud", "pascalcontext", "siftflow"
-    classes: dict[str, int]  # per output: {"score": 21}, or {"sem": 33, "geo": 3} (SIFT Flow)
+    classes: int | dict[str, int]  # one output: 21; several: {"sem": 33, "geo": 3} (SIFT Flow)
     inputs: dict[str, Preprocessing]  # per input, in the forward's order: {"color": ...}
     license: str
     metrics: dict[str, float] = field(default_factory=dict)  # the paper's (FCN.md 6, 10)
@@ -129,8 +136,7 @@ _LICENSE = {
     "siftflow": _RELEASE_LICENSE + "SIFT Flow (LabelMe), whose terms of use apply",
 }
 _PORT_SITE = "http://drive.google.com/uc?id="
-_CLASSES = {"voc": {"score": 21}, "nyud": {"score": 40}, "pascalcontext": {"score": 60},
-            "siftflow": {"sem": 33, "geo": 3}}  # fmt: skip
+_CLASSES = {"voc": 21, "nyud": 40, "pascalcontext": 60, "siftflow": {"sem": 33, "geo": 3}}
 _INPUTS = {"voc": {"image": CAFFE_BGR}, "pascalcontext": {"image": CAFFE_BGR},
            "siftflow": {"image": SIFTFLOW_BGR}}  # fmt: skip
 
@@ -184,3 +190,31 @@ REFERENCE_WEIGHTS: dict[str, ReferenceWeights] = {
         _reference("siftflow-fcn8s", "siftflow-fcn8s-heavy"),
     )
 }  # fmt: skip
+
+
+_KIND = {"BGR": "3 BGR", "RGB": "3 as stored"}
+
+
+def _inputs(inputs: dict) -> str:
+    """ "color (3 BGR) + depth (1 log)": each input's channels and kind (means: in the entry)."""
+    return " + ".join(
+        f"{name} ({_KIND[p.channel_order] if isinstance(p, Preprocessing) else '1 log'})"
+        for name, p in inputs.items()
+    )
+
+
+def reference_table() -> list[str]:
+    """Lines of `fcnseg models`: each release net, its classes, inputs and published weights."""
+    from ..models.reference import REFERENCE_NETS  # models import weights: not at the top
+
+    rows = [("net", "classes", "inputs", "published weights (tried in order)")]
+    for name, net in REFERENCE_NETS.items():
+        w = REFERENCE_WEIGHTS.get(name)
+        files = ", ".join(s.file_name + (" (md5)" if s.md5 else "") for s in w.sources) if w else (
+            "none published (build it, train it)")  # fmt: skip
+        classes = net.classes if isinstance(net.classes, int) else (
+            " + ".join(f"{k} {v}" for k, v in net.classes.items()))  # fmt: skip
+        rows.append((name, str(classes), _inputs(net.inputs), files))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, [*widths, 0], strict=True)).rstrip()
+            for r in rows]  # fmt: skip
