@@ -43,6 +43,22 @@ def cmd_models(args) -> int:
     print("weights:")
     for w in WEIGHTS.values():
         print(f"  {w.name:24s} {w.arch:20s} {w.categories:9s} {w.url}")
+    from .weights.registry import reference_table
+
+    print("reference nets (build_reference(NAME, weights='reference')):")
+    print(*(f"  {line}" for line in reference_table()), sep="\n")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    """Convert a reference net's .caffemodel into a PyTorch state dict (.pth), without Caffe."""
+    from .safety import check_outputs
+    from .weights import convert_caffemodel
+
+    check_outputs([(args.out, "state dict")], [args.file], overwrite=args.overwrite)
+    out = convert_caffemodel(args.file, args.net, args.out)
+    print(f"wrote {out}: the weights of {args.net}, for build_reference('{args.net}', "
+          f"weights='{out}')")  # fmt: skip
     return 0
 
 
@@ -93,16 +109,36 @@ def _ranged(kind, lo, hi):
             kind_name = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"'{text}' is not {kind_name}") from None
         if not (lo <= value <= hi):  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be in {lo:g}..{hi:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be in {_show(lo)}..{_show(hi)}, got {text}")
         return value
 
     return parse
 
 
+def _show(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def _int_list(lo: int, hi: int):
     """argparse type: comma-separated integers, each in lo..hi (e.g. 600,250,250)."""
     one = _ranged(int, lo, hi)
-    return lambda text: [one(v) for v in text.split(",")]
+
+    def parse(text: str) -> list[int]:
+        try:
+            return [one(v) for v in text.split(",")]
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{text}: each value {e}") from None
+
+    return parse
+
+
+def _stages(text: str) -> list[str]:
+    """argparse type: staged training, e.g. 32s,16s,8s."""
+    stages = text.split(",")
+    bad = [s for s in stages if s not in ("32s", "16s", "8s")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{text}: stages are 32s, 16s and 8s, got {bad[0]}")
+    return stages
 
 
 STEPS = _ranged(int, 1, 10**9)
@@ -248,6 +284,10 @@ def cmd_eval(args) -> int:
     model = _fast(model, args.fast, args.device)
     _, dataset = _checkpoint_dataset(args, ckpt)
     names = list(getattr(dataset, "class_names", None) or ckpt.get("class_names") or [])
+    if getattr(dataset, "class_names", None) and len(names) != model.num_classes:
+        raise ValueError(f"the data has {len(names)} classes but checkpoint {args.checkpoint} "
+                         f"scores {model.num_classes} classes: evaluate a checkpoint trained on "
+                         f"this data's classes")  # fmt: skip
     loader = make_loader(dataset, args.batch_size, model.preprocessing, args.workers)
     cm = evaluate(model, loader, model.num_classes, device=args.device, progress=True)
     metrics = cm.compute()
@@ -385,6 +425,13 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("models", help=cmd_models.__doc__)
     s.set_defaults(func=cmd_models)
 
+    s = sub.add_parser("convert", help=cmd_convert.__doc__, description=cmd_convert.__doc__)
+    s.add_argument("file", help="the .caffemodel (binary, as the release publishes it)")
+    s.add_argument("--net", required=True, help="the release's net it belongs to (fcnseg models)")
+    s.add_argument("-o", "--out", required=True, help="the .pth file to write")
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    s.set_defaults(func=cmd_convert)
+
     s = sub.add_parser("demo", help=cmd_demo.__doc__)
     s.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     s.add_argument("--quick", action="store_true", help="small models: a smoke run for tests")
@@ -428,7 +475,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=STEPS, default=1000, help="optimizer steps")
     s.add_argument(
         "--stages",
-        type=lambda t: t.split(","),
+        type=_stages,
         help="staged training, e.g. 32s,16s,8s: each stage starts from the last",
     )
     s.add_argument(
@@ -463,7 +510,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_ranged(int, 0, 2**63 - 1), default=0)
     s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument(
-        "--amp", choices=("bf16", "fp16"), help="mixed precision: bf16 on CPU or CUDA, fp16 on CUDA"
+        "--amp",
+        choices=("bf16", "fp16", "auto"),
+        help="mixed precision: bf16 on CPU or CUDA, fp16 on CUDA; auto: bf16 only if a short "
+        "measurement at the start finds it faster for this model here (cached in "
+        "~/.cache/fcnseg/amp.json or $FCNSEG_CACHE/amp.json; delete the file to measure again)",
     )
     s.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster)")
     s.add_argument("--workers", type=WORKERS, default=0, help="data loader processes")

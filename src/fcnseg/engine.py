@@ -25,6 +25,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from .models import build_model
 from .recipes import Recipe, get_recipe
 from .safety import (
     RunLock,
+    RunLockedError,
     WriteError,
     atomic_write,
     check_outputs,
@@ -69,7 +71,7 @@ class TrainConfig:
     ckpt_every: int = 100
     log_every: int = 10
     device: str = "cpu"
-    amp: str | None = None  # "bf16" (CPU or CUDA) or "fp16" (CUDA): mixed precision
+    amp: str | None = None  # "bf16" (CPU or CUDA), "fp16" (CUDA), "auto" (measured, fcnseg.amp)
     channels_last: bool = False  # NHWC memory format: faster convolutions on CPU and GPU
     init_from: str | None = None  # staged training: a previous stage's checkpoint
     backbone_weights: str | None = None
@@ -97,8 +99,8 @@ class TrainConfig:
         for name in ("model_options", "data_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a dict, got {getattr(self, name)!r}")
-        if self.amp not in (None, "bf16", "fp16"):
-            raise ValueError(f"amp must be bf16 or fp16, got '{self.amp}'")
+        if self.amp not in (None, "bf16", "fp16", "auto"):
+            raise ValueError(f"amp must be bf16, fp16 or auto, got '{self.amp}'")
         if self.amp == "fp16" and not self.device.startswith("cuda"):
             raise ValueError("amp fp16 needs --device cuda; on a CPU use --amp bf16")
         get_recipe(self.recipe)
@@ -228,18 +230,33 @@ RUN_FILES = ("last.pt", "best.pt", "config.json", "log.csv", "curves.png")
 def train(
     config: TrainConfig, *, resume: bool = False, progress: bool = True, overwrite: bool = False
 ) -> dict:
-    """Train one model; returns {"checkpoint", "best", "metrics", "steps", "seconds"}.
+    """Train one model; returns {"checkpoint", "best", "metrics", "steps", "seconds", "amp",
+    "amp_choice"} (the last two: the precision that ran, and --amp auto's measurement).
 
     The run folder is locked while this runs (a second process training in it is refused).
     A new run refuses a folder that holds another run's files unless `overwrite`.
     """
+    from .models.registry import check_model_name
+    from .predict import resolve_device
+
     config.check()
+    resolve_device(config.device)  # mistakes found before any folder is made
+    check_model_name(config.model)
     out = Path(config.out)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 holds the folder's lock
         return _train(config, resume, progress, overwrite)
+    new, lock_file = not out.exists(), out / ".lock"
+    had_lock = lock_file.exists()
     _check_writable(out)
-    with RunLock(out):
-        return _train(config, resume, progress, overwrite)
+    try:
+        with RunLock(out):
+            return _train(config, resume, progress, overwrite)
+    except BaseException:
+        if not had_lock and not isinstance(sys.exc_info()[1], RunLockedError):
+            lock_file.unlink(missing_ok=True)  # a refused or failed start leaves no trace
+            if new and not any(out.iterdir()):
+                out.rmdir()
+        raise
 
 
 def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -> dict:
@@ -331,10 +348,22 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
 
     log = _Log(out / "log.csv", start, dist.rank == 0)
     stop = _Interrupt()
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp or "")
-    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     per_epoch = max(len(train_set) // batch, 1)
     micro = batch // accumulate // dist.world
+    amp_name, choice = config.amp, None
+    if amp_name == "auto":  # bf16 only where it measures faster here (fcnseg.amp)
+        from .amp import auto_amp
+
+        first = step_indices(start, len(train_set), batch, config.seed)[:micro]
+        x, t = collate_items(train_set, first)  # a micro-batch of the run's shape
+        x = model.preprocessing.batch(x.to(device)).contiguous(memory_format=fmt)
+        log_to = print if dist.rank == 0 else None
+        choice = auto_amp(model, x, t.to(device), _pixel_loss, name=config.model,
+                          options=config.model_options, log=log_to)  # fmt: skip
+        amp_name = choice.amp
+        amp_name = amp_name if dist.sum(float(amp_name is not None)) == dist.world else None
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp_name or "")
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     bar = _progress(range(start, config.steps), progress and dist.rank == 0, start, config.steps)
     metrics, t0, seen = {}, time.perf_counter(), 0
     model.train()
@@ -395,6 +424,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         "metrics": metrics,
         "steps": config.steps,
         "seconds": time.perf_counter() - t0,
+        "amp": amp_name,  # what ran (config "auto": the measured choice, its times in amp_choice)
+        "amp_choice": choice,
     }
 
 

@@ -67,7 +67,7 @@ def evaluate(
                     scores = model(images)
                 if isinstance(scores, dict):  # a {"out": ...} head, as some models return
                     scores = scores["out"]
-                _check_scores(scores, targets, num_classes)
+                _check_scores(scores, targets, num_classes, ignore_index)
                 cm.update(scores.argmax(1), targets)
     finally:
         model.train(was_training)
@@ -209,7 +209,16 @@ def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def _check_scores(scores: torch.Tensor, targets: torch.Tensor, num_classes: int) -> None:
+def _check_scores(
+    scores: torch.Tensor, targets: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> None:
+    """Shapes, class count and finiteness: a batch that cannot be scored is refused, not scored."""
+    labelled = targets[targets != ignore_index]
+    if labelled.numel() and int(labelled.max()) >= num_classes:
+        raise ValueError(
+            f"the data holds label {int(labelled.max())}, but the model scores {num_classes} "
+            f"classes (0..{num_classes - 1}): evaluate a checkpoint trained on this data's classes"
+        )
     if scores.ndim != 4 or scores.shape[1] != num_classes:
         raise ValueError(
             f"the model returned shape {tuple(scores.shape)}; expected (N, {num_classes}, H, W) "
@@ -219,6 +228,11 @@ def _check_scores(scores: torch.Tensor, targets: torch.Tensor, num_classes: int)
         raise ValueError(
             f"scores of shape {tuple(scores.shape)} do not cover targets of shape "
             f"{tuple(targets.shape)}; the model must return one score map per pixel (N, C, H, W)"
+        )
+    if not torch.isfinite(scores).all():
+        raise ValueError(
+            "the model gives NaN or infinite scores on this batch: its weights or preprocessing "
+            "are broken (a diverged checkpoint?); nothing was scored"
         )
 
 

@@ -111,6 +111,10 @@ def _as_rgb(image: ImageLike) -> np.ndarray:
 # ---------------------------------------------------------------------------- tiling
 def _tile_plan(tile: int | None, overlap: int | None, h: int, w: int) -> tuple[int, int] | None:
     """(window, step) for an h x w image, or None for whole-image inference."""
+    if tile is not None:
+        check_range("tile", tile, 0, 65536, integer=True)
+    if overlap is not None:
+        check_range("overlap", overlap, 0, 65536, integer=True)
     if tile is None:
         if h * w <= AUTO_TILE_PIXELS:
             return None
@@ -179,7 +183,8 @@ def _run(
         if not torch.isfinite(logits).all():
             raise ValueError(
                 f"model {getattr(model, 'name', '')} gives NaN or infinite scores on this "
-                f"image: its weights or preprocessing are broken (a diverged checkpoint?)"
+                f"image: its weights or preprocessing are broken (a diverged checkpoint?); "
+                f"nothing was written for it"
             )
         labels[:, rows, cols] = logits.argmax(1).cpu()
         if out is not None:

@@ -31,7 +31,8 @@ def open_dataset(spec: str, split: str, options: dict | None = None, transforms=
         n = options.pop("n_train" if split == "train" else "n_val", 3000 if split == "train"
                         else 300)  # fmt: skip
         options.pop("n_val" if split == "train" else "n_train", None)
-        return DigitScenes(split, n, transforms=transforms, **options)
+        return _construct(DigitScenes, spec, split, n, transforms=transforms,
+                          also=("n_train", "n_val"), **options)  # fmt: skip
     if kind not in ("voc", "sbd", "folder", *_RELEASE_SETS):
         raise ValueError(
             f"data '{spec}' unknown: use digits, voc:ROOT, sbd:ROOT, folder:ROOT, nyud:ROOT, "
@@ -44,17 +45,34 @@ def open_dataset(spec: str, split: str, options: dict | None = None, transforms=
     if kind == "voc":
         from .voc import VOCSegmentation
 
-        return VOCSegmentation(root, split, transforms=transforms, **options)
+        return _construct(VOCSegmentation, spec, root, split, transforms=transforms, **options)
     if kind == "sbd":
         from .sbd import SBDSegmentation
 
-        return SBDSegmentation(root, split, transforms=transforms, **options)
+        return _construct(SBDSegmentation, spec, root, split, transforms=transforms, **options)
     if kind == "folder":
         from .folder import FolderSegmentation
 
         # "all": every image (a folder dataset need not have splits/)
         split_or_all = None if split == "all" else split
-        return FolderSegmentation(root, split_or_all, transforms=transforms, **options)
+        return _construct(FolderSegmentation, spec, root, split_or_all, transforms=transforms,
+                          **options)  # fmt: skip
+
+
+def _construct(cls, spec: str, *args, also: tuple[str, ...] = (), **options):
+    """cls(*args, **options), with unknown option names refused by name (and the closest)."""
+    import difflib
+    import inspect
+
+    valid = [n for n in inspect.signature(cls).parameters if n not in ("root", "split",
+             "transforms", "n")] + list(also)  # fmt: skip
+    for name in options:
+        if name not in valid and name != "transforms":
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"data '{spec}': unknown option '{name}'{hint}; its options are "
+                             f"{', '.join(valid) or 'none'}")  # fmt: skip
+    return cls(*args, **options)
 
 
 # the paper's other data sets: kind -> (module, class, {option: what it sets})

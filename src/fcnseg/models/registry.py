@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..safety import check_range
 from ..weights import CAFFE_BGR, GOOGLENET_RGB, IMAGENET_RGB, Preprocessing, load_state
 from .backbones import ALEXNET, VGG16, Arch, build_trunk, torchvision_to_fcn
 from .fcn import FCN, HEADS, Head
@@ -73,6 +74,14 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def check_model_name(name) -> None:
+    """ValueError naming the closest registered name, for a name that is not one."""
+    if not isinstance(name, str) or name not in _BUILDERS:
+        close = difflib.get_close_matches(str(name), _BUILDERS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown model '{name}'.{hint} Valid names: {', '.join(list_models())}")
+
+
 def build_model(
     name: str,
     *,
@@ -84,10 +93,8 @@ def build_model(
     **options,
 ) -> FCN:
     """Build a registered FCN; see the module docstring for the options."""
-    if name not in _BUILDERS:
-        close = difflib.get_close_matches(name, _BUILDERS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown model '{name}'.{hint} Valid names: {', '.join(list_models())}")
+    check_model_name(name)
+    check_range("num_classes", num_classes, 1, 65536, integer=True)
     builder, arch = _BUILDERS[name]
     try:
         model = builder(num_classes=num_classes, **options)
