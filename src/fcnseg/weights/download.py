@@ -200,8 +200,10 @@ def _download(url: str, tmp: Path, *, progress: bool) -> None:
                         raise _Failed(_describe(page))
                     url, pages = confirm, pages + 1
                     continue
+                # read1: what has arrived (up to CHUNK), so a stall loses nothing already here
+                read = getattr(resp, "read1", resp.read)
                 try:
-                    for chunk in iter(lambda: resp.read(CHUNK), b""):  # noqa: B023
+                    for chunk in iter(lambda: read(CHUNK), b""):  # noqa: B023
                         out.write(chunk)
                         done += len(chunk)
                         bar.update(len(chunk))
@@ -261,7 +263,7 @@ def fetch(spec, *, progress: bool = True) -> Path:
         except _Failed as e:
             tried.append(f"  {source.url}\n    -> {e}")
     places = "\n".join(
-        f"  {cache / s.file_name}   ({s.format}, from {s.url})" for s in spec.sources
+        f"  {cache / s.file_name}  (the {s.format} file of {s.url})" for s in spec.sources
     )
     raise DownloadError(
         f"could not download weights '{spec.name}'; tried {len(tried)} url(s):\n"
