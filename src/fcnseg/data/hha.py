@@ -142,25 +142,30 @@ def _smallest_eigenvector(cov: np.ndarray) -> np.ndarray:
     return np.where((n > 0)[..., None], v / np.where(n > 0, n, 1.0)[..., None], 0.0)
 
 
+def _moments(p: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(H, W, 10): 1, x, y, z, xx, xy, xz, yy, yz, zz at valid pixels, 0 elsewhere."""
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    m = np.stack([np.ones_like(x), x, y, z, x * x, x * y, x * z, y * y, y * z, z * z], axis=-1)
+    m[~valid] = 0.0
+    return m
+
+
 def _normals(
-    p: np.ndarray, valid: np.ndarray, radius: int, stride: int = 1
+    p: np.ndarray, moments: np.ndarray, radius: int, stride: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unit normals (H, W, 3) facing the camera, and where the fit was well-posed (H, W).
 
-    The normal of the least-squares plane through the valid points of the window: the
-    eigenvector of their covariance with the smallest eigenvalue. With `stride` > 1, only at
-    every stride-th pixel of each axis (the windows are the same).
+    The normal of the least-squares plane through the valid points of the window (`moments`
+    of `_moments`): the eigenvector of their covariance with the smallest eigenvalue. With
+    `stride` > 1, only at every stride-th pixel of each axis (the windows are the same).
     """
-    w = valid.astype(np.float64)
-    count = _box(w, radius)
-    x, y, z = p[..., 0], p[..., 1], p[..., 2]
-    sums = _box(np.stack([x, y, z, x * x, x * y, x * z, y * y, y * z, z * z], axis=-1)
-                * w[..., None], radius)[::stride, ::stride]  # fmt: skip
-    count, p = count[::stride, ::stride], p[::stride, ::stride]
-    mean = sums[..., :3] / np.maximum(count, 1)[..., None]
-    mx, my, mz = mean[..., 0], mean[..., 1], mean[..., 2]
-    second = sums[..., 3:] / np.maximum(count, 1)[..., None]
-    cov = second - np.stack([mx * mx, mx * my, mx * mz, my * my, my * mz, mz * mz], axis=-1)
+    sums = _box(moments, radius)[::stride, ::stride]
+    p = p[::stride, ::stride]
+    count = sums[..., 0]
+    each = sums[..., 1:] / np.maximum(count, 1)[..., None]
+    mx, my, mz = each[..., 0], each[..., 1], each[..., 2]
+    cov = each[..., 3:]
+    cov -= np.stack([mx * mx, mx * my, mx * mz, my * my, my * mz, mz * mz], axis=-1)
     n = _smallest_eigenvector(cov)
     # well-posed: valid points fill at least half the window (a thin strip of them along a
     # hole's edge would be near-collinear, and its plane undefined)
@@ -213,8 +218,9 @@ def estimate_geometry(
     h, w = z.shape
     rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
     p = np.stack([(cols - cx) * z / fx, (rows - cy) * z / fy, z], axis=-1)
-    n, ok = _normals(p, valid, radius)
-    ng, okg = _normals(p, valid, gravity_radius, stride)
+    moments = _moments(p, valid)
+    n, ok = _normals(p, moments, radius)
+    ng, okg = _normals(p, moments, gravity_radius, stride)
     up = _gravity(ng[okg & valid[::stride, ::stride]])
     if not ok.all():  # no fit here (too few valid neighbours): nearest fitted normal
         n = _fill_missing(n, ok) if ok.any() else np.broadcast_to(up, n.shape).copy()
