@@ -20,6 +20,8 @@ from typing import ClassVar
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+import torch
+from caffemodel_writer import write_caffemodel
 
 import fcnseg
 import fcnseg.weights as W
@@ -36,6 +38,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     """Routes by path; `hits` counts requests per path (the server's own record)."""
 
     hits: ClassVar[dict[str, int]] = {}
+    files: ClassVar[dict[str, Path]] = {}  # /files/<name> serves this file
     ranges: ClassVar[list[str]] = []
 
     def log_message(self, *args):  # quiet
@@ -111,6 +114,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, _QUOTA_PAGE, "text/html")
         elif route == "/page-as-binary.bin":  # an error page served as a binary type
             self._send(200, _QUOTA_PAGE)
+        elif route.startswith("/files/") and route[7:] in self.files:
+            self._send(200, self.files[route[7:]].read_bytes())
         elif route == "/empty.bin":
             self._send(200, b"")
         else:
@@ -290,6 +295,52 @@ def test_corrupt_file_in_cache_is_named(server, cache):
     with pytest.raises(ValueError, match=r"delete it and download again") as info:
         D.fetch(spec, progress=False)
     assert str(cache / "s0.bin") in str(info.value)
+
+
+# ------------------------------------------------------------- weights="reference", end to end
+
+WIDTH = 0.125  # the release's nets at 1/8 width: the same layer names, small files
+
+
+@pytest.fixture
+def release_file(tmp_path):
+    """voc-fcn16s's state at 1/8 width with random values, as the release's .caffemodel (fc6,
+    fc7 written as InnerProduct) and as the port's .pth."""
+    state = fcnseg.build_reference("voc-fcn16s", width=WIDTH).state_dict()
+    g = torch.Generator().manual_seed(0)
+    want = {k: torch.randn(v.shape, generator=g) for k, v in state.items()}
+    layers: dict[str, list] = {}
+    for key, value in want.items():
+        layers.setdefault(key.rsplit(".", 1)[0], []).append(value.numpy())
+    kinds = {n: "InnerProduct" if n in ("fc6", "fc7") else "Convolution" for n in layers}
+    layers["fc6"][0] = layers["fc6"][0].reshape(layers["fc6"][0].shape[0], -1)
+    caffemodel = write_caffemodel(tmp_path / "fcn16s-heavy-pascal.caffemodel",
+                                  [(n, kinds[n], b) for n, b in layers.items()])  # fmt: skip
+    pth = tmp_path / "fcn16s_from_caffe.pth"
+    torch.save(want, pth)
+    Handler.files.update({"fcn16s.caffemodel": caffemodel, "fcn16s.pth": pth})
+    return want, caffemodel, pth
+
+
+@pytest.mark.parametrize("served", ["caffemodel", "pth"])
+def test_reference_weights_reach_the_net(server, cache, monkeypatch, release_file, served):
+    """The release's host is dead (404); the next source serves the file; the net loads it."""
+    want, _, pth = release_file
+    entry = W.REFERENCE_WEIGHTS["voc-fcn16s"]
+    dead, port = entry.sources
+    if served == "caffemodel":  # a mirror of the release's file
+        mirror = replace(dead, url=server + "/files/fcn16s.caffemodel", file_name="m.caffemodel")
+        sources = (replace(dead, url=server + "/404.bin"), mirror)
+    else:  # the port's .pth, with its md5 as published
+        md5 = hashlib.md5(pth.read_bytes()).hexdigest()
+        sources = (replace(dead, url=server + "/404.bin"),
+                   replace(port, url=server + "/files/fcn16s.pth", md5=md5))  # fmt: skip
+    monkeypatch.setitem(W.REFERENCE_WEIGHTS, "voc-fcn16s", replace(entry, sources=sources))
+    model = fcnseg.build_reference("voc-fcn16s", weights="reference", width=WIDTH)
+    got = model.state_dict()
+    for key, value in want.items():
+        assert got[key].shape == value.shape and (got[key].flatten() == value.flatten()).all(), key
+    assert _listing(cache) == [sources[1].file_name]
 
 
 # ------------------------------------------------------------------------- the registry
