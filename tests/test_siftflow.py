@@ -121,7 +121,7 @@ def test_bad_inputs_name_the_file(tmp_path):
     assert len(SIFTFlowSegmentation(root, task="sem")) == 2  # geometric files not needed
     (root / "Geo").rename(root / "GeoLabels")
     (root / "SemanticLabels" / F / "b.mat").unlink()
-    with pytest.raises(DatasetError, match=r"1 of 2 ids .* no sem label file .*: b\."):
+    with pytest.raises(DatasetError, match=r"1 of 2 ids .* no semantic label file .*: b\."):
         SIFTFlowSegmentation(root)
     scipy.io.savemat(root / "SemanticLabels" / F / "b.mat", {"L": np.zeros((H, W))})
     scipy.io.savemat(root / "GeoLabels" / F / "a.mat", {"S": np.full((H, W), 7)})
@@ -136,3 +136,21 @@ def test_bad_inputs_name_the_file(tmp_path):
     (root / "GeoLabels" / F / "a.mat").write_bytes(b"not a mat file at all")
     with pytest.raises(ImageError, match=r"a\.mat is not a readable \.mat file"):
         ds[0]
+
+
+def test_matlab_v73_file_gets_a_resave_hint(tmp_path):
+    # a v7.3 .mat is HDF5 behind MATLAB's 128-byte header (version 0x0200): scipy cannot read it
+    from fcnseg.data.release import read_mat_labels
+
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .".ljust(116, b" ")
+    (tmp_path / "v73.mat").write_bytes(header + b"\0" * 8 + b"\x00\x02IM" + b"\0" * 512)
+    with pytest.raises(ImageError, match=r"v7\.3 \(HDF5\) .* save\('v73\.mat', 'S', '-v7'\)"):
+        read_mat_labels(tmp_path / "v73.mat", "S", "SIFT Flow semantic label file")
+    (tmp_path / "empty.mat").write_bytes(b"")
+    with pytest.raises(ImageError, match=r"empty\.mat is empty \(0 bytes\)"):
+        read_mat_labels(tmp_path / "empty.mat", "S", "SIFT Flow semantic label file")
+    scipy.io.savemat(tmp_path / "f.mat", {"S": np.array([[1.5, 2.0]])})
+    with pytest.raises(ImageError, match="non-integer values"):
+        read_mat_labels(tmp_path / "f.mat", "S", "SIFT Flow semantic label file")
+    scipy.io.savemat(tmp_path / "d.mat", {"S": np.array([[1.0, 2.0]])})  # MATLAB's double
+    assert read_mat_labels(tmp_path / "d.mat", "S", "x").tolist() == [[1, 2]]

@@ -143,7 +143,9 @@ class SIFTFlowSegmentation(ReleaseSet):
         ids = [str(i) for i in ids]
         check_ids(ids, where)
         for key, folder in self.folders.items():
-            suffix, what = (".jpg", "image") if key == "image" else (".mat", f"{key} label file")
+            names = {"image": "image", "sem": "semantic label file", "geo": "geometric label file"}
+            suffix = ".jpg" if key == "image" else ".mat"
+            what = names[key]
             check_files(ids, folder, suffix, what, where)
         self.ids = ids
 
