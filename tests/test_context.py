@@ -83,7 +83,7 @@ def test_annotations_elsewhere_and_shipped_labels(tmp_path):
     assert len(ds) == 2 and ds.labels_file is None  # no labels.txt: the shipped copy
     assert ds[1][1].shape == (H, W)
     with pytest.raises(
-        ValueError, match=r"unknown option\(s\) annotation; valid options: annotations"
+        ValueError, match=r"unknown option\(s\) annotation \(did you mean annotations\?\); valid"
     ):
         open_dataset(f"context:{root}", "val", {"annotation": str(ann)})
 

@@ -124,7 +124,10 @@ def test_bad_inputs_name_the_file(tmp_path):
         NYUDSegmentation(root, "dup")
     with pytest.raises(ValueError, match="modality='rgbd' is not one of color, hha, depth"):
         NYUDSegmentation(root, "train", modality="rgbd")
-    with pytest.raises(ValueError, match=r"unknown option\(s\) modalty; valid options: modality"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown option\(s\) modalty \(did you mean modality\?\); valid options: modality",
+    ):
         open_dataset(f"nyud:{root}", "train", {"modalty": "hha"})
     # a label out of range, a .mat without the variable, a size mismatch, 8-bit depth
     scipy.io.savemat(root / "segmentation" / "img_1.mat", {"segmentation": np.full((H, W), 41)})

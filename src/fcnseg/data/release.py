@@ -91,11 +91,15 @@ def check_prefixed_files(
 
 def check_options(name: str, options: dict, valid: dict[str, str]) -> None:
     """Raise ValueError for options not in `valid` ({option: what it does}), listing the valid."""
+    import difflib
+
     unknown = sorted(set(options) - set(valid))
     if unknown:
+        close = difflib.get_close_matches(unknown[0], list(valid), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
         listed = "; ".join(f"{k} ({v})" for k, v in valid.items())
         raise ValueError(
-            f"data '{name}': unknown option(s) {', '.join(unknown)}; valid options: {listed}"
+            f"data '{name}': unknown option(s) {', '.join(unknown)}{hint}; valid options: {listed}"
         )
 
 
