@@ -240,6 +240,32 @@ def test_file_of_another_net_names_the_layers(tmp_path):
         fcnseg.build_reference("nyud-fcn32s-color-d", weights="reference")
 
 
+def test_reference_weights_entries_fit_the_nets(tmp_path, monkeypatch):
+    """Every published net has a weights entry with the net's classes and inputs, and
+    weights="reference" loads the file the registry's fetch gives."""
+    from fcnseg.weights import REFERENCE_WEIGHTS
+
+    assert set(REFERENCE_WEIGHTS) == set(ISSUE_NAMES) - {"nyud-fcn32s-color-d"}
+    for name, entry in REFERENCE_WEIGHTS.items():
+        model = fcnseg.build_reference(name, width=WIDTH)
+        want = outputs(name)
+        assert entry.classes == want.get("", want), name
+        prep = model.preprocessing if isinstance(model.preprocessing, dict) else None
+        assert list(entry.inputs) == list(prep or entry.inputs), name
+        if prep is None:
+            assert list(entry.inputs.values()) == [model.preprocessing], name
+    name = "siftflow-fcn16s"
+    blobs = random_blobs(name, WIDTH, seed=11)
+    write_caffemodel(tmp_path / "s.caffemodel", name, blobs)
+    asked = []
+    monkeypatch.setattr(
+        fcnseg.weights, "fetch", lambda spec: asked.append(spec) or tmp_path / "s.caffemodel"
+    )
+    model = fcnseg.build_reference(name, weights="reference", width=WIDTH).eval()
+    assert asked == [REFERENCE_WEIGHTS[name]]
+    assert _compare(name, blobs, model) < 1e-4
+
+
 def test_pth_round_trip(tmp_path):
     model = tiny("siftflow-fcn8s")
     torch.save(model.state_dict(), tmp_path / "s.pth")

@@ -251,6 +251,8 @@ class FCN(nn.Module):
         an exact faster one.
         """
         up_fn = upsample or (lambda layer, x: layer(x))
+        if output not in self.heads:
+            raise ValueError(f"no head {output!r}: this FCN's heads are {list(self.heads)}")
         head, (fusions, final_offset) = self.heads[output], self._plans[output]
         if isinstance(top, Mapping):  # streams' 1/32 scores summed with their weights
             parts = [self.stream_weights[s] * getattr(self, head.score + self._suffix[s])(t)

@@ -218,7 +218,7 @@ def _reshape(t: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
     return None
 
 
-def _check_scales(spec: ReferenceNet, state: Mapping, label: str, width: float) -> list[str]:
+def _check_scales(spec: ReferenceNet, state: Mapping, width: float) -> list[str]:
     """The at-once net's fixed Scale blobs: present, one value per channel, the release's."""
     problems = []
     channels = dict(zip(("pool3", "pool4"), (256, 512), strict=True))
@@ -262,7 +262,7 @@ def fit_state(
         else:
             out[key] = t
     extra = [k for k in state if k not in expected and k not in fixed]
-    problems = _check_scales(spec, state, label, width)
+    problems = _check_scales(spec, state, width)
     for what, keys in (("missing", missing), ("not in this net", extra), ("shape", shapes)):
         if keys:
             more = f" ... (+{len(keys) - 8})" if len(keys) > 8 else ""
