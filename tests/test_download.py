@@ -394,9 +394,40 @@ def test_registry_entry(name):
 
 
 def test_cache_names_are_unique():
-    names = [s.file_name for w in W.REFERENCE_WEIGHTS.values() for s in w.sources]
-    names += [w.file_name for w in W.WEIGHTS.values()]
-    assert len(names) == len(set(names))
+    """One cache name, one file: a name is shared only by the same url (the release's file as
+    a mirror of the port's entry in WEIGHTS)."""
+    urls: dict[str, set[str]] = {}
+    for w in [*W.REFERENCE_WEIGHTS.values(), *W.WEIGHTS.values()]:
+        names = [s.file_name for s in w.sources]
+        assert len(names) == len(set(names)), w.name
+        for source in w.sources:
+            urls.setdefault(source.file_name, set()).add(source.url)
+    assert {name: u for name, u in urls.items() if len(u) > 1} == {}
+
+
+def test_port_entry_falls_back_to_the_release_file(server, cache, monkeypatch, tmp_path):
+    """WEIGHTS' fcn8s_vgg16_voc: the port's Drive file is gone, its mirror (the release's
+    .caffemodel, same layer names) is served; build_model loads it with Caffe's inputs."""
+    model = fcnseg.build_model("fcn8s_vgg16", num_classes=21, width=WIDTH)
+    g = torch.Generator().manual_seed(0)
+    want = {k: torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()}
+    layers: dict[str, list] = {}
+    for key, value in want.items():
+        layers.setdefault(key.rsplit(".", 1)[0], []).append(value.numpy())
+    kinds = {n: "Deconvolution" if n.startswith("upscore") else "Convolution" for n in layers}
+    path = write_caffemodel(tmp_path / "release.caffemodel",
+                            [(n, kinds[n], b) for n, b in layers.items()])  # fmt: skip
+    Handler.files["fcn8s-release.caffemodel"] = path
+    entry = W.WEIGHTS["fcn8s_vgg16_voc"]
+    assert [s.format for s in entry.sources] == ["pth", "caffemodel"]
+    mirror = replace(entry.mirrors[0], url=server + "/files/fcn8s-release.caffemodel")
+    dead = replace(entry, url=server + "/404.bin", mirrors=(mirror,))
+    monkeypatch.setitem(W.WEIGHTS, entry.name, dead)
+    loaded = fcnseg.build_model("fcn8s_vgg16", width=WIDTH, weights=entry.name)
+    for key, value in want.items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert loaded.preprocessing == W.CAFFE_BGR
+    assert _listing(cache) == ["fcn8s-heavy-pascal.caffemodel"]
 
 
 def test_models_command_lists_the_release(capsys):

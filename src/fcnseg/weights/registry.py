@@ -62,6 +62,7 @@ class Weights:
     md5: str | None = None  # what the PyTorch FCN port published for its files
     metrics: dict[str, float] = field(default_factory=dict)
     source: str = ""
+    mirrors: tuple[Source, ...] = ()  # tried after `url`, in order
 
     @property
     def file_name(self) -> str:
@@ -70,13 +71,21 @@ class Weights:
 
     @property
     def sources(self) -> tuple[Source, ...]:
-        return (Source(self.url, self.file_name, "pth", self.sha256, self.hash_prefix, self.md5),)
+        first = Source(self.url, self.file_name, "pth", self.sha256, self.hash_prefix, self.md5)
+        return (first, *self.mirrors)
 
 
 _TV = "https://download.pytorch.org/models"
 _TV_LICENSE = "BSD-3-Clause (torchvision); trained on ImageNet-1k, whose terms of use apply"
 _PORT = "FCN reference (BSD-2-Clause) converted from Caffe by the PyTorch FCN port (MIT)"
 _GDRIVE = "https://drive.google.com/uc?export=download&id="
+_RELEASE = "http://dl.caffe.berkeleyvision.org"
+
+
+def _release(file: str) -> tuple[Source, ...]:
+    """The release's own .caffemodel of a port's file: the same layer names (FCN.md 11)."""
+    return (Source(f"{_RELEASE}/{file}", file, "caffemodel"),)
+
 
 WEIGHTS: dict[str, Weights] = {
     w.name: w
@@ -93,15 +102,18 @@ WEIGHTS: dict[str, Weights] = {
         Weights("fcn32s_vgg16_voc", f"{_GDRIVE}11k2Q0bvRQgQbT6-jYWeh6nmAsWlSCY3f", "fcn32s_vgg16",
                 "fcn-reference", CAFFE_BGR, "voc", 21, _PORT,
                 md5="d3eb467a80e7da0468a20dfcbc13e6c8", metrics={"seg11valid_mean_iu": 63.6},
-                source="fcn32s-heavy-pascal.caffemodel"),
+                source="fcn32s-heavy-pascal.caffemodel",
+                mirrors=_release("fcn32s-heavy-pascal.caffemodel")),
         Weights("fcn16s_vgg16_voc", f"{_GDRIVE}0B9P1L--7Wd2vVGE3TkRMbWlNRms", "fcn16s_vgg16",
                 "fcn-reference", CAFFE_BGR, "voc", 21, _PORT,
                 md5="991ea45d30d632a01e5ec48002cac617", metrics={"seg11valid_mean_iu": 65.0},
-                source="fcn16s-heavy-pascal.caffemodel"),
+                source="fcn16s-heavy-pascal.caffemodel",
+                mirrors=_release("fcn16s-heavy-pascal.caffemodel")),
         Weights("fcn8s_vgg16_voc", f"{_GDRIVE}1ieXWyoG68xqoHJPWdyrDyaIaaWlfmUxI", "fcn8s_vgg16",
                 "fcn-reference", CAFFE_BGR, "voc", 21, _PORT,
                 md5="de93e540ec79512f8770033849c8ae89", metrics={"seg11valid_mean_iu": 65.5},
-                source="fcn8s-heavy-pascal.caffemodel"),
+                source="fcn8s-heavy-pascal.caffemodel",
+                mirrors=_release("fcn8s-heavy-pascal.caffemodel")),
         Weights("fcn8s_atonce_vgg16_voc", f"{_GDRIVE}0B9P1L--7Wd2vblE1VUIxV1o2d2M",
                 "fcn8s_atonce_vgg16", "fcn-reference", CAFFE_BGR, "voc", 21, _PORT,
                 md5="bfed4437e941fef58932891217fe6464", metrics={"seg11valid_mean_iu": 65.4},
@@ -127,7 +139,6 @@ class ReferenceWeights:
         return self.net
 
 
-_RELEASE = "http://dl.caffe.berkeleyvision.org"
 _RELEASE_LICENSE = "BSD-2-Clause (FCN reference release, fcn.berkeleyvision.org); trained on "
 _LICENSE = {
     "voc": _RELEASE_LICENSE + "PASCAL VOC 2011 + SBD, whose terms of use apply",
