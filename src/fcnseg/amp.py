@@ -6,7 +6,7 @@ Zen 4 bf16 was the faster one. So `auto` times a few forward + backward passes o
 model on a batch of the actual shape, fp32 and bf16 interleaved (fp32, bf16, bf16, fp32,
 ...), and takes bf16 only if its fastest pass is at least `MARGIN` (5%) below fp32's (the
 fastest, not the median: on a shared machine other processes only ever add time, and a
-spike in 1 of 3 rounds must not decide). The weights, RNG and buffers are left as they
+spike in one of the 5 rounds must not decide). The weights, RNG and buffers are left as they
 were; the choice and the times are printed.
 
 The result is cached per (machine: CPU model name and threads, or GPU name; torch version;
@@ -217,7 +217,7 @@ def auto_amp(
     *,
     name: str,
     options: dict | None = None,
-    rounds: int = 3,
+    rounds: int = 5,
     log: Callable[[str], None] | None = print,
 ) -> AmpChoice:
     """Choose fp32 or bf16 (fp16 on a GPU without bf16) for training `model` on batches like
