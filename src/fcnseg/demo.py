@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from . import build_model, list_models
+from .amp import machine_name
 from .categories import voc_palette
 from .demo_digits import train_digit_stages
 from .fast import FastFCN
@@ -193,8 +194,9 @@ def run_demo(out: Path, *, quick: bool = False) -> Path:
     report = out / "report.md"
     report.write_text(
         f"# fcnseg demo{' (quick)' if quick else ''}\n\n"
-        f"Ran in {time.perf_counter() - t0:.0f} s on {torch.get_num_threads()} CPU threads, "
-        f"torch {torch.__version__}.\n\n"
+        f"Ran in {time.perf_counter() - t0:.0f} s on {machine_name('cpu')}, "
+        f"torch {torch.__version__}. Timings and the trained models' figures are this "
+        f"machine's.\n\n"
         "## 1. The models on a 300x451 photo\n\nRandom weights (score layers start at zero), "
         "so only shapes and timing mean something here. Crop offsets are computed from the "
         "layer geometry. FastFCN: the exact faster CPU path (`fcnseg.FastFCN`, `--fast`), "
