@@ -256,6 +256,38 @@ def test_convert_reads_the_old_form(tmp_path):
         assert torch.equal(got[key], value), key
 
 
+def test_caffe_classifier_as_backbone(tmp_path):
+    """backbone_weights= a Caffe VGG16 classifier (layers conv1_1 ... fc8, fc6/fc7/fc8 as
+    InnerProduct): the trunk takes its convs, fc6/fc7 reshaped into convolutions; fc8 is left
+    out; the model expects Caffe's inputs."""
+    from fcnseg.models import vgg16_classifier
+    from fcnseg.models.backbones import VGG16, torchvision_to_fcn
+
+    clf = vgg16_classifier(width=0.125)
+    g = torch.Generator().manual_seed(0)
+    tv = {k: torch.randn(v.shape, generator=g) for k, v in clf.state_dict().items()}
+    trunk, _ = torchvision_to_fcn(tv, VGG16)
+    layers: dict[str, list] = {}
+    for key, value in trunk.items():
+        if not key.startswith(("fc6", "fc7")):
+            layers.setdefault(key.rsplit(".", 1)[0], []).append(value.numpy())
+    file_layers = [(n, "Convolution", b) for n, b in layers.items()] + [
+        (f"fc{6 + i}", "InnerProduct", [tv[f"classifier.{j}.weight"].numpy(),
+                                        tv[f"classifier.{j}.bias"].numpy()])
+        for i, j in enumerate((0, 3, 6))
+    ]  # fmt: skip
+    path = write_caffemodel(tmp_path / "VGG_ILSVRC_16_layers.caffemodel", file_layers)
+    fcn = fcnseg.build_model("fcn32s_vgg16", num_classes=5, width=0.125, backbone_weights=path)
+    own = fcn.state_dict()
+    assert torch.equal(own["conv5_3.weight"], tv["features.28.weight"])
+    assert torch.equal(own["fc6.weight"].flatten(1), tv["classifier.0.weight"])
+    assert torch.equal(own["fc7.weight"].flatten(1), tv["classifier.3.weight"])
+    assert not own["score_fr.weight"].any()  # fc8 (1000 classes) is not used
+    assert fcn.preprocessing == W.CAFFE_BGR
+    with pytest.raises(ValueError, match=r"layers of another shape: conv1_1\.weight"):
+        fcnseg.build_model("fcn32s_vgg16", width=0.25, backbone_weights=path)
+
+
 # ------------------------------------------------------------------ a real file written by Caffe
 
 

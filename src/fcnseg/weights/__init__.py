@@ -7,7 +7,14 @@
 - `load`: any weights argument (name, url, file, dict, model) -> a state dict (`load_state`).
 """
 
-from .caffe import CaffeLayer, caffe_state_dict, convert_caffemodel, read_caffemodel, read_layers
+from .caffe import (
+    CaffeLayer,
+    caffe_backbone,
+    caffe_state_dict,
+    convert_caffemodel,
+    read_caffemodel,
+    read_layers,
+)
 from .download import DownloadError, cache_dir, fetch, verify
 from .load import load_state
 from .preprocessing import (
@@ -43,6 +50,7 @@ __all__ = [
     "Source",
     "Weights",
     "cache_dir",
+    "caffe_backbone",
     "caffe_state_dict",
     "convert_caffemodel",
     "fetch",

@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError
 __all__ = [
     "MESSAGES",
     "CaffeLayer",
+    "caffe_backbone",
     "caffe_state_dict",
     "convert_caffemodel",
     "read_caffemodel",
@@ -325,6 +326,35 @@ def caffe_state_dict(path) -> dict[str, torch.Tensor]:
                 blob = _squeeze_legacy(blob, 1 if i == 1 else 2)
             state[f"{layer.name}.{('weight', 'bias')[i] if i < 2 else f'blob{i}'}"] = blob
     return state
+
+
+def caffe_backbone(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], label: str
+                   ) -> dict[str, torch.Tensor]:  # fmt: skip
+    """A Caffe classifier's `caffe_state_dict` (VGG_ILSVRC_16_layers, ...) -> the tensors of a
+    model's state dict `own` that it provides, by layer name: an InnerProduct (out, in) becomes
+    the model's conv (out, c, k, k) when in = c*k*k, in the (C, H, W) order the classifier
+    flattened (convolutionalization, FCN.md 1). The classifier's last layer (fc8) and any other
+    layer the model lacks are left out. Raises naming every layer whose shape does not fit."""
+    out, bad = {}, []
+    for key, t in state.items():
+        if key not in own:
+            continue
+        want = own[key].shape
+        if (
+            t.dim() == 2
+            and len(want) == 4
+            and t.shape[0] == want[0]
+            and t.shape[1] == (want[1] * want[2] * want[3])
+        ):
+            t = t.reshape(want)
+        if t.shape != want:
+            bad.append(f"{key} {tuple(t.shape)} (net: {tuple(want)})")
+        else:
+            out[key] = t
+    if bad:
+        raise ValueError(f"{label}: layers of another shape: {', '.join(bad)}. Is it a "
+                         f"classifier of another architecture or width?")  # fmt: skip
+    return out
 
 
 def convert_caffemodel(path, net_name: str, out) -> Path:
