@@ -246,8 +246,9 @@ def _sniff(path: Path, head: bytes) -> str | None:
         return "an HTML page (a failed download?), not a .caffemodel"
     try:
         head.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not a character cut by the 4096-byte window: binary
+            return None
     if _TEXT_NET.search(head):
         return (
             "a text net definition (.prototxt: layers, no weights), not a .caffemodel; the "
