@@ -220,6 +220,15 @@ def test_atonce_scale_blobs_are_checked(tmp_path):
     write_caffemodel(tmp_path / "none.caffemodel", name, bad)
     with pytest.raises(ValueError, match="scale_pool4 is missing"):
         fcnseg.build_reference(name, weights=tmp_path / "none.caffemodel", width=WIDTH)
+    # the plain FCN-8s file has the same layers: only the missing Scale blobs tell them apart
+    plain = random_blobs("voc-fcn8s", WIDTH, seed=5)
+    write_caffemodel(tmp_path / "fcn8s.caffemodel", "voc-fcn8s", plain)
+    with pytest.raises(ValueError, match="scale_pool3 is missing"):
+        fcnseg.build_reference(name, weights=tmp_path / "fcn8s.caffemodel", width=WIDTH)
+    # a PyTorch state dict (ours, or the port's .pth) holds no Scale blobs: the head's constants
+    torch.save(model.state_dict(), tmp_path / "atonce.pth")
+    again = fcnseg.build_reference(name, weights=tmp_path / "atonce.pth", width=WIDTH).eval()
+    assert _compare(name, blobs, again) < 1e-4
 
 
 def test_file_of_another_net_names_the_layers(tmp_path):

@@ -24,8 +24,10 @@ Conventions (the forward's inputs and outputs):
 ``voc-fcn8s-atonce`` scales pool4 by 0.01 and pool3 by 0.0001 before their score layers. The
 release holds these as fixed (lr 0) Scale layers ``scale_pool4`` / ``scale_pool3`` whose
 per-channel blobs are in its .caffemodel; here they are constants of the head (as in the
-PyTorch port), not parameters: loading a .caffemodel checks the blobs hold exactly those
-values and refuses the file otherwise, and they do not appear in ``state_dict()``.
+PyTorch port), not parameters: loading a .caffemodel checks the blobs are there and hold
+exactly those values, and refuses the file otherwise (the plain FCN-8s file has the same
+layers and no Scale blobs); they do not appear in ``state_dict()``, so a .pth (ours, the
+port's) has none.
 """
 
 from __future__ import annotations
@@ -177,7 +179,8 @@ def build_reference(name: str, *, weights=None, width: float = 1.0) -> FCN:
         source = fetch(REFERENCE_WEIGHTS[name])
         label = f"the release's weights of {name} ({source})"
     state, _ = load_state(source)
-    load_checked(model, fit_state(spec, state, label, width), label)
+    from_caffe = os.fspath(source).endswith(".caffemodel") if _pathish(source) else False
+    load_checked(model, fit_state(spec, state, label, width, from_caffe=from_caffe), label)
     return model
 
 
@@ -218,13 +221,16 @@ def _reshape(t: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
     return None
 
 
-def _check_scales(spec: ReferenceNet, state: Mapping, width: float) -> list[str]:
-    """The at-once net's fixed Scale blobs: present, one value per channel, the release's."""
+def _check_scales(spec: ReferenceNet, state: Mapping, width: float, required: bool) -> list[str]:
+    """The at-once net's fixed Scale blobs: one value per channel, the release's; present if
+    `required` (a .caffemodel holds them; a PyTorch state dict, ours or the port's, does not)."""
     problems = []
     channels = dict(zip(("pool3", "pool4"), (256, 512), strict=True))
     for layer, (tap, value) in spec.fixed_scales.items():
         blob = state.get(f"{layer}.weight")
         if blob is None:
+            if not required:
+                continue
             problems.append(f"{layer} is missing (the release's {spec.name} file holds it)")
             continue
         b, n = blob.detach().double().flatten(), scaled(channels[tap], width)
@@ -240,12 +246,19 @@ def _check_scales(spec: ReferenceNet, state: Mapping, width: float) -> list[str]
 
 
 def fit_state(
-    spec: ReferenceNet | str, state: Mapping[str, torch.Tensor], label: str, width: float = 1.0
+    spec: ReferenceNet | str,
+    state: Mapping[str, torch.Tensor],
+    label: str,
+    width: float = 1.0,
+    *,
+    from_caffe: bool = True,
 ) -> dict[str, torch.Tensor]:
     """A file's state dict (reference layer names + .weight / .bias) in `spec`'s shapes.
 
     Raises a ValueError naming `label` and every layer that is missing, foreign, of the
-    wrong shape, or (at-once) a Scale blob with other values than the release's.
+    wrong shape, or (at-once) a Scale blob with other values than the release's; the Scale
+    blobs must be there when the state comes from a .caffemodel (`from_caffe`): they are what
+    tells the at-once file from the plain FCN-8s one, whose layers are the same.
     """
     spec = _spec(spec) if isinstance(spec, str) else spec
     expected = _expected_shapes(spec, width)
@@ -262,7 +275,7 @@ def fit_state(
         else:
             out[key] = t
     extra = [k for k in state if k not in expected and k not in fixed]
-    problems = _check_scales(spec, state, width)
+    problems = _check_scales(spec, state, width, required=from_caffe)
     for what, keys in (("missing", missing), ("not in this net", extra), ("shape", shapes)):
         if keys:
             more = f" ... (+{len(keys) - 8})" if len(keys) > 8 else ""
