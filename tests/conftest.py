@@ -7,6 +7,12 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Measurement caches (fcnseg.amp) go to a temporary folder, never the user's ~/.cache."""
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path_factory.getbasetemp() / "fcnseg_cache"))
+
+
 def randomize_(model: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
     """Give every parameter (score layers included) random non-zero values."""
     g = torch.Generator().manual_seed(1)

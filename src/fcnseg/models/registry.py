@@ -21,7 +21,14 @@ import torch
 from torch import nn
 
 from ..safety import check_range
-from ..weights import CAFFE_BGR, GOOGLENET_RGB, IMAGENET_RGB, Preprocessing, load_state
+from ..weights import (
+    CAFFE_BGR,
+    GOOGLENET_RGB,
+    IMAGENET_RGB,
+    Preprocessing,
+    caffe_backbone,
+    load_state,
+)
 from .backbones import ALEXNET, VGG16, Arch, build_trunk, torchvision_to_fcn
 from .fcn import FCN, HEADS, Head
 from .googlenet import googlenet_trunk
@@ -166,7 +173,10 @@ def _load_backbone(model: FCN, arch: Arch | str, source) -> None:
     arch_name = arch if isinstance(arch, str) else arch.name
     if spec is not None and spec.arch != arch_name:
         raise ValueError(f"backbone weights '{spec.name}' are for {spec.arch}, not {arch_name}")
-    if isinstance(arch, Arch):
+    caffe = str(source).endswith(".caffemodel")  # a path or url
+    if caffe:  # a Caffe classifier: the reference's layer names already; fc6/fc7 reshaped
+        trunk_state = caffe_backbone(state, model.state_dict(), f"backbone {_label(source)}")
+    elif isinstance(arch, Arch):
         try:
             trunk_state, _fc8 = torchvision_to_fcn(state, arch)  # fc8 (1000 classes) is replaced
         except KeyError as e:  # not a torchvision file of this architecture
@@ -188,6 +198,8 @@ def _load_backbone(model: FCN, arch: Arch | str, source) -> None:
     model.preprocessing = (
         spec.preprocessing
         if spec
+        else CAFFE_BGR
+        if caffe
         else (GOOGLENET_RGB if arch_name == "googlenet" else IMAGENET_RGB)
     )
 
