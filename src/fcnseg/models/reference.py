@@ -145,6 +145,7 @@ def _build(spec: ReferenceNet, width: float) -> FCN:
     model = FCN(trunk, head, spec.classes, stream_weights=spec.stream_weights or None,
                 learn_2x=False)  # fmt: skip
     model.name = spec.name
+    model.options = {} if width == 1 else {"width": width}
     model.reference = spec
     model.preprocessing = (
         next(iter(spec.inputs.values())) if len(spec.inputs) == 1 else dict(spec.inputs)
