@@ -166,7 +166,7 @@ class FastTrainFCN(nn.Module):
     DDP can take either. Plans are cached per input size (a few small index lists).
     """
 
-    def __init__(self, model: FCN):
+    def __init__(self, model: FCN, *, gemm_fc: bool = True):
         super().__init__()
         if not isinstance(model, FCN):
             raise TypeError(f"FastTrainFCN wraps an fcnseg FCN, got {type(model).__name__}")
@@ -178,6 +178,7 @@ class FastTrainFCN(nn.Module):
                 " train it without --fast"
             )
         self.model = model
+        self.gemm_fc = gemm_fc
         self.steps = parse_trunk(model)
         self._drops = [
             [getattr(model, m) for m in s.modules if isinstance(getattr(model, m), nn.Dropout)]
@@ -205,6 +206,20 @@ class FastTrainFCN(nn.Module):
             self._plans[key] = plan_steps(self.steps, H, W)
         return self._plans[key]
 
+    def _last_background(self, plans: list[_Plan]) -> int:
+        """The last step whose background output is read: by a later step's rim, or pasted
+        around a tap's (or a dropout's) core; none past it is computed (fc6's would cost
+        ~5 GMAC at 500x500, and its map is all core)."""
+        last = -1
+        for i, p in enumerate(plans):
+            g = p.geom
+            if not g.direct and p.padding is None:  # (its own compact input is made in its turn)
+                last = max(last, i)
+            whole = g.out_core == ((0, g.out_len[0]), (0, g.out_len[1]))
+            if not whole and (i in self._taps or self._drops[i]):
+                last = i
+        return last
+
     def _idx(self, values: list[int], device) -> torch.Tensor:
         key = (tuple(values), device)
         t = self._index.get(key)
@@ -213,21 +228,32 @@ class FastTrainFCN(nn.Module):
         return t
 
     def _gather(self, x: torch.Tensor, rows, cols) -> torch.Tensor:
-        """x[:, :, rows][:, :, :, cols] (None: all), x with a zero row and column appended."""
-        x = F.pad(x, (0, 1, 0, 1))
+        """x[:, :, rows][:, :, :, cols] (None: all)."""
         if rows is not None:
             x = x.index_select(2, self._idx(rows, x.device))
         if cols is not None:
             x = x.index_select(3, self._idx(cols, x.device))
         return x
 
+    def _as_gemm(self, s: Step, x: torch.Tensor, padding) -> bool:
+        """fc6 / fc7 (7x7 or 1x1 kernels, stride 1, on a small map): im2col + one GEMM, whose
+        backward is two GEMMs (oneDNN's backward of the 7x7 conv on 22x22 runs far slower)."""
+        if not self.gemm_fc or s.kind != "conv" or s.layer.stride != (1, 1):
+            return False
+        kh, kw = pair(s.layer.kernel_size)
+        oh = x.shape[2] + 2 * padding[0] - kh + 1
+        ow = x.shape[3] + 2 * padding[1] - kw + 1
+        return (kh * kw >= 25 or kh * kw == 1) and oh * ow <= 4096 and s.layer.groups == 1
+
     def _run(self, s: Step, x: torch.Tensor, padding=None) -> torch.Tensor:
         layer = s.layer
+        p = pair(layer.padding if padding is None else padding)
         if s.kind == "pool":
-            p = layer.padding if padding is None else padding
             return F.max_pool2d(x, layer.kernel_size, layer.stride, p, ceil_mode=layer.ceil_mode)
-        p = layer.padding if padding is None else padding
-        y = F.conv2d(x, layer.weight, layer.bias, layer.stride, p)
+        if self._as_gemm(s, x, p):
+            y = _conv_gemm(x, layer.weight, layer.bias, p)
+        else:
+            y = F.conv2d(x, layer.weight, layer.bias, layer.stride, p)
         return torch.relu_(y) if s.relu else y
 
     def _full(self, core, bg_out, p: _Plan, n: int, fmt) -> torch.Tensor:
@@ -244,6 +270,8 @@ class FastTrainFCN(nn.Module):
         return self._paste(core, bg_out, strips, n, fmt)
 
     def _paste(self, core, bg, strips: dict, n: int, fmt) -> torch.Tensor:
+        bg = F.pad(bg, (0, 1, 0, 1))  # a zero row and column: the index of "past the edge"
+
         def strip(band):
             r, c = strips.get(band, ([], []))
             if not r or not c:
@@ -266,13 +294,16 @@ class FastTrainFCN(nn.Module):
         cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
         fmt = torch.channels_last if cl and not x.is_contiguous() else torch.contiguous_format
         plans = self.plan(H, W)
+        last_bg = self._last_background(plans)
         bg = x.new_zeros(1, c, *plans[0].small_in)  # the black image, compact
         bg = bg.contiguous(memory_format=fmt)
         cur, full_mode = x, False
         feats: dict[str, torch.Tensor] = {}
         for i, (s, p) in enumerate(zip(self.steps, plans, strict=True)):
             g = p.geom
-            if not full_mode:  # the background, compact, of this step's input and output
+            if (
+                not full_mode and i <= last_bg
+            ):  # the background, compact, of this step's input and output
                 if p.recut != (None, None):
                     bg = self._gather(bg, *p.recut)
                 bg_in, bg = bg, self._run(s, bg)
@@ -288,6 +319,8 @@ class FastTrainFCN(nn.Module):
             if dropping and not (full_mode or whole):  # the model's mask shape: the full map
                 y, full_mode = self._full(y, bg, p, n, fmt), True
                 whole = True
+            if dropping:  # the mask is drawn over the model's own layout of the map
+                y = y.contiguous(memory_format=fmt)
             for d in self._drops[i]:
                 y = d(y)
             cur = y
@@ -298,6 +331,21 @@ class FastTrainFCN(nn.Module):
         if m.head_names is None:
             return m.forward_head(feats, top, H, W)
         return {k: m.forward_head(feats, top, H, W, output=k) for k in m.head_names}
+
+
+def _conv_gemm(x: torch.Tensor, w: torch.Tensor, b, padding) -> torch.Tensor:
+    """conv2d (stride 1) as im2col + F.linear: (n, C, h, w) -> (n, O, oh, ow), laid out
+    channels_last (a view of the GEMM's (n * oh * ow, O) output)."""
+    n, kh, kw = x.shape[0], w.shape[2], w.shape[3]
+    if padding != (0, 0):
+        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    oh, ow = x.shape[2] - kh + 1, x.shape[3] - kw + 1
+    if kh * kw == 1:
+        cols = x.permute(0, 2, 3, 1).reshape(n * oh * ow, -1)
+    else:
+        cols = F.unfold(x, (kh, kw)).transpose(1, 2).reshape(n * oh * ow, -1)
+    y = F.linear(cols, w.reshape(w.shape[0], -1), b)
+    return y.view(n, oh, ow, -1).permute(0, 3, 1, 2)
 
 
 @torch.no_grad()
@@ -315,5 +363,5 @@ def background_maps(fast: FastTrainFCN, H: int, W: int) -> list[torch.Tensor]:
         bg = fast._run(s, bg)
         rows = _index(0, p.geom.out_len[0], p.geom.out_len[0], p.small_out[0], p.zout[0])
         cols = _index(0, p.geom.out_len[1], p.geom.out_len[1], p.small_out[1], p.zout[1])
-        out.append(fast._gather(bg, rows, cols))
+        out.append(fast._gather(F.pad(bg, (0, 1, 0, 1)), rows, cols))
     return out
