@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .models import build_model, list_models
+from .models.reference import reference_nets
 from .models.registry import load_checked
 from .safety import atomic_write
 from .weights import Preprocessing
@@ -95,8 +96,9 @@ def _field_problem(ckpt: dict) -> str | None:
         (isinstance(ckpt["model_options"], dict)
          and all(isinstance(k, str) for k in ckpt["model_options"]),
          "model_options must be a dict of option names"),
-        (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 65536,
-         "num_classes must be an integer in 1..65536"),
+        (all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 65536
+             for c in (n.values() if isinstance(n, dict) else [n])),
+         "num_classes must be an integer in 1..65536 (or one per head)"),
         (isinstance(ckpt["model"], dict)
          and all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()),
          "model must be a state dict of tensors"),
@@ -135,7 +137,8 @@ def model_state(model: nn.Module) -> dict:
         "model_name": model.name,
         "model_options": dict(getattr(model, "options", {})),
         "num_classes": model.num_classes,
-        "preprocessing": dataclasses.asdict(pre) if pre is not None else None,
+        # a release net's inputs (dicts, depth) come back with the net itself: not stored
+        "preprocessing": dataclasses.asdict(pre) if isinstance(pre, Preprocessing) else None,
         "model": model.state_dict(),
     }
 
@@ -147,8 +150,8 @@ def load_model(
 
     Returns (model in eval mode on `device`, checkpoint dict or {} for a name).
     """
-    if str(source) in list_models():
-        model = build_model(str(source), num_classes=num_classes or 21)
+    if str(source) in list_models() or str(source) in reference_nets():
+        model = build_model(str(source), num_classes=num_classes)
         return model.to(device).eval(), {}
     if not Path(source).is_file():
         close = difflib.get_close_matches(Path(source).name, list_models(), n=1)

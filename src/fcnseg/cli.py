@@ -261,6 +261,9 @@ def _fast(model, fast: bool, device):
 
     if torch.device(device).type != "cpu":
         raise ValueError(f"--fast is a CPU path; on {device} drop --fast (use --amp there)")
+    if getattr(model, "stream_names", None) or getattr(model, "head_names", None):
+        raise ValueError(f"--fast runs single-input, single-head nets; {model.name} has several "
+                         f"inputs or heads: run without --fast")  # fmt: skip
     try:
         return FastFCN(model, max_cached=8)
     except (TypeError, ValueError) as e:
@@ -268,10 +271,12 @@ def _fast(model, fast: bool, device):
 
 
 def cmd_eval(args) -> int:
-    """Score a checkpoint on a dataset split: the paper's four metrics and per-class IU."""
+    """Score a checkpoint on a dataset split: the paper's four metrics and per-class IU, the
+    paper's own rows beside (per head for two-head nets: semantic metrics, geometric accuracy)."""
     from .checkpoint import load_model
     from .data.build import make_loader
-    from .evaluate import evaluate, format_per_class, format_table, plot_confusion
+    from .evaluate import compute_metrics, evaluate, format_per_class, format_table, scored_subset
+    from .paper import paper_rows
     from .predict import resolve_device
     from .safety import check_outputs
 
@@ -283,18 +288,27 @@ def cmd_eval(args) -> int:
     model, ckpt = load_model(args.checkpoint, device=resolve_device(args.device))
     model = _fast(model, args.fast, args.device)
     _, dataset = _checkpoint_dataset(args, ckpt)
-    names = list(getattr(dataset, "class_names", None) or ckpt.get("class_names") or [])
-    if getattr(dataset, "class_names", None) and len(names) != model.num_classes:
-        raise ValueError(f"the data has {len(names)} classes but checkpoint {args.checkpoint} "
-                         f"scores {model.num_classes} classes: evaluate a checkpoint trained on "
+    heads = model.num_classes if isinstance(model.num_classes, dict) else {"": model.num_classes}
+    head_names = getattr(dataset, "head_classes", None) or {
+        "": list(getattr(dataset, "class_names", None) or ckpt.get("class_names") or [])
+    }
+    have = {k: len(v) for k, v in head_names.items()}
+    if (have != heads and all(have.values())) or set(have) != set(heads):
+        raise ValueError(f"the data has {_counts(have)} classes but checkpoint {args.checkpoint} "
+                         f"scores {_counts(heads)} classes: evaluate a checkpoint trained on "
                          f"this data's classes")  # fmt: skip
-    loader = make_loader(dataset, args.batch_size, model.preprocessing, args.workers)
-    cm = evaluate(model, loader, model.num_classes, device=args.device, progress=True)
-    metrics = cm.compute()
+    loader = make_loader(scored_subset(dataset), args.batch_size, model.preprocessing,
+                         args.workers)  # fmt: skip
+    result = evaluate(model, loader, model.num_classes, device=args.device, progress=True)
+    metrics = compute_metrics(result, dataset)
+    result, metrics = ({"": result}, {"": metrics}) if "" in heads else (result, metrics)
     label = ckpt.get("model_name", str(args.checkpoint))
-    print(format_table({label: metrics}))
-    print(format_per_class(metrics, names or [str(i) for i in range(model.num_classes)]))
-    if args.upper_bound:
+    for head, m in metrics.items():
+        title = f"{label} ({head})" if head else label
+        names = head_names[head] or [str(i) for i in range(heads[head])]
+        print(format_table({title: m, **(paper_rows(label) if head in ("", "sem") else {})}))
+        print(format_per_class(m, names))
+    if args.upper_bound and "" in heads:
         from .metrics import upper_bound
 
         targets = (dataset[i][1] for i in range(len(dataset)))
@@ -302,12 +316,17 @@ def cmd_eval(args) -> int:
         print("upper bound: ground truth downsampled by the output stride and upsampled back")
         print(format_table({f"stride {f}": m for f, m in bound.items()}))
     if args.save_confusion:
-        from .evaluate import save_confusion
+        from .evaluate import plot_confusion, save_confusion
 
-        save_confusion(cm.matrix, names, out / "confusion.csv")
-        plot_confusion(cm.matrix, names, out / "confusion.png")
+        head, cm = next(iter(result.items()))  # the (first) head's: semantic
+        save_confusion(cm.matrix, head_names[head], out / "confusion.csv")
+        plot_confusion(cm.matrix, head_names[head], out / "confusion.png")
         print(f"confusion matrix written to {out}/confusion.csv and confusion.png")
     return 0
+
+
+def _counts(classes: dict) -> str:
+    return ", ".join(f"{k} {v}" if k else str(v) for k, v in classes.items())
 
 
 def cmd_compare(args) -> int:

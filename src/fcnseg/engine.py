@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, model_state, save_checkpoint
+from .evaluate import compute_metrics, scored_subset, to_device
 from .models import build_model
 from .recipes import Recipe, get_recipe
 from .safety import (
@@ -46,6 +47,7 @@ from .safety import (
     check_range,
     save_figure,
 )
+from .weights import prepare
 
 __all__ = ["TrainConfig", "TrainingDiverged", "make_optimizer", "train", "train_stages"]
 
@@ -184,9 +186,51 @@ class _Dist:
         return float(t)
 
 
-def _pixel_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum over labelled pixels of the softmax cross-entropy (255 ignored)."""
-    return F.cross_entropy(logits.float(), target, ignore_index=255, reduction="sum")
+def _pixel_loss(logits, target, norm: float | dict = 1.0) -> torch.Tensor:
+    """Sum over labelled pixels of the softmax cross-entropy (255 ignored), / `norm`.
+
+    Several heads (dicts by head, SIFT Flow's sem + geo): the heads' losses summed with equal
+    weight, as the release's two SoftmaxWithLoss layers; `norm` then one number per head.
+    """
+    if isinstance(logits, dict):
+        return sum(_pixel_loss(logits[k], target[k], norm[k] if isinstance(norm, dict) else norm)
+                   for k in logits)  # fmt: skip
+    return F.cross_entropy(logits.float(), target, ignore_index=255, reduction="sum") / norm
+
+
+def _norm(targets: list, dist: _Dist) -> float | dict:
+    """Labelled pixels of a whole step (all processes): per head for dict targets."""
+    if isinstance(targets[0], dict):
+        return {k: max(dist.sum(float(sum(int((t[k] != 255).sum()) for t in targets))), 1.0)
+                for k in targets[0]}  # fmt: skip
+    return max(dist.sum(float(sum(int((t != 255).sum()) for t in targets))), 1.0)
+
+
+def _num_classes(config: TrainConfig, data, class_names) -> int | dict[str, int]:
+    """The run's classes: a release net's own (checked against the data), else the option's
+    or the data's."""
+    from .models.reference import REFERENCE_NETS
+
+    spec = REFERENCE_NETS.get(config.model)
+    if spec is None:
+        return config.num_classes or len(class_names)
+    heads = getattr(data, "head_classes", None)
+    have = {k: len(v) for k, v in heads.items()} if isinstance(spec.classes, dict) and heads \
+        else len(class_names)  # fmt: skip
+    if have != spec.classes:
+        raise ValueError(f"{config.model} scores {spec.classes} classes but data "
+                         f"'{config.data}' has {have}: use the data it was made for")  # fmt: skip
+    return spec.classes
+
+
+def _flat(metrics: dict) -> dict:
+    """Several heads' metrics -> the first head's (what best.pt and the log follow), with the
+    other heads' pixel accuracy as `<head>_pixel_acc` (the paper's geometric accuracy)."""
+    if "pixel_acc" in metrics:
+        return metrics
+    first, *others = metrics
+    return {**metrics[first], **{f"{k}_pixel_acc": metrics[k]["pixel_acc"] for k in others},
+            "heads": metrics}  # fmt: skip
 
 
 class _Log:
@@ -280,13 +324,13 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         best_path.unlink(missing_ok=True)  # --overwrite: the old run's best is not this run's
 
     train_set, val_set, class_names = build_datasets(config)
-    num_classes = config.num_classes or len(class_names)
+    num_classes = _num_classes(config, train_set, class_names)
     batch = config.batch_size or recipe.batch_size
     accumulate = config.accumulate or recipe.accumulate
     if batch % (accumulate * dist.world):
         raise ValueError(f"batch_size {batch} must be a multiple of accumulate x processes "
                          f"= {accumulate} x {dist.world}")  # fmt: skip
-    lr = config.lr or recipe.lr_for(config.model)
+    lr = config.lr or recipe.lr_for(config.model)  # the release's nets: their own (FCN.md 8)
     resolved = {**dataclasses.asdict(config), "num_classes": num_classes, "batch_size": batch,
                 "accumulate": accumulate, "lr": lr, "world_size": dist.world}  # fmt: skip
 
@@ -343,8 +387,10 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         # fork_rng: validating (DataLoader seeds) must not change the training run's RNG
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            loader = make_loader(val_set, max(micro, 1), model.preprocessing, config.workers)
-            return evaluate(model, loader, num_classes, device=device).compute()
+            scored = scored_subset(val_set)  # SIFT Flow: not its two unannotated images
+            loader = make_loader(scored, max(micro, 1), model.preprocessing, config.workers)
+            return _flat(compute_metrics(evaluate(model, loader, num_classes, device=device),
+                                         val_set))  # fmt: skip
 
     log = _Log(out / "log.csv", start, dist.rank == 0)
     stop = _Interrupt()
@@ -356,9 +402,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
 
         first = step_indices(start, len(train_set), batch, config.seed)[:micro]
         x, t = collate_items(train_set, first)  # a micro-batch of the run's shape
-        x = model.preprocessing.batch(x.to(device)).contiguous(memory_format=fmt)
+        x = to_device(prepare(model.preprocessing, to_device(x, device)), device, fmt)
         log_to = print if dist.rank == 0 else None
-        choice = auto_amp(model, x, t.to(device), _pixel_loss, name=config.model,
+        choice = auto_amp(model, x, to_device(t, device), _pixel_loss, name=config.model,
                           options=config.model_options, log=log_to)  # fmt: skip
         amp_name = choice.amp
         amp_name = amp_name if dist.sum(float(amp_name is not None)) == dist.world else None
@@ -374,18 +420,16 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
             mine = idx[dist.rank * batch // dist.world : (dist.rank + 1) * batch // dist.world]
             chunks = [collate_items(train_set, mine[k : k + micro])
                       for k in range(0, len(mine), micro)]  # fmt: skip
-            labelled = dist.sum(float(sum(int((t != 255).sum()) for _, t in chunks)))
-            norm = max(labelled, 1.0) if recipe.loss == "mean" else 1.0
+            norm = _norm([t for _, t in chunks], dist) if recipe.loss == "mean" else 1.0
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
             for k, (x, t) in enumerate(chunks):
-                x = model.preprocessing.batch(x.to(device, non_blocking=True))
-                x = x.contiguous(memory_format=fmt)
-                t = t.to(device, non_blocking=True)
+                x = to_device(prepare(model.preprocessing, to_device(x, device)), device, fmt)
+                t = to_device(t, device)
                 sync = k == len(chunks) - 1 or dist.world == 1
                 ctx = net.no_sync() if not sync else contextlib.nullcontext()
                 with ctx, torch.autocast(device.type, amp, enabled=amp is not None):
-                    loss = _pixel_loss(net(x), t) / norm * dist.world  # DDP averages grads
+                    loss = _pixel_loss(net(x), t, norm) * dist.world  # DDP averages grads
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(_diverged(step, loss.item(), cur_lr, recipe, last))
                 (scaler.scale(loss) if scaler else loss).backward()

@@ -16,12 +16,15 @@ from .metrics import ConfusionMatrix
 from .safety import atomic_write, save_figure
 
 __all__ = [
+    "compute_metrics",
     "evaluate",
     "format_per_class",
     "format_table",
     "load_confusion",
     "plot_confusion",
     "save_confusion",
+    "scored_subset",
+    "to_device",
 ]
 
 # The paper's column order (Table 1 onwards), as (metrics key, header).
@@ -36,42 +39,79 @@ COLUMNS = (
 def evaluate(
     model: nn.Module,
     loader: Iterable,
-    num_classes: int,
+    num_classes: int | dict[str, int],
     *,
     device: str | torch.device = "cpu",
     ignore_index: int = 255,
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
-) -> ConfusionMatrix:
+) -> ConfusionMatrix | dict[str, ConfusionMatrix]:
     """Run `model` over `loader` and accumulate its argmax predictions in a ConfusionMatrix.
 
     The loader yields (images float (N, 3, H, W), targets int64 (N, H, W)); targets hold
     `ignore_index` where images were padded, so padding is never scored. The model runs in
     eval mode under `torch.inference_mode` (autocast to `amp_dtype` when given) and must return
     scores (N, num_classes, H, W). Its training flag is restored afterwards, also on error.
+    A model with several inputs takes a dict of images; one with several heads (SIFT Flow's
+    sem + geo) returns a dict of scores, `num_classes` and the targets are dicts by head, and
+    the result is a dict of matrices by head.
 
     The matrix is this process's only: under torch.distributed with a sharded loader, call
     `.all_reduce()` on the result before `.compute()`.
     """
     device = torch.device(device)
-    cm = ConfusionMatrix(num_classes, ignore_index)
+    heads = dict(num_classes) if isinstance(num_classes, dict) else {"": num_classes}
+    cms = {k: ConfusionMatrix(n, ignore_index) for k, n in heads.items()}
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for batch in _progress(loader, progress):
                 images, targets = _unpack(batch)
-                images = images.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
+                images = to_device(images, device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     scores = model(images)
-                if isinstance(scores, dict):  # a {"out": ...} head, as some models return
+                if isinstance(scores, dict) and set(scores) == {"out"}:  # {"out": ...} heads
                     scores = scores["out"]
-                _check_scores(scores, targets, num_classes, ignore_index)
-                cm.update(scores.argmax(1), targets)
+                if "" in heads:
+                    scores, targets = {"": scores}, {"": targets}
+                if not isinstance(scores, dict) or not isinstance(targets, dict):
+                    raise ValueError("a model with several heads needs targets by head (a dict)")
+                for k, cm in cms.items():
+                    t = targets[k].to(device, non_blocking=True)
+                    _check_scores(scores[k], t, heads[k], ignore_index)
+                    cm.update(scores[k].argmax(1), t)
     finally:
         model.train(was_training)
-    return cm
+    return cms.get("", cms)
+
+
+def to_device(x, device: torch.device, memory_format=None):
+    """A tensor, or a dict of tensors (several inputs or heads), moved to `device`."""
+    if isinstance(x, dict):
+        return {k: to_device(v, device, memory_format) for k, v in x.items()}
+    x = x.to(device, non_blocking=True)
+    return x if memory_format is None else x.contiguous(memory_format=memory_format)
+
+
+def scored_subset(dataset):
+    """The items the paper scores: all but those the dataset marks unscored (SIFT Flow's two
+    unannotated images, `dataset.scored(i)` False)."""
+    scored = getattr(dataset, "scored", None)
+    if scored is None:
+        return dataset
+    keep = [i for i in range(len(dataset)) if scored(i)]
+    return dataset if len(keep) == len(dataset) else torch.utils.data.Subset(dataset, keep)
+
+
+def compute_metrics(result, dataset=None) -> dict:
+    """Metrics of `evaluate`'s result: one dict, or for several heads {head: metrics}; the
+    semantic head leaves out the classes the dataset marks absent from its test set (SIFT Flow:
+    `excluded_class_indices`), as the paper scored it."""
+    exclude = tuple(getattr(dataset, "excluded_class_indices", ()) or ())
+    if isinstance(result, dict):
+        return {k: cm.compute(exclude if k == "sem" else ()) for k, cm in result.items()}
+    return result.compute(exclude)
 
 
 def format_table(rows: dict[str, dict], *, percent: bool = True) -> str:

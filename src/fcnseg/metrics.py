@@ -17,7 +17,7 @@ predicted has IU 0 and counts in mean IU.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -87,11 +87,13 @@ class ConfusionMatrix:
         counts = torch.bincount(t * n + p, minlength=n * n)
         self._m += counts.reshape(n, n).cpu().numpy()
 
-    def compute(self) -> dict:
+    def compute(self, exclude: Sequence[int] = ()) -> dict:
         """pixel_acc, mean_acc, mean_iu, fw_iu (floats in [0, 1]); iu and acc per class.
 
         Per-class values are float64 arrays with NaN where undefined (acc: t_i = 0; iu: union
         0). With no labelled pixel at all every value is NaN: there is nothing to score.
+        `exclude`: classes left out of the mean accuracy and mean IU (their per-class values
+        are NaN): the paper's SIFT Flow scores leave out the classes absent from its test set.
         """
         m = self._m.astype(np.float64)
         tp, gt, pred = np.diag(m), m.sum(1), m.sum(0)
@@ -99,7 +101,8 @@ class ConfusionMatrix:
         total = gt.sum()
         acc = _divide(tp, gt)
         iu = _divide(tp, union)
-        seen = gt > 0
+        acc[list(exclude)] = iu[list(exclude)] = np.nan
+        seen = (gt > 0) & ~np.isnan(iu)
         return {
             "pixel_acc": float(tp.sum() / total) if total else float("nan"),
             "mean_acc": _nanmean(acc),

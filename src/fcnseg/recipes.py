@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["RECIPES", "Recipe", "get_recipe"]
+__all__ = ["RECIPES", "REFERENCE_LR", "Recipe", "get_recipe"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,19 @@ class Recipe:
     ours: bool = False  # True: not from the paper
 
     def lr_for(self, model_name: str) -> float:
-        """The learning rate this recipe gives `model_name` (e.g. "fcn16s_vgg16")."""
+        """The learning rate this recipe gives `model_name` (e.g. "fcn16s_vgg16").
+
+        A release net by its folder name (e.g. "nyud-fcn32s-color-hha"): under "heavy" the
+        release's own rate for that net (FCN.md 8), else the rate of its head and trunk
+        (e.g. fcn32s_vgg16).
+        """
+        from .models.reference import REFERENCE_NETS
+
+        spec = REFERENCE_NETS.get(model_name)
+        if spec is not None:
+            if self.name == "heavy" and model_name in REFERENCE_LR:
+                return REFERENCE_LR[model_name]
+            model_name = f"{spec.variant}_{spec.arch.name}"
         keys = [k for k in self.lr if model_name.startswith(k) or model_name.endswith(k)]
         if not keys:
             raise ValueError(
@@ -64,6 +76,17 @@ RECIPES: dict[str, Recipe] = {
                {"fcn": 1e-3}, weight_decay=1e-4, bias_lr_mult=1.0, batch_size=16,
                schedule="poly", ours=True),
     )
+}  # fmt: skip
+
+
+# The release's solver learning rates per net (FCN.md 8), all with the heavy solver (batch 1,
+# momentum 0.99, unnormalized loss); voc-fcn-alexnet has its own recipe (heavy_alexnet).
+REFERENCE_LR = {
+    "voc-fcn32s": 1e-10, "voc-fcn16s": 1e-12, "voc-fcn8s": 1e-14, "voc-fcn8s-atonce": 1e-10,
+    "nyud-fcn32s-color": 1e-10, "nyud-fcn32s-hha": 1e-10, "nyud-fcn32s-color-d": 1e-10,
+    "nyud-fcn32s-color-hha": 1e-12,
+    "pascalcontext-fcn32s": 1e-10, "pascalcontext-fcn16s": 1e-12, "pascalcontext-fcn8s": 1e-14,
+    "siftflow-fcn32s": 1e-10, "siftflow-fcn16s": 1e-12, "siftflow-fcn8s": 1e-12,
 }  # fmt: skip
 
 

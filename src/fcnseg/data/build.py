@@ -1,6 +1,7 @@
 """From a config's data spec to datasets and batches.
 
 digits          the built-in digit scenes (options: n_train, n_val, size, seed, ...)
+digits-rgbd     RGB-D digit scenes (options as digits, plus modality and task as nyud/siftflow)
 voc:ROOT        PASCAL VOC 2012 layout (JPEGImages, SegmentationClass, ImageSets)
 sbd:ROOT        SBD (benchmark_RELEASE: dataset/img, dataset/cls/*.mat, train.txt)
 folder:ROOT     your own data: images/, masks/, classes.txt
@@ -33,10 +34,18 @@ def open_dataset(spec: str, split: str, options: dict | None = None, transforms=
         options.pop("n_val" if split == "train" else "n_train", None)
         return _construct(DigitScenes, spec, split, n, transforms=transforms,
                           also=("n_train", "n_val"), **options)  # fmt: skip
+    if kind == "digits-rgbd":
+        from .digits_rgbd import DigitScenesRGBD
+
+        n = options.pop("n_train" if split == "train" else "n_val", 2000 if split == "train"
+                        else 200)  # fmt: skip
+        options.pop("n_val" if split == "train" else "n_train", None)
+        return _construct(DigitScenesRGBD, spec, split, n, transforms=transforms,
+                          also=("n_train", "n_val"), **options)  # fmt: skip
     if kind not in ("voc", "sbd", "folder", *_RELEASE_SETS):
         raise ValueError(
-            f"data '{spec}' unknown: use digits, voc:ROOT, sbd:ROOT, folder:ROOT, nyud:ROOT, "
-            f"siftflow:ROOT or context:ROOT"
+            f"data '{spec}' unknown: use digits, digits-rgbd, voc:ROOT, sbd:ROOT, folder:ROOT, "
+            f"nyud:ROOT, siftflow:ROOT or context:ROOT"
         )
     if not root:
         raise ValueError(f"data '{spec}': give a folder, e.g. voc:/data/VOCdevkit/VOC2012")
@@ -131,8 +140,10 @@ def make_loader(dataset, batch: int, preprocessing, workers: int = 0) -> Iterato
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch, num_workers=workers, collate_fn=_collate, shuffle=False
     )
+    from ..weights import prepare
+
     for x, t in loader:
-        yield preprocessing.batch(x), t
+        yield prepare(preprocessing, x), t
 
 
 def _collate(items):

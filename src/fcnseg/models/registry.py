@@ -81,26 +81,68 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def _reference_names() -> list[str]:
+    from .reference import reference_nets
+
+    return reference_nets()
+
+
 def check_model_name(name) -> None:
-    """ValueError naming the closest registered name, for a name that is not one."""
-    if not isinstance(name, str) or name not in _BUILDERS:
-        close = difflib.get_close_matches(str(name), _BUILDERS, n=1)
+    """ValueError naming the closest registered name, for a name that is not one.
+
+    Registered names are `list_models()` and the release's nets (`reference_nets()`).
+    """
+    known = [*_BUILDERS, *_reference_names()]
+    if not isinstance(name, str) or name not in known:
+        close = difflib.get_close_matches(str(name), known, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown model '{name}'.{hint} Valid names: {', '.join(list_models())}")
+        raise ValueError(f"unknown model '{name}'.{hint} Valid names: {', '.join(list_models())} "
+                         f"and the release's nets ({', '.join(_reference_names())})")  # fmt: skip
+
+
+def _reference_model(name, num_classes, weights, backbone_weights, init_from, options) -> FCN:
+    """A release net by its folder name, for training: its classes and inputs are fixed."""
+    from .reference import REFERENCE_NETS, build_reference
+    from .reference_init import init_streams, reference_backbone
+
+    spec = REFERENCE_NETS[name]
+    if num_classes is not None and num_classes != spec.classes:
+        raise ValueError(f"{name} has {spec.classes} classes (the release's): drop num_classes, "
+                         f"or use a registered model for {num_classes} classes")  # fmt: skip
+    unknown = sorted(set(options) - {"width"})
+    if unknown:
+        raise ValueError(f"bad option for model '{name}': {', '.join(unknown)} (it takes width)")
+    model = build_reference(name, weights=weights, width=options.get("width", 1.0))
+    if backbone_weights is not None:
+        reference_backbone(model, backbone_weights)
+    if isinstance(init_from, dict):
+        init_streams(model, init_from)
+    elif init_from is not None:
+        transfer(model, init_from)
+    return model
 
 
 def build_model(
     name: str,
     *,
-    num_classes: int = 21,
+    num_classes: int | dict[str, int] | None = None,
     weights=None,
     backbone_weights=None,
     init_from=None,
     preprocessing: Preprocessing | None = None,
     **options,
 ) -> FCN:
-    """Build a registered FCN; see the module docstring for the options."""
+    """Build a registered FCN, or a release net by its folder name (see the module docstring).
+
+    num_classes: None gives 21 for a registered model and a release net's own classes.
+    """
     check_model_name(name)
+    if name not in _BUILDERS:
+        model = _reference_model(name, num_classes, weights, backbone_weights, init_from, options)
+        if preprocessing is not None:
+            model.preprocessing = preprocessing
+        return model
+    num_classes = 21 if num_classes is None else num_classes
     check_range("num_classes", num_classes, 1, 65536, integer=True)
     builder, arch = _BUILDERS[name]
     try:

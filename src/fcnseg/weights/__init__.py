@@ -28,6 +28,7 @@ from .preprocessing import (
     SIFTFLOW_BGR,
     LogDepth,
     Preprocessing,
+    prepare,
 )
 from .registry import REFERENCE_WEIGHTS, WEIGHTS, ReferenceWeights, Source, Weights
 
@@ -55,6 +56,7 @@ __all__ = [
     "convert_caffemodel",
     "fetch",
     "load_state",
+    "prepare",
     "read_caffemodel",
     "read_layers",
     "verify",

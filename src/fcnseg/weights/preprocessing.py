@@ -23,6 +23,7 @@ __all__ = [
     "SIFTFLOW_BGR",
     "LogDepth",
     "Preprocessing",
+    "prepare",
 ]
 
 
@@ -112,5 +113,37 @@ class LogDepth:
             )
         return torch.from_numpy(np.log(d) - self.mean).unsqueeze(0)
 
+    def batch(self, d: torch.Tensor) -> torch.Tensor:
+        """Depth batch (N, 1, H, W) as stored, any device -> log(d) - mean, float32.
+
+        Pixels without depth (0: holes, or the padding of a batch of unequal sizes) become 0,
+        the value of a depth equal to exp(mean): finite, so they cannot poison their neighbours.
+        """
+        d = d.float()
+        return torch.where(d > 0, torch.log(d.clamp_min(1e-12)) - self.mean, 0.0)
+
 
 NYUD_LOG_DEPTH = LogDepth(7.844)
+
+
+def prepare(preprocessing, x):
+    """A collated batch -> the model's input, by the model's `preprocessing`:
+
+    - `Preprocessing` or `LogDepth`: its `.batch(x)`;
+    - a dict of them (one per input) and a dict batch (late fusion, {"color": ..., "hha": ...}):
+      each input by its own;
+    - a dict of them and one tensor (early fusion, colour + depth in 4 channels): the channels
+      split in the dict's order (3 per image, 1 per depth map), each prepared, concatenated.
+    """
+    if not isinstance(preprocessing, dict):
+        return preprocessing.batch(x)
+    if isinstance(x, dict):
+        if set(x) != set(preprocessing):
+            raise ValueError(f"inputs {sorted(x)} do not match the model's {sorted(preprocessing)}")
+        return {k: preprocessing[k].batch(v) for k, v in x.items()}
+    widths = [1 if isinstance(p, LogDepth) else 3 for p in preprocessing.values()]
+    if x.shape[1] != sum(widths):
+        raise ValueError(f"a batch of {x.shape[1]} channels for inputs {list(preprocessing)} "
+                         f"({sum(widths)} channels)")  # fmt: skip
+    parts = torch.split(x, widths, dim=1)
+    return torch.cat([p.batch(v) for p, v in zip(preprocessing.values(), parts, strict=True)], 1)
