@@ -186,9 +186,20 @@ def _train_config(args):
         steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
         seed=args.seed, out=args.out, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
         log_every=args.log_every, device=args.device, amp=args.amp,
-        channels_last=args.channels_last, init_from=args.init_from,
+        channels_last=args.channels_last, init_from=_init_from(args.init_from),
         backbone_weights=args.backbone_weights, workers=args.workers, crop=args.crop,
     )  # fmt: skip
+
+
+def _init_from(text: str | None):
+    """--init-from PATH, or per stream for late fusion: color=PATH,hha=PATH -> a dict."""
+    if text is None or "=" not in text:
+        return text
+    pairs = [p.partition("=") for p in text.split(",")]
+    if any(not k or not sep or not v for k, sep, v in pairs):
+        raise ValueError(f"--init-from '{text}': write PATH, or STREAM=PATH,STREAM=PATH "
+                         f"(e.g. color=runs/color/last.pt,hha=runs/hha/last.pt)")  # fmt: skip
+    return {k: v for k, _, v in pairs}
 
 
 def cmd_train(args) -> int:
@@ -519,7 +530,11 @@ def _parser() -> argparse.ArgumentParser:
         help="builder option, e.g. dropout=0 (repeatable)",
     )
     s.add_argument("--num-classes", type=CLASSES, help="default: the dataset's")
-    s.add_argument("--init-from", help="checkpoint to start from (staged training)")
+    s.add_argument(
+        "--init-from",
+        help="checkpoint to start from (staged training); late "
+        "fusion: color=CKPT,hha=CKPT (each stream from a single-input net)",
+    )
     s.add_argument("--backbone-weights", help="ImageNet weights: name, url or file")
     s.add_argument("--out", default="runs/fcn", help="run folder (checkpoints, logs, plots)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out")

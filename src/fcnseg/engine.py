@@ -55,7 +55,7 @@ __all__ = ["TrainConfig", "TrainingDiverged", "make_optimizer", "train", "train_
 @dataclass
 class TrainConfig:
     model: str = "fcn8s_vgg16"
-    num_classes: int | None = None  # None: the dataset's
+    num_classes: int | dict | None = None  # None: the dataset's (a release net: its own)
     model_options: dict = field(default_factory=dict)  # width, layout
     recipe: str = "cvpr"
     data: str = "digits"  # digits | voc:ROOT | sbd:ROOT | folder:ROOT
@@ -75,7 +75,7 @@ class TrainConfig:
     device: str = "cpu"
     amp: str | None = None  # "bf16" (CPU or CUDA), "fp16" (CUDA), "auto" (measured, fcnseg.amp)
     channels_last: bool = False  # NHWC memory format: faster convolutions on CPU and GPU
-    init_from: str | None = None  # staged training: a previous stage's checkpoint
+    init_from: str | dict | None = None  # a previous stage's checkpoint; late fusion: by stream
     backbone_weights: str | None = None
     workers: int = 0
     crop: int | None = None  # random crop for variable-size data (None: pad in batch)
@@ -88,8 +88,11 @@ class TrainConfig:
                              ("batch_size", 1, 4096), ("accumulate", 1, 4096),
                              ("num_classes", 2, 65536), ("crop", 1, 16384)):  # fmt: skip
             v = getattr(self, name)
-            if v is not None or name in ("steps", "ckpt_every", "log_every", "eval_every",
-                                         "workers", "seed"):  # fmt: skip
+            if isinstance(v, dict) and name == "num_classes":  # several heads: one per head
+                for head, n in v.items():
+                    check_range(f"num_classes[{head!r}]", n, lo, hi, integer=True)
+            elif v is not None or name in ("steps", "ckpt_every", "log_every", "eval_every",
+                                           "workers", "seed"):  # fmt: skip
                 check_range(name, v, lo, hi, integer=True)
         if self.lr is not None:
             check_range("lr", self.lr, 1e-30, 10.0)
@@ -208,7 +211,8 @@ def _norm(targets: list, dist: _Dist) -> float | dict:
 
 def _num_classes(config: TrainConfig, data, class_names) -> int | dict[str, int]:
     """The run's classes: a release net's own (checked against the data), else the option's
-    or the data's."""
+    or the data's. A release net with num_classes given keeps its layers with new score layers
+    of that many classes (a dict by head for two heads), e.g. on the RGB-D digit scenes."""
     from .models.reference import REFERENCE_NETS
 
     spec = REFERENCE_NETS.get(config.model)
@@ -217,10 +221,12 @@ def _num_classes(config: TrainConfig, data, class_names) -> int | dict[str, int]
     heads = getattr(data, "head_classes", None)
     have = {k: len(v) for k, v in heads.items()} if isinstance(spec.classes, dict) and heads \
         else len(class_names)  # fmt: skip
-    if have != spec.classes:
-        raise ValueError(f"{config.model} scores {spec.classes} classes but data "
-                         f"'{config.data}' has {have}: use the data it was made for")  # fmt: skip
-    return spec.classes
+    want = spec.classes if config.num_classes is None else config.num_classes
+    if have != want:
+        raise ValueError(f"{config.model} scores {want} classes but data '{config.data}' has "
+                         f"{have}: use the data it was made for, or pass num_classes={have} for "
+                         f"its layers with new score layers")  # fmt: skip
+    return want
 
 
 def _flat(metrics: dict) -> dict:

@@ -98,6 +98,9 @@ def _tracing() -> Iterator[None]:
 
 
 def _cpu_eval(model: nn.Module) -> nn.Module:
+    from .predict import check_photo_model
+
+    check_photo_model(model, "export")
     p = next(model.parameters(), None)
     if p is not None and p.device.type != "cpu":
         model = copy.deepcopy(model).cpu()

@@ -159,9 +159,27 @@ def _regions(
             yield slice(o0, o1), slice(p0, p1), logits[:, :, o0 - r0 : o1 - r0, p0 - c0 : p1 - c0]
 
 
+def check_photo_model(model: nn.Module, what: str = "predict") -> None:
+    """Refuse a model that is not photo in, one score map out (the release's two-input and
+    two-head nets), naming what it takes instead."""
+    if (
+        getattr(model, "stream_names", None)
+        or getattr(model, "head_names", None)
+        or (getattr(model, "in_channels", 3) not in (3, {"": 3}))
+    ):
+        raise ValueError(
+            f"{what} works on nets that take one RGB photo and give one score map; "
+            f"{getattr(model, 'name', 'this model')} takes or gives several (inputs "
+            f"{getattr(model, 'stream_names', None) or getattr(model, 'in_channels', '?')}, heads "
+            f"{getattr(model, 'head_names', None) or 1}): use fcnseg eval on its data, or call "
+            f"the model in Python with a dict of inputs"
+        )
+
+
 def _batch(model: nn.Module, images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
     if model.preprocessing is None:
         raise ValueError(f"model {getattr(model, 'name', '?')} has no .preprocessing: set one")
+    check_photo_model(model)
     return torch.stack([model.preprocessing(im) for im in images]).to(device)
 
 
@@ -397,6 +415,7 @@ def predict_paths(
     """
     from tqdm.auto import tqdm
 
+    check_photo_model(model)
     check_range("batch_size", batch_size, 1, 1024, integer=True)
     if tile is not None:
         check_range("tile", tile, 0, 65536, integer=True)
