@@ -157,3 +157,11 @@ def test_config_accepts_auto_and_names_it_in_errors():
     TrainConfig(amp="auto").check()
     with pytest.raises(ValueError, match="auto"):
         TrainConfig(amp="fp8").check()
+
+
+def test_cli_train_accepts_amp_auto():
+    from fcnseg.cli import _parser
+
+    assert _parser().parse_args(["train", "--amp", "auto"]).amp == "auto"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["train", "--amp", "fp8"])
