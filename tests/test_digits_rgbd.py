@@ -213,3 +213,37 @@ def test_the_two_head_net_takes_the_items_as_they_come():
         y = model(prepare(model.preprocessing, x))
     assert set(y) == set(t) == {"sem", "geo"}
     assert y["sem"].shape[-2:] == t["sem"].shape[-2:] and y["geo"].shape[1] == 3
+
+
+def test_blank_color_leaves_the_early_fusion_net_depth_alone():
+    from fcnseg.models.reference import build_reference
+    from fcnseg.weights import prepare
+
+    ds, plain = make(n=2, modality="color-depth", blank_color=True), make(modality="color-depth")
+    x, _ = collate_items(ds, [0, 1])
+    assert torch.equal(x[:, 3:], collate_items(plain, [0, 1])[0][:, 3:])  # the same depth
+    prepared = prepare(build_reference("nyud-fcn32s-color-d", width=1 / 16).preprocessing, x)
+    assert prepared[:, :3].abs().max() == 0  # the colour input is exactly zero
+    assert torch.allclose(prepared[:, 3], x[:, 3].log() - 7.844)
+    with pytest.raises(ValueError, match="blank_color is for modality color-depth"):
+        make(modality="color", blank_color=True)
+
+
+def test_the_release_nets_train_on_it_with_new_score_layers(tmp_path):
+    """fcnseg.train: a release net keeps its layers, gets score layers for the data's classes
+    when num_classes says so (a dict by head for two heads), and is scored per head."""
+    from fcnseg import TrainConfig, train
+
+    def config(model, num_classes, **data):
+        return TrainConfig(model=model, model_options={"width": 1 / 16}, num_classes=num_classes,
+                           data="digits-rgbd", recipe="modern", steps=1, batch_size=2,
+                           data_options={"n_train": 2, "n_val": 2, **SMALL, **data},
+                           out=str(tmp_path / model))  # fmt: skip
+
+    two = config("siftflow-fcn16s", {"sem": 11, "geo": 3}, task="both")
+    metrics = train(two, progress=False)["metrics"]
+    assert set(metrics["heads"]) == {"sem", "geo"} and len(metrics["heads"]["sem"]["iu"]) == 11
+    assert metrics["geo_pixel_acc"] == metrics["heads"]["geo"]["pixel_acc"]
+    assert 0 <= metrics["geo_pixel_acc"] <= 1
+    with pytest.raises(ValueError, match="has 11: use the data it was made for, or pass"):
+        train(config("nyud-fcn32s-hha", None, modality="hha"), progress=False)

@@ -28,6 +28,7 @@ Items are (image, target) in exactly the formats of `nyud:` and `siftflow:`:
               hha          uint8 (3, H, W), HHA channels in file order
               depth        float32 (1, H, W), the stored values (millimetres; none missing)
               color-depth  float32 (4, H, W): R, G, B (0..255) then the stored depth
+                           (`blank_color`: R, G, B all NYUDv2's mean colour, depth alone)
               color-hha    dict {"color": uint8 (3, H, W), "hha": uint8 (3, H, W)}
     task      sem          int64 (H, W), 11 classes (class_names = DIGIT_CLASSES)
               geo          int64 (H, W), 3 classes (class_names = GEO_CLASSES)
@@ -49,6 +50,7 @@ import torch
 
 from .depth_scenes import FLOOR, WALL, render_scene
 from .digits import _SPLITS, DIGIT_CLASSES, DigitScenes, _overlap, _scaled_glyph
+from .nyud import NYUD_MEANS
 
 __all__ = ["GEO_CLASSES", "RGBD_MODALITIES", "RGBD_TASKS", "DigitScenesRGBD", "RGBDScene"]
 
@@ -57,6 +59,8 @@ GROUND, DIGIT, WALL_LABEL = 0, 1, 2
 RGBD_MODALITIES = ("color", "hha", "depth", "color-depth", "color-hha")
 RGBD_TASKS = ("sem", "geo", "both")
 _NEEDS_HHA = ("hha", "color-hha")
+# blank_color: every pixel NYUDv2's mean colour, which the nets' preprocessing maps to exactly 0
+_MEAN_RGB = torch.tensor(NYUD_MEANS["color"][::-1], dtype=torch.float32).view(3, 1, 1)
 _CACHE: OrderedDict = OrderedDict()  # options -> rendered arrays; the last _CACHE_SIZE
 _CACHE_SIZE = 4
 
@@ -79,8 +83,10 @@ class DigitScenesRGBD(DigitScenes):
 
     `modality` (RGBD_MODALITIES) and `task` (RGBD_TASKS) as the `nyud:` and `siftflow:`
     options; the other options as `DigitScenes` (digits per scene, their scale and overlap,
-    bold, train_per_class) plus `lift` (range of plate heights, metres) and `depth_noise`
-    (relative sensor noise, 0 for exact depth).
+    bold, train_per_class) plus `lift` (range of plate heights, metres), `depth_noise`
+    (relative sensor noise, 0 for exact depth) and `blank_color` (color-depth only: the colour
+    channels hold NYUDv2's mean colour everywhere, which the release's preprocessing turns
+    into zeros, so that the early-fusion net nyud-fcn32s-color-d sees depth alone).
     """
 
     head_classes: dict[str, tuple[str, ...]]
@@ -101,6 +107,7 @@ class DigitScenesRGBD(DigitScenes):
         task: str = "sem",
         lift: tuple[float, float] = (0.1, 0.35),
         depth_noise: float = 0.002,
+        blank_color: bool = False,
         transforms=None,
     ):
         if modality not in RGBD_MODALITIES:
@@ -114,12 +121,15 @@ class DigitScenesRGBD(DigitScenes):
         if not 0 <= depth_noise <= 0.05:
             raise ValueError(f"digits-rgbd depth_noise must be in 0..0.05 (relative), got "
                              f"{depth_noise}")  # fmt: skip
+        if blank_color and modality != "color-depth":
+            raise ValueError(f"digits-rgbd blank_color is for modality color-depth (a depth-only "
+                             f"run of the early-fusion net), not {modality}")  # fmt: skip
         if size < 32:
             raise ValueError(f"digits-rgbd size must be >= 32 pixels, got {size}")
         super().__init__(split, n, size=size, digits=digits, scale=scale, max_overlap=max_overlap,
                          bold=bold, train_per_class=train_per_class, seed=seed,
                          transforms=transforms)  # fmt: skip
-        self.modality, self.task = modality, task
+        self.modality, self.task, self.blank_color = modality, task, bool(blank_color)
         self.lift, self.depth_noise = (float(lift[0]), float(lift[1])), float(depth_noise)
         f = 0.9 * size
         self.intrinsics = (f, f, (size - 1) / 2, (size - 1) / 2)
@@ -152,7 +162,8 @@ class DigitScenesRGBD(DigitScenes):
             image = {"color": chw(a["image"][i]), "hha": chw(a["hha"][i])}
         else:
             depth = torch.from_numpy(a["depth"][i].astype(np.float32))[None]  # (1, H, W)
-            image = depth if m == "depth" else torch.cat([chw(a["image"][i]).float(), depth])
+            color = _MEAN_RGB if self.blank_color else chw(a["image"][i]).float()
+            image = depth if m == "depth" else torch.cat([color.expand(3, *depth.shape[1:]), depth])
         targets = {k: torch.from_numpy(a[k][i].astype(np.int64)) for k in self.head_classes}
         target = targets if self.task == "both" else targets[self.task]
         if self.transforms is not None:
