@@ -44,7 +44,7 @@ def test_exact_at_odd_sizes(name):
 def test_exact_with_winograd_everywhere(name):
     """winograd=1: every 3x3 conv of the trunk that has a buffer runs F(2x2, 3x3)."""
     model = tiny(name)
-    fast = FastFCN(model, winograd=1)
+    fast = FastFCN(model, winograd=1, measure=False)
     for h, w in [(1, 1), (31, 45), (97, 130)]:
         x = torch.randn(2, 3, h, w, dtype=torch.float64)
         with torch.no_grad():
@@ -56,7 +56,8 @@ def test_float32_kernels_and_kept_buffers():
     """float32 on CPU: oneDNN in place and Winograd, within 1e-5 of the model; the features
     handed out are copies, not the buffers the next call overwrites."""
     model = tiny("fcn8s_vgg16").float()
-    fast = FastFCN(model, winograd=32)  # width 1/8: conv3-5 have 32-64 input channels
+    # width 1/8: conv3-5 have 32-64 input channels
+    fast = FastFCN(model, winograd=32, measure=False)
     a, b = torch.randn(1, 3, 90, 71), torch.randn(1, 3, 90, 71)
     with torch.no_grad():
         fa = fast.trunk(a)
@@ -135,7 +136,7 @@ def test_changed_weights_rebuild_the_cached_background():
     model = fcnseg.build_model("fcn8s_vgg16", width=0.0625).eval()
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.05)
-    fast = FastFCN(model, winograd=16)  # the Winograd weights are remade too
+    fast = FastFCN(model, winograd=16, measure=False)  # the Winograd weights are remade too
     x = torch.randn(1, 3, 40, 52)
     with torch.no_grad():
         fast(x)
@@ -151,11 +152,11 @@ def test_background_from_a_smaller_black_image_is_the_full_one(name, monkeypatch
     model = tiny(name)
     x = torch.randn(1, 3, 500, 377, dtype=torch.float64)
     with torch.no_grad():
-        fast = FastFCN(model)
+        fast = FastFCN(model, measure=False)
         fast(x)
         small = next(iter(fast._cache.values()))
         monkeypatch.setattr(FastFCN, "_small_length", lambda self, length, axis: length)
-        full_fast = FastFCN(model)
+        full_fast = FastFCN(model, measure=False)
         full_fast(x)
         full = next(iter(full_fast._cache.values()))
     assert small["background_size"][0] < 300 and small["background_size"][1] < 300

@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import kernels
 from ..models.fcn import FCN
-from . import plan
+from . import plan, tuning
 from .buffers import Background, RimInput, carve
 from .plan import Geom, Step, pair, parse_trunk
 
@@ -27,8 +27,14 @@ class FastFCN(nn.Module):
     at 1024x1024), rebuilt when the model's weights change; the work arenas (0.2 GB at 500x500,
     0.65 GB at 1024x1024) are shared by all shapes and sized for the largest.
     ``clear_cache()`` frees both. One call at a time: use one FastFCN per thread.
-    ``winograd``: 3x3 convs with at least this many input channels run Winograd F(2x2, 3x3)
-    (None: never); below 256 oneDNN's direct kernels are faster on this CPU.
+
+    Kernels: ``winograd``: 3x3 stride-1 convs with at least this many input channels may run
+    Winograd F(2x2, 3x3) (None: never); ``matmul_fc``: fc-like convs (kernel >= 5x5 or 1x1 on at
+    most 4096 positions: fc6, fc7) may run as im2col + one GEMM; oneDNN's direct conv into a
+    kept buffer and torch's conv are always allowed. ``measure=True``: each layer runs the
+    allowed kernel that measured fastest on this machine for its shape and dtype (timed at
+    first use, cached: see fcnseg.fast.tuning); ``measure=False``: the first allowed of
+    Winograd, GEMM, oneDNN in place, torch's conv. ``choices(h, w)`` tells what was chosen.
     """
 
     def __init__(
@@ -39,7 +45,8 @@ class FastFCN(nn.Module):
         matmul_fc: bool = True,
         bfloat16: bool = False,
         max_cached: int = 2,
-        winograd: int | None = 256,
+        winograd: int | None = 1,
+        measure: bool = True,
     ):
         super().__init__()
         if not isinstance(model, FCN):
@@ -53,10 +60,10 @@ class FastFCN(nn.Module):
         self.dtype = torch.bfloat16 if bfloat16 else None
         self.max_cached = max_cached
         self.winograd = winograd
+        self.measure = measure
         self._cache: OrderedDict[tuple, dict] = OrderedDict()
         self._arenas: dict[torch.dtype, dict[str, torch.Tensor]] = {}  # shared by all sizes
         self._bf16_weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._bf16_winograd: dict[str, torch.Tensor] = {}  # G g G^T of the float32 weight
         self._derived_weights: dict[tuple, tuple[tuple, torch.Tensor]] = {}  # re-laid out
         if bfloat16:  # snapshots, all taken now: later weight updates are not seen
             for s in self.steps:
@@ -66,9 +73,6 @@ class FastFCN(nn.Module):
                         w.to(torch.bfloat16),
                         None if b is None else b.detach().to(torch.bfloat16),
                     )
-                    if self._winograd_eligible(s):
-                        u = kernels.winograd_weight(w.double()).to(torch.bfloat16)
-                        self._bf16_winograd[s.name] = u
         # the step whose output carries each name the head reads (taps and the trunk's end)
         self._step_of = {m: i for i, s in enumerate(self.steps) for m in s.modules}
         needed = set(model.taps) | {model.trunk_names[-1]}
@@ -114,11 +118,13 @@ class FastFCN(nn.Module):
         """Multiply-accumulates the trunk's convs actually perform per image at this size
         (float32 on this machine: Winograd's 16 GEMMs where it runs, the direct count else)."""
         total = 0
-        for s, g in zip(self.steps, self._geometry(height, width), strict=True):
+        geoms = self._geometry(height, width)
+        kinds = self._kinds(1, geoms, torch.float32)
+        for s, g, kind in zip(self.steps, geoms, kinds, strict=True):
             if s.kind == "conv":
                 (a0, a1), (b0, b1) = g.out_core
                 w = s.layer.weight
-                if self._kernel(s, g, torch.float32) == "winograd":
+                if kind == "winograd":
                     th, tw = kernels.winograd_tiles(a1 - a0, b1 - b0)
                     total += 16 * th * tw * w.shape[1] * w.shape[0]
                 else:
@@ -126,9 +132,12 @@ class FastFCN(nn.Module):
         return total
 
     def _winograd_eligible(self, s: Step) -> bool:
-        """A stride-1 3x3 conv with at least `winograd` input channels (NHWC only)."""
+        """A stride-1 3x3 conv with at least `winograd` input channels (NHWC only), in a float32
+        or float64 trunk. Never in bf16: its transforms and GEMM outputs would each round to
+        bf16 (oneDNN's direct bf16 conv rounds once, after an fp32 sum); see fast/__init__."""
         return (
-            self.winograd is not None
+            self.dtype is None
+            and self.winograd is not None
             and self.channels_last
             and s.kind == "conv"
             and s.layer.stride == (1, 1)
@@ -136,18 +145,49 @@ class FastFCN(nn.Module):
             and s.layer.in_channels >= self.winograd
         )
 
-    def _kernel(self, s: Step, g: Geom, dtype: torch.dtype) -> str:
-        """How a step runs on its buffer: "winograd", "inplace" (oneDNN into a kept output),
-        "plain" (torch's conv / pool / GEMM, a fresh output), or "direct" (no buffer)."""
-        if g.direct:
-            return "direct"
+    def _candidates(self, s: Step, g: Geom, dtype: torch.dtype) -> list[str]:
+        """The kernels allowed for a step, in the fixed order of preference: "winograd",
+        "gemm" (im2col + one GEMM), "inplace" (oneDNN into a kept output), then "plain"
+        (torch's conv or pool on the step's buffer) or "direct" (the layer on the whole
+        previous map with its own padding, where the step's input and output are all core)."""
+        last = "direct" if g.direct else "plain"
+        if s.kind != "conv":
+            return [last]
         (a0, a1), (b0, b1) = g.out_core
-        if s.kind != "conv" or s.layer.stride != (1, 1) or self._as_gemm(s, (a1 - a0, b1 - b0)):
-            return "plain"
-        if self._winograd_eligible(s):
-            return "winograd"
+        found = []
+        if not g.direct and self._winograd_eligible(s):
+            found.append("winograd")
+        if self._as_gemm(s, (a1 - a0, b1 - b0)):
+            found.append("gemm")
         probe = torch.empty(0, dtype=self.dtype or dtype)
-        return "inplace" if self.channels_last and kernels.available(probe) else "plain"
+        # torch's conv runs the same oneDNN kernel as "inplace", and allocates: not a candidate
+        if (
+            not g.direct
+            and s.layer.stride == (1, 1)
+            and self.channels_last
+            and kernels.available(probe)
+        ):
+            return [*found, "inplace"]
+        return [*found, last]
+
+    def _kinds(self, n: int, geoms: list[Geom], dtype: torch.dtype) -> list[str]:
+        """Each step's kernel: measured (cached) or the first allowed (see the class doc)."""
+        kinds = []
+        c = 3  # the step's input channels
+        for s, g in zip(self.steps, geoms, strict=True):
+            found = self._candidates(s, g, dtype)
+            if self.measure and len(found) > 1:
+                kinds.append(tuning.step_choice(self, s, g, n, c, self.dtype or dtype, found))
+            else:
+                kinds.append(found[0])
+            c = s.layer.out_channels if s.kind == "conv" else c
+        return kinds
+
+    def choices(self, height: int, width: int, batch: int = 1, dtype=torch.float32) -> dict:
+        """The kernel each conv step runs at this input size: {step name: kind}."""
+        geoms = self._geometry(height, width)
+        kinds = self._kinds(batch, geoms, dtype)
+        return {s.name: k for s, k in zip(self.steps, kinds, strict=True) if s.kind == "conv"}
 
     @torch.no_grad()
     def _prepare(self, n: int, H: int, W: int, dtype: torch.dtype) -> dict:
@@ -161,7 +201,7 @@ class FastFCN(nn.Module):
         are ~5 GB)."""
         geoms = self._geometry(H, W)
         dt = self.dtype or dtype
-        kinds = [self._kernel(s, g, dtype) for s, g in zip(self.steps, geoms, strict=True)]
+        kinds = self._kinds(n, geoms, dtype)
         need = {"in": 0, "out": 0, "a": 0, "b": 0, "y": 0}  # elements each arena must hold
         work: list[object] = []  # per step: the kept output's shape, or the Winograd plan
         shapes: list[tuple | None] = []  # per step: its input buffer's (N, C, h, w)
@@ -179,7 +219,7 @@ class FastFCN(nn.Module):
             elif kind == "inplace":
                 w = (n, s.layer.out_channels, a1 - a0, b1 - b0)
                 need["out"] = max(need["out"], math.prod(w))
-            shape = None if kind == "direct" else (n, c, *size)
+            shape = None if g.direct else (n, c, *size)
             if shape is not None:
                 need["in"] = max(need["in"], math.prod(shape))
             work.append(w)
@@ -233,10 +273,7 @@ class FastFCN(nn.Module):
         )
 
     def _winograd_weight(self, s: Step) -> torch.Tensor:
-        """G g G^T of the float32 weight (in float64), in the dtype the trunk runs in (bf16:
-        the snapshot taken with the other bf16 weights)."""
-        if self.dtype is not None:
-            return self._bf16_winograd[s.name]
+        """G g G^T of the weight (computed in float64), in the weight's dtype."""
         w = s.layer.weight
         return self._derived(
             ("wino", s.name), w, lambda: kernels.winograd_weight(w.double()).to(w.dtype)
@@ -259,20 +296,19 @@ class FastFCN(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _as_gemm(self, s: Step, out_hw: tuple[int, int]) -> bool:
-        """fc6 / fc7 (a 7x7 or 1x1 kernel, stride 1, on a small map) run as im2col + one GEMM."""
+        """fc6 / fc7 (a 7x7 or 1x1 kernel, stride 1, on a small map) may run as im2col + GEMM."""
         kh, kw = pair(s.layer.kernel_size)
         small = kh * kw >= 25 or kh * kw == 1
         return (
             self.matmul_fc and s.layer.stride == (1, 1) and small and out_hw[0] * out_hw[1] <= 4096
         )
 
-    def _conv(self, s: Step, x: torch.Tensor, padding, out=None) -> torch.Tensor:
-        """The conv and its ReLU; into `out` (a persistent buffer) when one is given."""
+    def _conv(self, s: Step, x: torch.Tensor, padding, out=None, gemm=False) -> torch.Tensor:
+        """The conv and its ReLU: as im2col + GEMM (`gemm`), into `out` (a persistent buffer)
+        when one is given, else by torch's conv."""
         w, b = self._weights(s)
-        kh, kw = w.shape[-2:]
         ph, pw = padding
-        oh, ow = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
-        if self._as_gemm(s, (oh, ow)):
+        if gemm:
             if padding != (0, 0):
                 x = F.pad(x, (pw, pw, ph, ph))
             wt = None if kernels.available(x) else self._fc_weight(s, w)  # for MKL's GEMM
@@ -283,9 +319,9 @@ class FastFCN(nn.Module):
         y = F.conv2d(x, self._conv_weight(s, w), b, s.layer.stride, padding)
         return y.relu_() if s.relu else y
 
-    def _step(self, s: Step, x: torch.Tensor, padding=None, out=None) -> torch.Tensor:
+    def _step(self, s: Step, x: torch.Tensor, padding=None, out=None, gemm=False):
         if s.kind == "conv":
-            return self._conv(s, x, s.layer.padding if padding is None else padding, out)
+            return self._conv(s, x, s.layer.padding if padding is None else padding, out, gemm)
         p = s.layer
         return F.max_pool2d(x, p.kernel_size, p.stride, 0, ceil_mode=p.ceil_mode)
 
@@ -317,7 +353,7 @@ class FastFCN(nn.Module):
                 strict=True)
         ):  # fmt: skip
             if inp is None:
-                y = self._step(s, cur)
+                y = self._step(s, cur, gemm=kind == "gemm")
             else:
                 buf = inp.fill(arenas["in"], cur, self.channels_last)
                 if kind == "winograd":
@@ -330,7 +366,7 @@ class FastFCN(nn.Module):
                     out = carve(arenas["out"], work, channels_last=True)
                     y = self._step(s, buf, padding=(0, 0), out=out)
                 else:
-                    y = self._step(s, buf, padding=(0, 0))
+                    y = self._step(s, buf, padding=(0, 0), gemm=kind == "gemm")
             cur = y
             name = self._tap_steps.get(i)
             if name is not None:

@@ -1,0 +1,200 @@
+"""FastFCN's kernel choices, measured on this machine at first use and cached.
+
+Which kernel is fastest for a layer (Winograd F(2x2, 3x3), oneDNN's direct conv into a kept
+buffer, torch's conv, im2col + one GEMM) depends on the CPU (AVX-512, AMX, cache sizes), the
+thread count, the dtype and the layer's shapes; a threshold tuned on one CPU is a cliff on
+another. So FastFCN times the allowed kernels of each layer on this machine the first time it
+meets that layer shape (a few runs each, interleaved; about as long as eight forward passes of
+the model at that size, once), and keeps the fastest. Other programs on the machine only ever
+make a run slower, so each kernel's time is its fastest run, and a kernel later in FastFCN's
+order of preference (Winograd, GEMM, oneDNN in place, torch's conv) must be at least MARGIN
+faster than an earlier one to be chosen: noise alone does not flip a choice. Every candidate
+computes the same function (fcnseg.kernels: exact up to float rounding), so a choice changes
+speed, never results beyond rounding.
+
+The measurements are cached in one JSON file:
+
+    $FCNSEG_CACHE/kernels.json     (FCNSEG_CACHE unset: ~/.cache/fcnseg/kernels.json)
+
+keyed by the machine (CPU model name and torch's thread count), the torch version and the
+layer (kind, dtype, batch, channels, kernel, stride, input window, memory format, the
+candidates). Each entry holds the choice and the median seconds of every candidate. To measure
+again: delete the file, call `fcnseg.fast.tuning.reset_cache()`, or run `fcnseg bench --retune`.
+An unreadable file is ignored with a warning and rewritten (atomically: a temporary file
+renamed over it) with the new measurements; an unwritable one only costs measuring again in
+the next process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .. import kernels
+from ..amp import machine_name
+from .plan import Geom, Step, pair
+
+__all__ = ["MARGIN", "cache_path", "choose", "layer_key", "measure", "pick", "reset_cache",
+           "step_choice"]  # fmt: skip
+
+ROUNDS = 3  # timed runs per candidate (after one warm-up each), interleaved
+MARGIN = 0.05  # a later candidate must be this much faster than an earlier one
+_memo: dict[str, dict] = {}  # per cache path: its entries, read once per process
+
+
+def cache_path() -> Path:
+    """The cache file: $FCNSEG_CACHE/kernels.json, else ~/.cache/fcnseg/kernels.json."""
+    root = os.environ.get("FCNSEG_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "fcnseg") / "kernels.json"
+
+
+def layer_key(**layer) -> str:
+    """What a measurement depends on, as one string (a key of the cache file)."""
+    parts = {"machine": machine_name("cpu"), "torch": torch.__version__, **layer}
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def _read(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        entries = json.loads(path.read_text())["entries"]
+        if not isinstance(entries, dict):
+            raise TypeError("'entries' is not a mapping")
+        return {k: v for k, v in entries.items() if isinstance(v, dict) and "choice" in v}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        warnings.warn(
+            f"ignoring the unreadable FastFCN kernel cache {path} ({type(e).__name__}: {e}); "
+            "measuring again and rewriting it (or delete the file)",
+            stacklevel=4,
+        )
+        return {}
+
+
+def _entries() -> dict:
+    path = cache_path()
+    key = str(path)
+    if key not in _memo:
+        _memo[key] = _read(path)
+    return _memo[key]
+
+
+def _save() -> None:
+    """Merge this process's entries into the file (keeping those another process wrote
+    meanwhile), written to a temporary file and renamed over the old one."""
+    path = cache_path()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the load before already warned once
+            entries = {**_read(path), **_entries()}
+        doc = {"about": "FastFCN kernel measurements (fcnseg.fast.tuning); delete this file "
+               "or run `fcnseg bench --retune` to measure again", "entries": entries}  # fmt: skip
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only home must not stop inference
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        warnings.warn(
+            f"cannot write the FastFCN kernel cache {path} ({e.strerror or e}): kernels will "
+            "be measured again in the next process; set FCNSEG_CACHE to a writable folder",
+            stacklevel=4,
+        )
+
+
+def reset_cache() -> bool:
+    """Forget every measurement (this process's and the file's); True if the file existed."""
+    _memo.clear()
+    path = cache_path()
+    existed = path.exists()
+    path.unlink(missing_ok=True)
+    return existed
+
+
+def measure(trials: dict[str, Callable[[], object]], rounds: int = ROUNDS) -> dict[str, float]:
+    """The fastest of `rounds` runs of each trial, after one warm-up each; runs interleaved
+    (the order reversed every other round, so drift on a shared machine hits every one)."""
+    names = list(trials)
+    for name in names:
+        trials[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t = time.perf_counter()
+            trials[name]()
+            times[name].append(time.perf_counter() - t)
+    return {name: min(ts) for name, ts in times.items()}
+
+
+def pick(seconds: dict[str, float], candidates: list[str], margin: float = MARGIN) -> str:
+    """The first candidate (in order of preference) within `margin` of the fastest."""
+    best = min(seconds.values())
+    return next(c for c in candidates if seconds[c] <= best * (1 + margin))
+
+
+def choose(
+    key: str,
+    candidates: list[str],
+    make_trial: Callable[[str], Callable[[], object]],
+    rounds: int = ROUNDS,
+) -> str:
+    """The cached choice for `key` if it is one of `candidates`, else time every candidate
+    (`make_trial(name)` returns a function that runs it once), `pick` one and cache it."""
+    if len(candidates) == 1:
+        return candidates[0]
+    entries = _entries()
+    entry = entries.get(key)
+    if entry is not None and entry["choice"] in candidates:
+        return entry["choice"]
+    seconds = measure({name: make_trial(name) for name in candidates}, rounds)
+    choice = pick(seconds, candidates)
+    entry = {"choice": choice, "seconds": {k: round(v, 6) for k, v in seconds.items()},
+             "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}  # fmt: skip
+    entries[key] = entry
+    _save()
+    return choice
+
+
+# ---------------------------------------------------------------- FastFCN's steps
+
+
+def step_choice(fast, s: Step, g: Geom, n: int, c: int, dt: torch.dtype, found: list[str]) -> str:
+    """The kernel of `found` that runs FastFCN `fast`'s step `s` fastest here (cached)."""
+    key = layer_key(
+        kind=s.kind, dtype=str(dt), batch=n, in_channels=c, weight=list(s.layer.weight.shape),
+        stride=pair(s.layer.stride), relu=s.relu, in_len=g.in_len, window=g.window,
+        direct=g.direct, out_core=g.out_core, channels_last=fast.channels_last, candidates=found,
+    )  # fmt: skip
+    return choose(key, found, lambda kind: trial(fast, s, g, n, c, dt, kind))
+
+
+def trial(fast, s: Step, g: Geom, n: int, c: int, dt: torch.dtype, kind: str):
+    """A function that runs the step once by `kind`, on random input of its real shape."""
+    (a0, a1), (b0, b1) = g.out_core
+    (h0, h1), (w0, w1) = g.window
+    size = g.in_len if g.direct else (h1 - h0, w1 - w0)
+    if kind == "winograd":
+        th, tw = kernels.winograd_tiles(a1 - a0, b1 - b0)
+        size = (2 * th + 2, 2 * tw + 2)
+        work = kernels.winograd_plan(n, th, tw, c, s.layer.out_channels)
+    fmt = torch.channels_last if fast.channels_last else torch.contiguous_format
+    x = torch.randn(n, c, *size).to(dt).contiguous(memory_format=fmt)
+    if kind == "winograd":
+        arenas = {k: torch.empty(work[k], dtype=dt) for k in ("a", "b", "y")}
+        U, b = fast._winograd_weight(s), fast._weights(s)[1]
+        out_hw = (a1 - a0, b1 - b0)
+        return lambda: kernels.winograd_conv(x, U, b, work, arenas, out_hw, relu=s.relu)
+    out = None
+    if kind == "inplace":
+        out = torch.empty(n, s.layer.out_channels, a1 - a0, b1 - b0, dtype=dt)
+        out = out.contiguous(memory_format=torch.channels_last)
+    pad = None if g.direct else (0, 0)
+    return lambda: fast._step(s, x, padding=pad, out=out, gemm=kind == "gemm")
