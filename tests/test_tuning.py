@@ -148,3 +148,16 @@ def test_a_single_candidate_is_not_measured(tmp_path, monkeypatch):
         warnings.simplefilter("error")
         assert tuning.choose("k", ["plain"], lambda k: None) == "plain"
     assert not tuning.cache_path().exists()
+
+
+def test_bench_retune_measures_again(tmp_path, monkeypatch, capsys):
+    from fcnseg.cli import main
+
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path))
+    path = tuning.cache_path()
+    path.write_text(json.dumps({"entries": {"old": {"choice": "plain", "seconds": {}}}}))
+    assert main(["bench", "--width", "0.0625", "--size", "48", "--repeats", "1", "--retune"]) == 0
+    out = capsys.readouterr().out
+    assert "CPU: " in out and "FastFCN kernels (measured here" in out
+    entries = json.loads(path.read_text())["entries"]
+    assert "old" not in entries and entries  # forgotten, then measured again
