@@ -98,6 +98,16 @@ def test_cache_round_trip_and_reset(_cache: Path):
     assert not amp.choose_amp(key, clock3.step, clock=clock3).cached  # measured again
 
 
+def test_a_choice_measured_on_a_busy_machine_says_so(monkeypatch):
+    monkeypatch.setattr(amp.os, "getloadavg", lambda: (64.0, 1.0, 1.0))
+    clock = FakeClock({"fp32": [2] * 4, "bf16": [1] * 4})
+    first = amp.choose_amp("k", clock.step, clock=clock)
+    assert first.load == 64.0 and "busy (load 64.0" in first.describe()
+    again = amp.choose_amp("k", clock.step, clock=clock)
+    assert again.cached and "busy" in again.describe()
+    assert "busy" not in amp.AmpChoice(None, {"fp32": 1.0}, "r", load=0.0).describe()
+
+
 def test_unreadable_cache_is_measured_again_with_a_warning(_cache: Path):
     _cache.mkdir(parents=True)
     (_cache / "amp.json").write_text("{not json")

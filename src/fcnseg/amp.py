@@ -14,8 +14,10 @@ model name, options and class count; input shape; memory format) in one JSON fil
 
     $FCNSEG_CACHE/amp.json      (FCNSEG_CACHE unset: ~/.cache/fcnseg/amp.json)
 
-To measure again (new BIOS settings, another load, a changed kernel library), delete that
-file, or call `fcnseg.amp.reset_cache()` (all entries) / `reset_cache(key)` (one).
+Each entry keeps every timed pass, the date and the load average; a choice measured while
+the machine was busy says so when it is used. To measure again (an idle machine, new BIOS
+settings, a changed kernel library), delete that file, or call `fcnseg.amp.reset_cache()`
+(all entries) / `reset_cache(key)` (one).
 """
 
 from __future__ import annotations
@@ -48,12 +50,17 @@ class AmpChoice:
     reason: str
     cached: bool = False
     samples: dict[str, list[float]] = field(default_factory=dict)
+    load: float | None = None  # the 1-minute load average when it was measured
 
     def describe(self) -> str:
         times = ", ".join(f"{k} {v:.3f}" for k, v in self.times.items())
         where = f"cached in {cache_path()}" if self.cached else f"saved to {cache_path()}"
+        busy = ""
+        if self.load is not None and self.load > (os.cpu_count() or 1):
+            busy = (f"; measured while the machine was busy (load {self.load:.1f} on "
+                    f"{os.cpu_count()} cores): the times are noisy")  # fmt: skip
         return (f"amp auto: {self.amp or 'fp32'} ({self.reason}; s per forward+backward: "
-                f"{times}; {where}, delete it to measure again)")  # fmt: skip
+                f"{times}{busy}; {where}, delete it to measure again)")  # fmt: skip
 
 
 # ----------------------------------------------------------------------- the decision
@@ -198,15 +205,16 @@ def choose_amp(
     entry = _load().get(key)
     if entry is not None and entry.get("amp") in (None, *names):
         return AmpChoice(entry["amp"], entry["times"], entry["reason"], cached=True,
-                         samples=entry.get("samples", {}))  # fmt: skip
+                         samples=entry.get("samples", {}), load=entry.get("load"))  # fmt: skip
     samples = measure(step, names, **kw)
     amp, reason = decide(samples)
     times = {k: min(v) for k, v in samples.items()}
     entries = _load()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     entries[key] = {"amp": amp, "times": times, "reason": reason, "samples": samples,
-                    "measured": time.strftime("%Y-%m-%d %H:%M:%S %Z")}  # fmt: skip
+                    "measured": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load": load}  # fmt: skip
     _save(entries)
-    return AmpChoice(amp, times, reason, samples=samples)
+    return AmpChoice(amp, times, reason, samples=samples, load=load)
 
 
 def auto_amp(
