@@ -7,6 +7,12 @@ Part 1 (500x500, batch 1, reference layout), variants timed interleaved in one p
   (c) fcnseg fastest exact: fcnseg.fast.FastFCN (padding background computed once per size,
       channels_last, fc6/fc7 as GEMMs, grouped bilinear upsamplers)
   (d) bf16: FastFCN(bfloat16=True), and plain autocast bf16 + channels_last of (b)
+  (e)-(g) peers on the same weights and input: the plain FCN-8s of (a) exported to ONNX
+      (torch.onnx.export, opset 17, 500x500), run by ONNX Runtime fp32, OpenVINO fp32 and
+      OpenVINO at its default precision (bf16 where the CPU has AMX or AVX-512 BF16; the row
+      names what it chose). A peer not installed prints "not installed" in its row.
+FastFCN's kernels are measured at first use and cached (fcnseg.fast.tuning); that happens in
+the warm-up, and the kernels each layer runs are printed under the table.
 Each row: GFLOP per image (2 x MACs from count_macs, of the reference layout: the work the
 model defines, so a path that skips work shows a higher "effective" GFLOP/s), median seconds,
 GFLOP/s, percent of the machine ceiling (the faster of a large fp32 3x3 conv, NCHW or
@@ -33,6 +39,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -40,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fcnseg
+from fcnseg.amp import machine_name
 from fcnseg.fast import FastFCN, bf16_forward
 from fcnseg.flops import count_macs
 from fcnseg.timing import median_time, peak_rss_gb
@@ -150,6 +158,49 @@ def ceilings(repeats: int) -> dict[str, float]:
     return out
 
 
+# ---------------------------------------------------------------- (e) peers
+
+
+def peers(model: nn.Module, x: torch.Tensor, threads: int, folder: str) -> dict:
+    """label -> a function running `model` exported to ONNX on x (a tensor out), or a string
+    saying why the peer is missing."""
+    found: dict = {}
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+        import onnxruntime as ort
+    except ImportError:
+        return {"(e) ONNX Runtime fp32": "not installed", "(f) OpenVINO": "not installed"}
+    path = os.path.join(folder, "fcn8s.onnx")
+    torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17,
+                      input_names=["image"], output_names=["logits"])  # fmt: skip
+    xn = x.numpy()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    found[f"(e) ONNX Runtime {ort.__version__} fp32"] = lambda: torch.from_numpy(
+        sess.run(None, {"image": xn})[0]
+    )
+    try:
+        import openvino as ov
+    except ImportError:
+        found["(f) OpenVINO"] = "not installed"
+        return found
+    core = ov.Core()
+    base = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    for tag, label, extra in (
+        ("(f)", "fp32", {"INFERENCE_PRECISION_HINT": "f32"}),
+        ("(g)", "default", {}),
+    ):
+        compiled = core.compile_model(path, "CPU", {**base, **extra})
+        prec = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # "<Type: 'bfloat16'>"
+        prec = prec.split("'")[1] if prec.count("'") == 2 else prec
+        req = compiled.create_infer_request()
+        name = f"{tag} OpenVINO {ov.__version__.split('-')[0]} {label}"
+        name += f" ({prec})" if label == "default" else ""
+        found[name] = lambda req=req: torch.from_numpy(req.infer([xn])[0].copy())
+    return found
+
+
 # ---------------------------------------------------------------- part 1
 
 
@@ -173,7 +224,16 @@ def part1(args) -> None:
         "(d) fcnseg FastFCN bf16": lambda: fast16(x),
         "(d') autocast bf16 + channels_last": lambda: bf16_forward(model, x),
     }
-    outs = {k: f() for k, f in variants.items()}  # warm-up; FastFCN builds its background here
+    missing = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for k, v in peers(plain, x, args.threads, folder).items():
+            (missing if isinstance(v, str) else variants)[k] = v
+        warm = {}
+        for k, f in variants.items():  # warm-up; FastFCN measures its kernels, builds its
+            t = time.perf_counter()  # background here
+            f()
+            warm[k] = time.perf_counter() - t
+    outs = {k: f() for k, f in variants.items()}
     ref = outs["(a) plain eager fp32 (baseline)"]
     ref_arg = ref.argmax(1)
     times = {k: [] for k in variants}
@@ -188,6 +248,7 @@ def part1(args) -> None:
     macs = count_macs(model, 500, 500)
     head = sum(v for k, v in macs.items() if k.startswith(("score", "upscore")))
     gflop_fast = 2 * (fast.trunk_macs(500, 500) + head) / 1e9
+    print(f"\nCPU: {machine_name('cpu')}; load average {os.getloadavg()[0]:.2f} at the start")
     print(f"\nFCN-8s VGG16, reference layout, 500x500, batch 1: {gflop:.1f} GFLOP per image "
           f"(FastFCN performs {gflop_fast:.1f} of them; the 'same' layout would be "
           f"{gflop_same:.1f}); median of {args.repeats} runs, interleaved\n")  # fmt: skip
@@ -196,8 +257,8 @@ def part1(args) -> None:
         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in ceil.items())
     )
     print()
-    print("| variant | seconds | GFLOP/s | % of conv ceiling | speedup vs (a) "
-          "| max rel err vs (a) | same argmax |")  # fmt: skip
+    print("| path | s | GFLOP/s | % of conv ceiling | vs eager (a) "
+          "| agreement with fp32 (a): max rel err | same argmax |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|")
     base = sorted(times["(a) plain eager fp32 (baseline)"])[args.repeats // 2]
     for k, ts in times.items():
@@ -206,8 +267,51 @@ def part1(args) -> None:
         agree = (outs[k].argmax(1) == ref_arg).float().mean().item() * 100
         print(f"| {k} | {t:.3f} | {gflop / t:.0f} | {100 * gflop / t / peak:.0f}% | "
               f"{base / t:.2f}x | {err:.1e} | {agree:.2f}% |")  # fmt: skip
+    for k, why in missing.items():
+        print(f"| {k} | {why} | | | | | |")
+    print(
+        f"\nload average {os.getloadavg()[0]:.2f} at the end; first call (s): "
+        + "; ".join(f"{k.split()[0]} {t:.2f}" for k, t in warm.items())
+    )
+    print(
+        "FastFCN kernels at 500x500 (measured here, cached): fp32 "
+        + ", ".join(f"{n} {k}" for n, k in fast.choices(500, 500).items())
+        + "; bf16 "
+        + ", ".join(f"{n} {k}" for n, k in fast16.choices(500, 500).items())
+    )
     print("\nall runs (s): " + "; ".join(f"{k.split()[0]} " + " ".join(f"{t:.2f}" for t in ts)
                                        for k, ts in times.items()))  # fmt: skip
+
+
+# ---------------------------------------------------------------- where bf16's error comes from
+
+
+@torch.no_grad()
+def bf16_layers(args) -> None:
+    """End-to-end error of the fp32 model when ONE conv runs as a bf16 kernel does (input,
+    weight and bias rounded to bf16, fp32 sums, output rounded to bf16), each conv in turn."""
+    model, x = make_model(), make_image(500)
+    ref = model(x)
+    ref_arg, scale = ref.argmax(1), ref.abs().max()
+
+    def bf16_conv(mod, inp, out):
+        b = None if mod.bias is None else mod.bias.bfloat16()
+        y = F.conv2d(inp[0].bfloat16(), mod.weight.bfloat16(), b, mod.stride, mod.padding)
+        return y.float()
+
+    print(
+        "\nbf16 error by layer (500x500, the benchmark's weights and image), only that conv "
+        "in bf16:\n"
+    )
+    print("| conv | max rel err | same argmax |\n|---|---:|---:|")
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            hook = mod.register_forward_hook(bf16_conv)
+            out = model(x)
+            hook.remove()
+            err = ((out - ref).abs().max() / scale).item()
+            agree = (out.argmax(1) == ref_arg).float().mean().item() * 100
+            print(f"| {name} | {err:.1e} | {agree:.3f}% |", flush=True)
 
 
 # ---------------------------------------------------------------- part 2 (one subprocess per size)
@@ -253,6 +357,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--sizes", type=int, nargs="*", default=[224, 500, 1024, 2048])
     parser.add_argument("--skip-part1", action="store_true", help="only the sizes table")
+    parser.add_argument("--bf16-layers", action="store_true",
+                        help="also: each conv's error when it alone runs in bf16")  # fmt: skip
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "SIZE", "REPEATS"),
                         help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args()
@@ -265,6 +371,8 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, {now}")  # fmt: skip
     if not args.skip_part1:
         part1(args)
+    if args.bf16_layers:
+        bf16_layers(args)
     if args.sizes:
         part2(args)
 
