@@ -9,15 +9,19 @@ one process and are timed interleaved, each round in a rotated order; median of 
 seconds and CPU seconds of this process (all its threads: less inflated when other processes
 compete for the cores; compare the load average printed).
 
+Table 3 (--inference): evaluation forward of the full-size FCN-32s and FCN-8s (VGG16, reference
+layout, 500x500, 21 classes, random weights), fp32, dense vs per-class upsampling, interleaved.
+
 Table 2: what `--amp auto` chooses for each demo stage (fresh measurements, in a temporary
 cache folder, so the user's ~/.cache/fcnseg/amp.json is neither read nor written).
 
-Run: python benchmarks/upsample_amp.py [--rounds 7] [--threads N]
+Run: python benchmarks/upsample_amp.py [--rounds 7] [--threads N] [--inference]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import tempfile
@@ -43,14 +47,20 @@ def batch_like_the_demo() -> tuple[torch.Tensor, torch.Tensor, object]:
     return x, t, config
 
 
+def force_dense(model: torch.nn.Module) -> torch.nn.Module:
+    """The old behaviour: every upsampler runs as the dense (C, C, k, k) transposed conv."""
+    for m in model.modules():
+        if isinstance(m, ClassUpsample):
+            m.per_class_kernel = lambda: None
+    return model
+
+
 def make_case(name: str, config, x: torch.Tensor, dense: bool, bf16: bool):
     torch.manual_seed(0)
     model = build_model(name, num_classes=11, **config.model_options)
     model.to(memory_format=torch.channels_last).train()
-    if dense:  # the old behaviour: every transposed conv dense
-        for m in model.modules():
-            if isinstance(m, ClassUpsample):
-                m.per_class_kernel = lambda: None
+    if dense:
+        force_dense(model)
     recipe = get_recipe(config.recipe)
     opt = make_optimizer(model, recipe, recipe.lr_for(name))
     xb = model.preprocessing.batch(x).contiguous(memory_format=torch.channels_last)
@@ -115,10 +125,35 @@ def table2(rounds: int) -> None:
     del os.environ["FCNSEG_CACHE"]
 
 
+@torch.no_grad()
+def table3(rounds: int) -> None:
+    print("\n| model, 500x500 eval fp32 | dense s | per-class s | speed-up | max rel. diff |")
+    print("|---|---:|---:|---:|---:|")
+    x = torch.randn(1, 3, 500, 500)
+    for name in ("fcn32s_vgg16", "fcn8s_vgg16"):
+        torch.manual_seed(0)
+        model = build_model(name, num_classes=21).eval()
+        for p in model.parameters():  # score layers non-zero, so the upsamplers see signal
+            if p.abs().max() == 0:
+                p.normal_(0, 0.01)
+        models = {False: model, True: force_dense(copy.deepcopy(model))}
+        ref, fast = models[True](x), models[False](x)  # also the warm-up
+        rel = float((ref - fast).abs().max() / ref.abs().max())
+        times = {True: [], False: []}
+        for r in range(rounds):
+            for dense in (True, False) if r % 2 == 0 else (False, True):
+                t0 = time.perf_counter()
+                models[dense](x)
+                times[dense].append(time.perf_counter() - t0)
+        d, f = statistics.median(times[True]), statistics.median(times[False])
+        print(f"| {name} | {d:.3f} | {f:.3f} | {d / f:.2f}x | {rel:.1e} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--inference", action="store_true", help="also table 3 (full-size eval)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,6 +161,8 @@ def main() -> None:
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} at start")  # fmt: skip
     table1(args.rounds)
     table2(max(3, args.rounds // 2))
+    if args.inference:
+        table3(max(3, args.rounds // 2))
     print(f"\nload average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
