@@ -136,6 +136,15 @@ def test_bf16_keeps_the_dense_ops_dtype_and_values(half):
     torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2, atol=2e-2)
 
 
+def test_float64_under_autocast_stays_float64_as_the_dense_op():
+    up = bilinear_upsampler(3, 4, trainable=False).double()
+    x = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    with torch.autocast("cpu", torch.bfloat16):
+        ref, y = _dense(up, x), up(x)
+    assert y.dtype == ref.dtype == torch.float64
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+
+
 def test_strict_state_dict_round_trip_unchanged():
     model = build_model("fcn8s_vgg16", num_classes=5, width=0.0625)
     sd = model.state_dict()

@@ -97,7 +97,9 @@ class ClassUpsample(nn.ConvTranspose2d):
         if torch.jit.is_tracing():  # keep the graph tied to the parameter, not a constant
             kernel = _diag(w)
         dev = x.device.type
-        out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        out_dtype = x.dtype  # autocast leaves float64 alone, casts float32 down
+        if torch.is_autocast_enabled(dev) and x.dtype == torch.float32:
+            out_dtype = torch.get_autocast_dtype(dev)
         if out_dtype not in (torch.bfloat16, torch.float16):
             return self._grouped(x, kernel, self.bias)
         # the grouped kernel in bf16 is ~30x slower than in fp32 on CPU (oneDNN, measured on
