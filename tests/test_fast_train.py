@@ -177,7 +177,7 @@ def test_refuses_what_it_cannot_do_exactly():
     with pytest.raises(TypeError, match="wraps an fcnseg FCN"):
         FastTrainFCN(nn.Conv2d(3, 3, 1))
     with pytest.raises(ValueError, match="without --fast"):
-        FastTrainFCN(fcnseg.build_model("fcn32s_googlenet", num_classes=3, width=0.125))
+        FastTrainFCN(fcnseg.build_model("fcn32s_googlenet", num_classes=3))
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         FastTrainFCN(tiny("fcn32s_vgg16"))(torch.zeros(1, 4, 8, 8, dtype=torch.float64))
 
@@ -190,7 +190,8 @@ def test_training_with_fast_reaches_the_same_weights(tmp_path):
 
     base = dict(model="fcn8s_vgg16", model_options={"width": 0.0625}, recipe="cvpr", lr=1e-3,
                 data="digits", batch_size=4, accumulate=2, steps=3, ckpt_every=3, log_every=1,
-                data_options={"n_train": 12, "n_val": 2, "size": 40})  # fmt: skip
+                data_options={"n_train": 12, "n_val": 2, "size": 48,
+                              "scale": (1.0, 1.5)})  # fmt: skip
     out = {}
     for fast in (False, True):
         cfg = TrainConfig(**base, fast=fast, out=str(tmp_path / f"fast{int(fast)}"))

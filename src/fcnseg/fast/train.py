@@ -172,7 +172,10 @@ class FastTrainFCN(nn.Module):
         if not isinstance(model, FCN):
             raise TypeError(f"FastTrainFCN wraps an fcnseg FCN, got {type(model).__name__}")
         if model.pad_to != 1:
-            raise ValueError("FastTrainFCN does not handle models that pad their input (pad_to)")
+            raise ValueError(
+                f"FastTrainFCN does not handle models that pad their input (pad_to={model.pad_to}):"
+                " train this model without --fast"
+            )
         if model.stream_names is not None:
             raise ValueError(
                 f"FastTrainFCN handles one input stream; this FCN has {list(model.stream_names)}:"
