@@ -18,13 +18,8 @@ weights of K steps on one with the same global batch.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
-import json
-import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,16 +31,24 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, model_state, save_checkpoint
 from .evaluate import compute_metrics, scored_subset, to_device
+from .feed import Dist, StepBatches, default_workers, labelled_pixels, step_indices
 from .models import build_model
 from .recipes import Recipe, get_recipe
+from .runfolder import (
+    RUN_FILES,
+    Interrupt,
+    Log,
+    check_same_run,
+    check_writable,
+    plot_curves,
+    progress_bar,
+    write_json,
+)
 from .safety import (
     RunLock,
     RunLockedError,
-    WriteError,
-    atomic_write,
     check_outputs,
     check_range,
-    save_figure,
 )
 from .weights import prepare
 
@@ -75,9 +78,10 @@ class TrainConfig:
     device: str = "cpu"
     amp: str | None = None  # "bf16" (CPU or CUDA), "fp16" (CUDA), "auto" (measured, fcnseg.amp)
     channels_last: bool = False  # NHWC memory format: faster convolutions on CPU and GPU
+    fast: bool = False  # reference layout: skip the padding's waste, same numbers (fast.train)
     init_from: str | dict | None = None  # a previous stage's checkpoint; late fusion: by stream
     backbone_weights: str | None = None
-    workers: int = 0
+    workers: int | None = None  # data loader processes; None: 0 on a CPU, some per GPU
     crop: int | None = None  # random crop for variable-size data (None: pad in batch)
 
     def check(self) -> None:
@@ -92,7 +96,7 @@ class TrainConfig:
                 for head, n in v.items():
                     check_range(f"num_classes[{head!r}]", n, lo, hi, integer=True)
             elif v is not None or name in ("steps", "ckpt_every", "log_every", "eval_every",
-                                           "workers", "seed"):  # fmt: skip
+                                           "seed"):  # fmt: skip
                 check_range(name, v, lo, hi, integer=True)
         if self.lr is not None:
             check_range("lr", self.lr, 1e-30, 10.0)
@@ -153,42 +157,6 @@ def _set_lr(opt: torch.optim.Optimizer, recipe: Recipe, step: int, steps: int) -
     return opt.param_groups[0]["lr"]
 
 
-def step_indices(step: int, n: int, batch: int, seed: int) -> list[int]:
-    """The dataset indices of global step `step`: a fresh permutation every epoch."""
-    per_epoch = max(n // batch, 1)
-    epoch, pos = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g)
-    if batch > n:  # tiny datasets: wrap around
-        perm = perm.repeat(math.ceil(batch / n))
-    return perm[pos * batch : (pos + 1) * batch].tolist()
-
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-
-    @classmethod
-    def from_env(cls, device: str) -> _Dist:
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return cls()
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size())
-
-    def sum(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t)
-
-
 def _pixel_loss(logits, target, norm: float | dict = 1.0) -> torch.Tensor:
     """Sum over labelled pixels of the softmax cross-entropy (255 ignored), / `norm`.
 
@@ -199,14 +167,6 @@ def _pixel_loss(logits, target, norm: float | dict = 1.0) -> torch.Tensor:
         return sum(_pixel_loss(logits[k], target[k], norm[k] if isinstance(norm, dict) else norm)
                    for k in logits)  # fmt: skip
     return F.cross_entropy(logits.float(), target, ignore_index=255, reduction="sum") / norm
-
-
-def _norm(targets: list, dist: _Dist) -> float | dict:
-    """Labelled pixels of a whole step (all processes): per head for dict targets."""
-    if isinstance(targets[0], dict):
-        return {k: max(dist.sum(float(sum(int((t[k] != 255).sum()) for t in targets))), 1.0)
-                for k in targets[0]}  # fmt: skip
-    return max(dist.sum(float(sum(int((t != 255).sum()) for t in targets))), 1.0)
 
 
 def _num_classes(config: TrainConfig, data, class_names) -> int | dict[str, int]:
@@ -239,42 +199,7 @@ def _flat(metrics: dict) -> dict:
             "heads": metrics}  # fmt: skip
 
 
-class _Log:
-    """log.csv: rewritten once from the rows up to `start` (a resume), then appended row by row."""
-
-    FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "pixel_acc", "mean_acc",
-              "mean_iu", "fw_iu")  # fmt: skip
-
-    def __init__(self, path: Path, start: int, enabled: bool):
-        self.path, self.enabled = path, enabled
-        self.rows: list[dict] = []
-        if path.exists():
-            with open(path) as f:  # a row cut short by a crash lacks its last field: dropped
-                rows = [r for r in csv.DictReader(f) if r[self.FIELDS[-1]] is not None]
-                self.rows = [r for r in rows if int(r["step"]) <= start]
-        if enabled:
-            text = io.StringIO()
-            w = csv.DictWriter(text, self.FIELDS)
-            w.writeheader()
-            w.writerows(self.rows)
-            atomic_write(path, lambda f: f.write(text.getvalue().encode()), what="training log")
-
-    def add(self, **row) -> None:
-        self.rows.append({k: row.get(k, "") for k in self.FIELDS})
-        if self.enabled:
-            try:  # appended: a row cut short by a crash or a full disk is dropped on reading
-                with open(self.path, "a", newline="") as f:
-                    csv.DictWriter(f, self.FIELDS).writerow(self.rows[-1])
-            except OSError as e:
-                raise WriteError(e.errno, f"could not append to the training log {self.path} "
-                                          f"({e.strerror}): free disk space, then --resume",
-                                 str(self.path)) from e  # fmt: skip
-
-
 # ------------------------------------------------------------------------- train
-
-
-RUN_FILES = ("last.pt", "best.pt", "config.json", "log.csv", "curves.png")
 
 
 def train(
@@ -297,7 +222,7 @@ def train(
         return _train(config, resume, progress, overwrite)
     new, lock_file = not out.exists(), out / ".lock"
     had_lock = lock_file.exists()
-    _check_writable(out)
+    check_writable(out)
     try:
         with RunLock(out):
             return _train(config, resume, progress, overwrite)
@@ -315,7 +240,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
     from .predict import resolve_device
 
     device = resolve_device(config.device)
-    dist = _Dist.from_env(config.device)
+    dist = Dist.from_env(config.device)
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     recipe = get_recipe(config.recipe)
@@ -356,7 +281,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
             raise CheckpointError(f"{e}. To resume anyway, copy {best_path.name} (if any) over "
                                   f"{last.name}, or start again without --resume in a new "
                                   f"--out") from None  # fmt: skip
-        _check_same_run(ckpt, resolved, last, recipe)
+        check_same_run(ckpt, resolved, last, recipe, _defaults())
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start, best_iu = ckpt["step"], ckpt.get("best_mean_iu", -1.0)
@@ -371,11 +296,15 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         print(f"note: nothing to resume in {out} (no last.pt): starting a new run")
     if dist.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "config.json", resolved)
+        write_json(out / "config.json", resolved)
     net = model
+    if config.fast:  # the same forward and gradients, without the padding's waste
+        from .fast.train import FastTrainFCN
+
+        net = FastTrainFCN(model)
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            net, device_ids=[device.index] if device.type == "cuda" else None
         )
 
     def checkpoint(step: int, path: Path = last, **extra) -> None:
@@ -394,14 +323,15 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             scored = scored_subset(val_set)  # SIFT Flow: not its two unannotated images
-            loader = make_loader(scored, max(micro, 1), model.preprocessing, config.workers)
+            loader = make_loader(scored, max(micro, 1), model.preprocessing, workers)
             return _flat(compute_metrics(evaluate(model, loader, num_classes, device=device),
                                          val_set))  # fmt: skip
 
-    log = _Log(out / "log.csv", start, dist.rank == 0)
-    stop = _Interrupt()
+    log = Log(out / "log.csv", start, dist.rank == 0)
+    stop = Interrupt()
     per_epoch = max(len(train_set) // batch, 1)
     micro = batch // accumulate // dist.world
+    workers = default_workers(device, dist.world) if config.workers is None else config.workers
     amp_name, choice = config.amp, None
     if amp_name == "auto":  # bf16 only where it measures faster here (fcnseg.amp)
         from .amp import auto_amp
@@ -416,17 +346,16 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         amp_name = amp_name if dist.sum(float(amp_name is not None)) == dist.world else None
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp_name or "")
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
-    bar = _progress(range(start, config.steps), progress and dist.rank == 0, start, config.steps)
+    bar = progress_bar(range(start, config.steps), progress and dist.rank == 0, start, config.steps)
+    steps = StepBatches(train_set, start, config.steps, batch, micro, config.seed, dist)
+    feed = steps.loader(workers, pin=device.type == "cuda")
     metrics, t0, seen = {}, time.perf_counter(), 0
     model.train()
     with stop:
-        for step in bar:
+        for step, (fed, chunks) in zip(bar, feed, strict=True):
+            assert fed == step, (fed, step)
             cur_lr = _set_lr(optimizer, recipe, step, config.steps)
-            idx = step_indices(step, len(train_set), batch, config.seed)
-            mine = idx[dist.rank * batch // dist.world : (dist.rank + 1) * batch // dist.world]
-            chunks = [collate_items(train_set, mine[k : k + micro])
-                      for k in range(0, len(mine), micro)]  # fmt: skip
-            norm = _norm([t for _, t in chunks], dist) if recipe.loss == "mean" else 1.0
+            norm = labelled_pixels([t for _, t in chunks], dist) if recipe.loss == "mean" else 1.0
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
             for k, (x, t) in enumerate(chunks):
@@ -467,7 +396,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
                 raise KeyboardInterrupt(f"interrupted at step {done}: checkpoint {last} "
                                         f"saved; continue with --resume")  # fmt: skip
     if dist.rank == 0:
-        _plot(log.rows, out / "curves.png", config.model)
+        plot_curves(log.rows, out / "curves.png", config.model)
     return {
         "checkpoint": last,
         "best": best_path if best_path.exists() else last,
@@ -477,6 +406,12 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         "amp": amp_name,  # what ran (config "auto": the measured choice, its times in amp_choice)
         "amp_choice": choice,
     }
+
+
+def _defaults() -> dict:
+    """TrainConfig's defaults: what a checkpoint written before an option existed had."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)
+            if f.default is not dataclasses.MISSING}  # fmt: skip
 
 
 def train_stages(
@@ -509,50 +444,6 @@ def train_stages(
 # ------------------------------------------------------------------------- helpers
 
 
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise OSError(e.errno, f"cannot write the run folder '{out}' ({e.strerror}): choose "
-                               f"another --out") from None  # fmt: skip
-
-
-# options whose change would make the resumed run differ from one uninterrupted run
-_SAME_RUN = ("model", "model_options", "recipe", "data", "data_options", "train_split",
-             "val_data", "val_split", "crop", "seed", "batch_size", "accumulate", "lr",
-             "num_classes", "world_size", "amp", "steps")  # fmt: skip
-
-
-def _check_same_run(ckpt: dict, now: dict, path: Path, recipe: Recipe) -> None:
-    """Refuse a --resume whose options differ from the checkpoint's, saying why each matters."""
-    saved = ckpt.get("config")
-    if not isinstance(saved, dict) or not isinstance(ckpt.get("step"), int):
-        raise CheckpointError(f"{path} lacks its run config or step (written by another tool?): "
-                              f"start a new run with --init-from {path}")  # fmt: skip
-    diff = [k for k in _SAME_RUN if saved.get(k, _DEFAULTS.get(k)) != now.get(k)]
-    if diff == ["steps"] and recipe.schedule != "poly":  # a fixed lr: more steps extend the run
-        print(
-            f"note: the run had {saved['steps']} steps, now {now['steps']}: the fixed learning "
-            f"rate of recipe '{recipe.name}' makes this the same as one longer run"
-        )
-        return
-    if diff:
-        why = [f"{k}: {saved.get(k, _DEFAULTS.get(k))!r} -> {now.get(k)!r}" for k in diff]
-        extra = (" (the poly learning-rate schedule depends on the total steps)"
-                 if "steps" in diff else "")  # fmt: skip
-        raise ValueError(f"--resume with {path}: the run was started with other settings "
-                         f"({'; '.join(why)}){extra}, so continuing would not give the run it "
-                         f"started. Resume with the same settings, or start a new run in "
-                         f"another --out with --init-from {path}")  # fmt: skip
-
-
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-             if f.default is not dataclasses.MISSING}  # fmt: skip
-
-
 def _diverged(step: int, loss: float, lr: float, recipe: Recipe, last: Path) -> str:
     cause = (
         "the summed ('heavy') loss needs the tiny learning rates of that recipe"
@@ -566,65 +457,3 @@ def _diverged(step: int, loss: float, lr: float, recipe: Recipe, last: Path) -> 
 
 def _plain(metrics: dict) -> dict:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, float | int)}
-
-
-def _write_json(path: Path, obj) -> None:
-    text = json.dumps(obj, indent=2, default=str).encode()
-    atomic_write(path, lambda f: f.write(text), what="run config")
-
-
-class _Interrupt:
-    """The first SIGINT or SIGTERM asks the loop to checkpoint and stop; a second one stops at
-    once (the checkpoint on disk is then the previous one, whole)."""
-
-    requested = False
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __enter__(self):
-        self._old = {}
-        for sig in self.SIGNALS:
-            with contextlib.suppress(ValueError):  # not the main thread
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
-
-
-def _progress(it, enabled: bool, start: int, total: int):
-    from tqdm import tqdm
-
-    return tqdm(it, initial=start, total=total, desc="train", unit="step", dynamic_ncols=True,
-                disable=not enabled)  # fmt: skip
-
-
-def _plot(rows: list[dict], path: Path, title: str) -> None:
-    if not rows:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    steps = [int(r["step"]) for r in rows if r["loss"]]
-    ax.plot(steps, [float(r["loss"]) for r in rows if r["loss"]], color="tab:blue")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss", color="tab:blue")
-    ax.set_yscale("log")
-    val = [(int(r["step"]), float(r["mean_iu"])) for r in rows if r["mean_iu"]]
-    if val:
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*val, strict=True), "o-", color="tab:red")
-        ax2.set_ylabel("val mean IU", color="tab:red")
-        ax2.set_ylim(0, 1)
-    ax.set_title(title)
-    fig.tight_layout()
-    save_figure(fig, path, what="training curves")

@@ -11,9 +11,10 @@ The rules every command follows (docs/errors.md lists the cases and their tests)
   inputs (never written over, even with --overwrite), against each other (two outputs one
   path) and against files already on disk that this run did not make (refused unless the user
   passes --overwrite).
-- `RunLock`: a training run folder is locked (`flock` on RUN/.lock, holding the pid) while a
+- `RunLock`: a training run folder is locked (`lockf` on RUN/.lock, holding the pid) while a
   process trains in it. The kernel drops the lock when the process ends in any way, SIGKILL
-  included, so a lock left by a dead process is detected as stale and taken over.
+  included (its forked data workers do not inherit it), so a lock left by a dead process is
+  detected as stale and taken over.
 - `check_range`: numbers are checked against their allowed range before work, with the value and
   the range in the message.
 """
@@ -29,7 +30,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 __all__ = [
     "OutputError",
@@ -208,33 +209,49 @@ def check_range(name: str, value, lo=None, hi=None, *, integer: bool = False):
 
 
 class RunLock:
-    """`with RunLock(folder):` holds RUN/.lock exclusively (see the module doc)."""
+    """`with RunLock(folder):` holds RUN/.lock exclusively (see the module doc).
+
+    A POSIX record lock (`lockf`): it belongs to this process alone, so the DataLoader workers
+    it forks do not keep holding it after it dies; the kernel drops it when the process ends.
+    Locks this process holds are also kept in a set, since POSIX locks do not exclude their
+    own process.
+    """
+
+    _held: ClassVar[set[tuple[int, int]]] = set()
 
     def __init__(self, folder: str | os.PathLike):
         self.path = Path(folder) / ".lock"
         self._fd: int | None = None
+        self._key: tuple[int, int] | None = None
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            if key in RunLock._held:
+                raise BlockingIOError
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
+            if key not in RunLock._held:
+                os.close(fd)  # (closing would drop this process's own lock on the file)
             raise RunLockedError(
                 f"run folder {self.path.parent} is in use: process {holder} is training in it "
                 f"(lock {self.path}). Wait for it to finish, stop it, or choose another --out"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        self._fd, self._key = fd, key
+        RunLock._held.add(key)
         return self
 
     def __exit__(self, *exc) -> bool:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
+            RunLock._held.discard(self._key)
             self._fd = None
         return False

@@ -1,0 +1,69 @@
+"""The training input pipeline: worker processes change nothing but the speed."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from test_engine import _cli, _tiny_cli, assert_same_weights, tiny, weights
+
+from fcnseg.checkpoint import load_checkpoint
+from fcnseg.data.build import open_dataset
+from fcnseg.data.transforms import RandomCrop
+from fcnseg.engine import train
+from fcnseg.feed import Dist, StepBatches, default_workers
+
+
+def _batches(workers: int, start: int = 0) -> list:
+    data = open_dataset("digits", "train", {"n_train": 12, "size": 48, "scale": (1.0, 1.5)},
+                        RandomCrop(32))  # random crops: the transforms' RNG matters  # fmt: skip
+    steps = StepBatches(data, start, 5, batch=4, micro=2, seed=7, dist=Dist())
+    return list(steps.loader(workers, pin=False))
+
+
+def test_batches_are_the_same_with_and_without_workers_and_after_a_resume():
+    before = torch.get_rng_state()
+    alone = _batches(0)
+    assert torch.equal(torch.get_rng_state(), before)  # the main RNG (dropout) is untouched
+    assert [s for s, _ in alone] == list(range(5))
+    for other in (_batches(2), [(s, c) for s, c in _batches(0)[:2]] + _batches(0, start=2)):
+        for (s1, c1), (s2, c2) in zip(alone, other, strict=True):
+            assert s1 == s2 and len(c1) == len(c2) == 2
+            for (x1, t1), (x2, t2) in zip(c1, c2, strict=True):
+                assert torch.equal(x1, x2) and torch.equal(t1, t2)
+    crops = {tuple(c[0][0][0, 0, :2, :2].flatten().tolist()) for _, c in alone}
+    assert len(crops) > 1  # the crops do differ from step to step
+
+
+def test_training_with_workers_reaches_the_same_weights(tmp_path):
+    runs = [train(tiny(tmp_path, f"w{w}", steps=3, crop=32, workers=w, recipe="cvpr", lr=0.05),
+                  progress=False) for w in (0, 2)]  # fmt: skip
+    assert_same_weights(weights(runs[0]["checkpoint"]), weights(runs[1]["checkpoint"]))
+
+
+def test_default_workers_leave_a_cpu_to_training():
+    assert default_workers(torch.device("cpu"), 1) == 0
+    assert 1 <= default_workers(torch.device("cuda"), 1) <= 8
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_with_workers_reaches_the_uninterrupted_weights(tmp_path):
+    steps, opts = 10, ("--workers", "2", "--crop", "40")
+    assert _cli(*_tiny_cli(tmp_path / "full", steps, *opts)).wait(timeout=300) == 0
+    killed = tmp_path / "killed"
+    proc = _cli(*_tiny_cli(killed, steps, *opts), stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        last = killed / "last.pt"
+        if last.exists() and load_checkpoint(last)["step"] >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(killed / "last.pt")["step"] < steps, "finished before the kill"
+    assert _cli(*_tiny_cli(killed, steps, *opts, "--resume")).wait(timeout=300) == 0
+    assert_same_weights(weights(tmp_path / "full" / "last.pt"), weights(killed / "last.pt"))
