@@ -67,3 +67,19 @@ def test_sigkill_then_resume_with_workers_reaches_the_uninterrupted_weights(tmp_
     assert load_checkpoint(killed / "last.pt")["step"] < steps, "finished before the kill"
     assert _cli(*_tiny_cli(killed, steps, *opts, "--resume")).wait(timeout=300) == 0
     assert_same_weights(weights(tmp_path / "full" / "last.pt"), weights(killed / "last.pt"))
+
+
+@pytest.mark.slow
+def test_sharded_evaluation_equals_one_process(tmp_path):
+    """fcnseg eval --nproc 2 (gloo), 7 items split 4 + 3: the same confusion matrix as one."""
+    run = tmp_path / "run"
+    train(tiny(tmp_path, "run", steps=1), progress=False)
+    for n in (1, 2):
+        out = str(tmp_path / f"cm{n}")
+        args = ["eval", str(run / "last.pt"), "--data-option", "n_val=7", "--data-option",
+                "size=48", "--data-option", "scale=1.0,1.5", "--save-confusion", out,
+                "--nproc", str(n)]  # fmt: skip
+        assert _cli(*args).wait(timeout=300) == 0
+    one, two = ((tmp_path / f"cm{n}" / "confusion.csv").read_text() for n in (1, 2))
+    assert one == two and sum(int(v) for v in one.split()[-1].split(",")[1:]) >= 0
+    assert Dist(0, 2).shard(list(range(7))).indices == range(0, 7, 2)

@@ -191,6 +191,20 @@ def _train_config(args):
     )  # fmt: skip
 
 
+def _relaunch(args) -> int:
+    """This command line again under torchrun, one process per rank (--nproc N)."""
+    import subprocess
+
+    argv, skip = [], False
+    for a in args.argv:  # this command line without --nproc
+        if not skip and a != "--nproc" and not a.startswith("--nproc="):
+            argv.append(a)
+        skip = a == "--nproc"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={args.nproc}", "-m", "fcnseg", *argv]  # fmt: skip
+    return subprocess.call(cmd)
+
+
 def _init_from(text: str | None):
     """--init-from PATH, or per stream for late fusion: color=PATH,hha=PATH -> a dict."""
     if text is None or "=" not in text:
@@ -204,17 +218,8 @@ def _init_from(text: str | None):
 
 def cmd_train(args) -> int:
     """Train an FCN (or FCN-32s -> 16s -> 8s in stages with --stages); resumable."""
-    if args.nproc > 1:  # relaunch this command under torchrun: one process per rank
-        import subprocess
-
-        argv, skip = [], False
-        for a in args.argv:  # this command line without --nproc
-            if not skip and a != "--nproc" and not a.startswith("--nproc="):
-                argv.append(a)
-            skip = a == "--nproc"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={args.nproc}", "-m", "fcnseg", *argv]  # fmt: skip
-        return subprocess.call(cmd)
+    if args.nproc > 1:
+        return _relaunch(args)
     from .engine import train, train_stages
 
     config = _train_config(args)
@@ -284,9 +289,12 @@ def _fast(model, fast: bool, device):
 def cmd_eval(args) -> int:
     """Score a checkpoint on a dataset split: the paper's four metrics and per-class IU, the
     paper's own rows beside (per head for two-head nets: semantic metrics, geometric accuracy)."""
+    if args.nproc > 1:
+        return _relaunch(args)
     from .checkpoint import load_model
     from .data.build import make_loader
     from .evaluate import compute_metrics, evaluate, format_per_class, format_table, scored_subset
+    from .feed import Dist
     from .paper import paper_rows
     from .predict import resolve_device
     from .safety import check_outputs
@@ -308,10 +316,14 @@ def cmd_eval(args) -> int:
         raise ValueError(f"the data has {_counts(have)} classes but checkpoint {args.checkpoint} "
                          f"scores {_counts(heads)} classes: evaluate a checkpoint trained on "
                          f"this data's classes")  # fmt: skip
-    loader = make_loader(scored_subset(dataset), args.batch_size, model.preprocessing,
+    dist = Dist.from_env(args.device)  # under torchrun (--nproc): each rank scores its share
+    loader = make_loader(dist.shard(scored_subset(dataset)), args.batch_size, model.preprocessing,
                          args.workers)  # fmt: skip
-    result = evaluate(model, loader, model.num_classes, device=args.device, progress=True)
-    metrics = compute_metrics(result, dataset)
+    result = evaluate(model, loader, model.num_classes, device=args.device,
+                      progress=dist.rank == 0)  # fmt: skip
+    metrics = compute_metrics(dist.all_reduce(result), dataset)
+    if dist.rank:
+        return 0
     result, metrics = ({"": result}, {"": metrics}) if "" in heads else (result, metrics)
     label = ckpt.get("model_name", str(args.checkpoint))
     for head, m in metrics.items():
@@ -583,6 +595,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--factors", type=_int_list(1, 1024), default=[32, 16, 8])
     s.add_argument("--save-confusion", metavar="DIR", help="write confusion.csv and .png")
     s.add_argument("--fast", action="store_true", help=FAST_HELP)
+    s.add_argument("--nproc", type=_ranged(int, 1, 1024), default=1,
+                   help="processes, each scoring a share (torchrun); matrices summed")  # fmt: skip
     s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     s.set_defaults(func=cmd_eval)
 

@@ -322,10 +322,12 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         # fork_rng: validating (DataLoader seeds) must not change the training run's RNG
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            scored = scored_subset(val_set)  # SIFT Flow: not its two unannotated images
+            # each process scores its share; the matrices are summed (SIFT Flow: without its
+            # two unannotated images)
+            scored = dist.shard(scored_subset(val_set))
             loader = make_loader(scored, max(micro, 1), model.preprocessing, workers)
-            return _flat(compute_metrics(evaluate(model, loader, num_classes, device=device),
-                                         val_set))  # fmt: skip
+            result = dist.all_reduce(evaluate(model, loader, num_classes, device=device))
+            return _flat(compute_metrics(result, val_set))
 
     log = Log(out / "log.csv", start, dist.rank == 0)
     stop = Interrupt()

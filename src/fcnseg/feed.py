@@ -45,6 +45,20 @@ class Dist:
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         return cls(dist.get_rank(), dist.get_world_size())
 
+    def shard(self, dataset):
+        """This process's share of `dataset`: items rank, rank + world, ... (uneven shares are
+        fine: every item is scored once, none twice)."""
+        if self.world == 1:
+            return dataset
+        return torch.utils.data.Subset(dataset, range(self.rank, len(dataset), self.world))
+
+    def all_reduce(self, result):
+        """Sum `evaluate`'s confusion matrices (one, or one per head) over the processes."""
+        if self.world > 1:
+            for cm in result.values() if isinstance(result, dict) else [result]:
+                cm.all_reduce()
+        return result
+
     def sum(self, value: float) -> float:
         if self.world == 1:
             return value
