@@ -409,7 +409,7 @@ def test_a_class_count_that_contradicts_the_data_is_explained(home, capsys):
 
 
 def test_an_image_over_the_pixel_limit_is_refused_with_a_fix(home, capsys, monkeypatch):
-    module = sys.modules["fcnseg.predict"]  # (fcnseg.predict is also the function)
+    module = sys.modules["fcnseg.predict_folder"]
     monkeypatch.setattr(module, "read_image", lambda p: read_image(p, max_pixels=100))
     text = refused(["predict", "photos/a.png", "--model", "tiny.pt", "-o", "out"], capsys,
                    home / "photos", "a.png", "over the limit")  # fmt: skip

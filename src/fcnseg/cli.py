@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -386,18 +387,36 @@ def cmd_predict(args) -> int:
     import time
     from collections import Counter
 
+    from torch import device as torch_device
+
+    if args.nproc > 1:
+        return _relaunch(args)
     from .checkpoint import load_model
+    from .feed import Dist, default_workers
     from .predict import expand_inputs, predict_paths, resolve_device
 
     t0 = time.perf_counter()
     device = resolve_device(args.device)  # missing CUDA or inputs: fail before any work
     expand_inputs(args.paths)
+    dist = Dist.from_env(str(device))  # under torchrun (--nproc): each process a share
+    if dist.world > 1 and device.type == "cuda":
+        device = torch_device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     model, _ = load_model(args.model, num_classes=args.num_classes, device=device)
     model = _fast(model, args.fast, device)
+    workers = default_workers(device, dist.world) if args.workers is None else args.workers
     results = predict_paths(model, args.paths, args.out, device=device,
                             save_probs=args.save_probs, overlay=not args.no_overlay,
                             batch_size=args.batch_size, tile=args.tile,
-                            overwrite=args.overwrite)  # fmt: skip
+                            overwrite=args.overwrite, skip_existing=args.skip_existing,
+                            workers=workers, shard=(dist.rank, dist.world),
+                            progress=dist.rank == 0)  # fmt: skip
+    results = dist.gather(results)
+    if dist.rank:
+        return 0
+    skipped = [r for r in results if r.get("skipped")]
+    results = [r for r in results if not r.get("skipped")]
+    if skipped:
+        print(f"{len(skipped)} images already segmented in {args.out}: skipped")
     done = [r for r in results if r["ok"]]
     failed = [r for r in results if not r["ok"]]
     overall = Counter(c for r in done for c in r["classes"])
@@ -639,6 +658,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--num-classes", type=CLASSES, help="for a model name (default 21)")
     s.add_argument("--fast", action="store_true", help=FAST_HELP)
     s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    s.add_argument("--skip-existing", action="store_true",
+                   help="continue an interrupted run: inputs whose outputs all exist are "
+                   "skipped, the rest written (replacing what the run left of them)")  # fmt: skip
+    s.add_argument(
+        "--nproc",
+        type=_ranged(int, 1, 1024),
+        default=1,
+        help="processes, each segmenting a share of the inputs (torchrun)",
+    )
+    s.add_argument(
+        "--workers", type=WORKERS, help="image-decoding processes per process (default: 0 on a CPU)"
+    )
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("hha", help=cmd_hha.__doc__, description=cmd_hha.__doc__)

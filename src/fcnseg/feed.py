@@ -59,6 +59,16 @@ class Dist:
                 cm.all_reduce()
         return result
 
+    def gather(self, items: list) -> list:
+        """Every process's list, concatenated on rank 0 in rank order (others get [])."""
+        if self.world == 1:
+            return items
+        import torch.distributed as dist
+
+        out: list = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(items, out, dst=0)
+        return [x for part in out for x in part] if self.rank == 0 else []
+
     def sum(self, value: float) -> float:
         if self.world == 1:
             return value
