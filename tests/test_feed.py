@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -83,3 +86,27 @@ def test_sharded_evaluation_equals_one_process(tmp_path):
     one, two = ((tmp_path / f"cm{n}" / "confusion.csv").read_text() for n in (1, 2))
     assert one == two and sum(int(v) for v in one.split()[-1].split(",")[1:]) >= 0
     assert Dist(0, 2).shard(list(range(7))).indices == range(0, 7, 2)
+
+
+@pytest.mark.slow
+def test_two_nodes_with_c10d_rendezvous_match_one_process(tmp_path):
+    """Two "machines" (2 torchrun agents x 1 process, c10d rendezvous on 127.0.0.1) == one
+    process with the same global batch, as the README's two-machine command runs them."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [*_tiny_cli(tmp_path / "one", 3), "--model-option", "dropout=0"]
+    assert _cli(*args).wait(timeout=300) == 0
+    two = [*_tiny_cli(tmp_path / "two", 3), "--model-option", "dropout=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                               "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+                               "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "fcnseg-test",
+                               "-m", "fcnseg", *two], env=env)
+             for _ in range(2)]  # fmt: skip
+    assert [p.wait(timeout=600) for p in nodes] == [0, 0]
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
+    assert_same_weights(weights(tmp_path / "one" / "last.pt"),
+                        weights(tmp_path / "two" / "last.pt"), atol=1e-5)  # fmt: skip
