@@ -130,6 +130,26 @@ def test_bf16_paths_agree_roughly():
             assert rel_err(out, ref) < 0.1
 
 
+def test_bf16_trunk_with_float32_convs():
+    """fp32=every conv: a "bf16" trunk that is float32 throughout equals the model to 1e-5;
+    a few convs in float32 run beside bf16 ones (their own arenas and kernels)."""
+    model = tiny("fcn8s_vgg16", keep_upsamplers=True).float()
+    convs = tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))
+    convs = tuple(n for n in convs if not n.startswith(("score", "upscore")))
+    x = torch.randn(1, 3, 97, 130)
+    with torch.no_grad():
+        ref = model(x)
+        every = FastFCN(model, bfloat16=True, fp32=convs)
+        assert rel_err(every(x), ref) < 1e-5
+        some = FastFCN(model, bfloat16=True, fp32=("conv1_1", "conv3_3", "fc7"))
+        assert rel_err(some(x), ref) < 0.1
+        assert set(next(iter(some._cache.values()))["need"]) == {torch.bfloat16, torch.float32}
+    with pytest.raises(ValueError, match=r"unknown \['conv9_9'\]; the convs are"):
+        FastFCN(model, bfloat16=True, fp32=("conv9_9",))
+    with pytest.raises(ValueError, match="pass bfloat16=True"):
+        FastFCN(model, fp32=("conv1_1",))
+
+
 def test_changed_weights_rebuild_the_cached_background():
     """The per-size background depends on the weights: an update must not leave it stale."""
     torch.manual_seed(0)

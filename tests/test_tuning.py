@@ -62,7 +62,8 @@ def test_every_choice_is_exact(kind, dtype, monkeypatch):
     assert ("inplace" in offered) == (dtype == torch.float32 and kernels.available(x))
 
 
-def test_measured_choices_are_cached_per_layer(monkeypatch):
+def test_measured_choices_are_cached_per_layer(tmp_path, monkeypatch):
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path))  # only this test's entries
     model = tiny(torch.float32)
     x = torch.randn(1, 3, 64, 70)
     with torch.no_grad():

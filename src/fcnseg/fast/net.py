@@ -35,6 +35,9 @@ class FastFCN(nn.Module):
     allowed kernel that measured fastest on this machine for its shape and dtype (timed at
     first use, cached: see fcnseg.fast.tuning); ``measure=False``: the first allowed of
     Winograd, GEMM, oneDNN in place, torch's conv. ``choices(h, w)`` tells what was chosen.
+    ``fp32``: with ``bfloat16=True``, the convs named (e.g. ``("conv3_3", "conv4_3")``) run in
+    float32 (their inputs, weights, sums and outputs; Winograd allowed), the others in bf16;
+    None (default): the first conv, which reads the image (the largest single bf16 error).
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class FastFCN(nn.Module):
         max_cached: int = 2,
         winograd: int | None = 1,
         measure: bool = True,
+        fp32: tuple[str, ...] | None = None,
     ):
         super().__init__()
         if not isinstance(model, FCN):
@@ -61,13 +65,17 @@ class FastFCN(nn.Module):
         self.max_cached = max_cached
         self.winograd = winograd
         self.measure = measure
+        if fp32 is None:  # the conv that reads the image: see the package doc
+            fp32 = tuple(s.modules[0] for s in self.steps[:1]) if bfloat16 else ()
+        self.fp32 = tuple(fp32)
+        self._dt_of = plan.step_dtypes(self.steps, self.dtype, self.fp32)  # None: the input's
         self._cache: OrderedDict[tuple, dict] = OrderedDict()
         self._arenas: dict[torch.dtype, dict[str, torch.Tensor]] = {}  # shared by all sizes
         self._bf16_weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._derived_weights: dict[tuple, tuple[tuple, torch.Tensor]] = {}  # re-laid out
         if bfloat16:  # snapshots, all taken now: later weight updates are not seen
             for s in self.steps:
-                if s.kind == "conv":
+                if s.kind == "conv" and self._dt_of[s.name] == torch.bfloat16:
                     w, b = s.layer.weight.detach(), s.layer.bias
                     self._bf16_weights[s.name] = (
                         w.to(torch.bfloat16),
@@ -136,7 +144,7 @@ class FastFCN(nn.Module):
         or float64 trunk. Never in bf16: its transforms and GEMM outputs would each round to
         bf16 (oneDNN's direct bf16 conv rounds once, after an fp32 sum); see fast/__init__."""
         return (
-            self.dtype is None
+            self._dt(s, torch.float32) != torch.bfloat16
             and self.winograd is not None
             and self.channels_last
             and s.kind == "conv"
@@ -144,6 +152,10 @@ class FastFCN(nn.Module):
             and pair(s.layer.kernel_size) == (3, 3)
             and s.layer.in_channels >= self.winograd
         )
+
+    def _dt(self, s: Step, dtype: torch.dtype) -> torch.dtype:
+        """The dtype step `s` runs in, for an input of `dtype`."""
+        return self._dt_of[s.name] or dtype
 
     def _candidates(self, s: Step, g: Geom, dtype: torch.dtype) -> list[str]:
         """The kernels allowed for a step, in the fixed order of preference: "winograd",
@@ -159,7 +171,7 @@ class FastFCN(nn.Module):
             found.append("winograd")
         if self._as_gemm(s, (a1 - a0, b1 - b0)):
             found.append("gemm")
-        probe = torch.empty(0, dtype=self.dtype or dtype)
+        probe = torch.empty(0, dtype=self._dt(s, dtype))
         # torch's conv runs the same oneDNN kernel as "inplace", and allocates: not a candidate
         if (
             not g.direct
@@ -177,7 +189,7 @@ class FastFCN(nn.Module):
         for s, g in zip(self.steps, geoms, strict=True):
             found = self._candidates(s, g, dtype)
             if self.measure and len(found) > 1:
-                kinds.append(tuning.step_choice(self, s, g, n, c, self.dtype or dtype, found))
+                kinds.append(tuning.step_choice(self, s, g, n, c, self._dt(s, dtype), found))
             else:
                 kinds.append(found[0])
             c = s.layer.out_channels if s.kind == "conv" else c
@@ -200,13 +212,15 @@ class FastFCN(nn.Module):
         then a few layers' worth, not the whole net's (at 2048x2048 the net's inputs alone
         are ~5 GB)."""
         geoms = self._geometry(H, W)
-        dt = self.dtype or dtype
         kinds = self._kinds(n, geoms, dtype)
-        need = {"in": 0, "out": 0, "a": 0, "b": 0, "y": 0}  # elements each arena must hold
+        needs: dict[torch.dtype, dict[str, int]] = {}  # per dtype, elements each arena holds
         work: list[object] = []  # per step: the kept output's shape, or the Winograd plan
         shapes: list[tuple | None] = []  # per step: its input buffer's (N, C, h, w)
         c = 3  # the step's input channels
         for s, g, kind in zip(self.steps, geoms, kinds, strict=True):
+            need = needs.setdefault(
+                self._dt(s, dtype), dict.fromkeys(("in", "out", "a", "b", "y"), 0)
+            )
             (a0, a1), (b0, b1) = g.out_core
             (h0, h1), (w0, w1) = g.window
             size, w = (h1 - h0, w1 - w0), None
@@ -241,7 +255,7 @@ class FastFCN(nn.Module):
                 (h0, _), (w0, _) = g.window
                 (c0, c1), (d0, d1) = g.in_core
                 rows, cols = (c0 - h0, c1 - h0), (d0 - w0, d1 - w0)  # the core, buffer coords
-                inputs.append(RimInput.of(bg, (h0, w0), shape, rows, cols, dt))
+                inputs.append(RimInput.of(bg, (h0, w0), shape, rows, cols, self._dt(s, dtype)))
             else:
                 inputs.append(None)  # the layer runs on the full previous map, its own padding
             x = self._run_full(s, x)
@@ -249,14 +263,15 @@ class FastFCN(nn.Module):
                 full = Background(x, g.out_len, [z[i][1] for z in zones]).region(
                     0, g.out_len[0], 0, g.out_len[1]
                 )
-                taps[i] = full.expand(n, *full.shape[1:]).to(dt).contiguous(memory_format=fmt)
+                full = full.expand(n, *full.shape[1:]).to(self._dt(s, dtype))
+                taps[i] = full.contiguous(memory_format=fmt)
         return {
             "geoms": geoms, "kinds": kinds, "inputs": inputs, "work": work, "taps": taps,
-            "need": need, "background_size": tuple(small),
+            "need": needs, "background_size": tuple(small),
         }  # fmt: skip
 
     def _weights(self, s: Step) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.dtype is not None:
+        if s.name in self._bf16_weights:
             return self._bf16_weights[s.name]
         return s.layer.weight, s.layer.bias
 
@@ -341,18 +356,18 @@ class FastFCN(nn.Module):
             while len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(key)
-        if self.dtype is not None:
-            x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         feats: dict[str, torch.Tensor] = {}
         cur = x  # the current map's core (the full map once the core covers it)
-        arenas = self._arena(state["need"], self.dtype or dtype)
+        by_dtype = {dt: self._arena(need, dt) for dt, need in state["need"].items()}
         for i, (s, g, inp, kind, work) in enumerate(
             zip(self.steps, state["geoms"], state["inputs"], state["kinds"], state["work"],
                 strict=True)
         ):  # fmt: skip
+            arenas = by_dtype[self._dt(s, dtype)]
             if inp is None:
+                cur = cur.to(self._dt(s, dtype))  # the buffers below convert as they paste
                 y = self._step(s, cur, gemm=kind == "gemm")
             else:
                 buf = inp.fill(arenas["in"], cur, self.channels_last)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ..models.fcn import FCN
 
 __all__ = [
     "Geom", "Step", "core_interval", "geometry", "lengths", "out_len", "pair", "parse_trunk",
-    "small_length", "zones",
+    "small_length", "step_dtypes", "zones",
 ]  # fmt: skip
 
 
@@ -181,3 +182,22 @@ def lengths(steps: list[Step], length: int, axis: int) -> list[int]:
         ceil = s.kind == "pool" and s.layer.ceil_mode
         length = out_len(length, k, st, pair(s.layer.padding)[axis], ceil)
     return out
+
+
+def step_dtypes(steps: list[Step], dtype: torch.dtype | None, fp32: tuple[str, ...]) -> dict:
+    """Per step name: the dtype it runs in (None: the input's). In a bf16 trunk (dtype
+    bfloat16) the convs named in `fp32` (e.g. "conv1_1") run in float32; a pool runs in the
+    dtype of the conv before it."""
+    convs = [s.modules[0] for s in steps if s.kind == "conv"]
+    unknown = sorted(set(fp32) - set(convs))
+    if unknown or (fp32 and dtype != torch.bfloat16):
+        why = f"unknown {unknown}; the convs are {convs}" if unknown else "pass bfloat16=True"
+        raise ValueError(
+            f"FastFCN(fp32={tuple(fp32)}) names convs kept in float32 in a bf16 trunk: {why}"
+        )
+    found, dt = {}, dtype
+    for s in steps:
+        if s.kind == "conv" and dtype is not None:
+            dt = torch.float32 if s.modules[0] in fp32 else dtype
+        found[s.name] = dt
+    return found
