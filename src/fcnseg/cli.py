@@ -241,7 +241,9 @@ def cmd_train(args) -> int:
 
         print(format_table(rows))
     for r in results:
-        print(f"{r['model']}: {r['checkpoint']} ({r['seconds']:.0f} s)")
+        rate = r.get("images", 0) / r["seconds"] if r["seconds"] else 0.0
+        print(f"{r['model']}: {r['checkpoint']} ({r['seconds']:.0f} s, {rate:.2f} images/s, "
+              f"{r.get('data_wait', 0.0):.2f} s waiting for data)")  # fmt: skip
     return 0
 
 
@@ -292,6 +294,8 @@ def cmd_eval(args) -> int:
     paper's own rows beside (per head for two-head nets: semantic metrics, geometric accuracy)."""
     if args.nproc > 1:
         return _relaunch(args)
+    import time
+
     from .checkpoint import load_model
     from .data.build import make_loader
     from .evaluate import compute_metrics, evaluate, format_per_class, format_table, scored_subset
@@ -320,11 +324,15 @@ def cmd_eval(args) -> int:
     dist = Dist.from_env(args.device)  # under torchrun (--nproc): each rank scores its share
     loader = make_loader(dist.shard(scored_subset(dataset)), args.batch_size, model.preprocessing,
                          args.workers)  # fmt: skip
+    t0 = time.perf_counter()
     result = evaluate(model, loader, model.num_classes, device=args.device,
                       progress=dist.rank == 0)  # fmt: skip
     metrics = compute_metrics(dist.all_reduce(result), dataset)
     if dist.rank:
         return 0
+    seconds, n = time.perf_counter() - t0, len(scored_subset(dataset))
+    print(f"scored {n} images in {seconds:.2f} s ({n / seconds:.2f} images/s, "
+          f"{dist.world} process{'es' if dist.world > 1 else ''})")  # fmt: skip
     result, metrics = ({"": result}, {"": metrics}) if "" in heads else (result, metrics)
     label = ckpt.get("model_name", str(args.checkpoint))
     for head, m in metrics.items():

@@ -351,10 +351,14 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
     bar = progress_bar(range(start, config.steps), progress and dist.rank == 0, start, config.steps)
     steps = StepBatches(train_set, start, config.steps, batch, micro, config.seed, dist)
     feed = steps.loader(workers, pin=device.type == "cuda")
-    metrics, t0, seen = {}, time.perf_counter(), 0
+    metrics, t0, seen, waited = {}, time.perf_counter(), 0, 0.0
     model.train()
+    batches = iter(feed)
     with stop:
-        for step, (fed, chunks) in zip(bar, feed, strict=True):
+        for step in bar:
+            t_wait = time.perf_counter()
+            fed, chunks = next(batches)  # ready, unless the workers fall behind
+            waited += time.perf_counter() - t_wait
             assert fed == step, (fed, step)
             cur_lr = _set_lr(optimizer, recipe, step, config.steps)
             norm = labelled_pixels([t for _, t in chunks], dist) if recipe.loss == "mean" else 1.0
@@ -405,6 +409,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         "metrics": metrics,
         "steps": config.steps,
         "seconds": time.perf_counter() - t0,
+        "images": seen,  # this run's steps x global batch (not counting earlier runs)
+        "data_wait": waited,  # seconds the steps waited for their images (this process)
         "amp": amp_name,  # what ran (config "auto": the measured choice, its times in amp_choice)
         "amp_choice": choice,
     }
