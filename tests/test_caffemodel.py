@@ -244,6 +244,15 @@ def test_convert_writes_the_nets_state_dict(tmp_path, capsys):
     assert not other.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [path.name, out.name]
     )  # nothing else was left behind
+    # fcnseg predict straight from the .caffemodel: the net is the one its layers fit
+    from PIL import Image
+
+    d = tmp_path / "pred"
+    d.mkdir()
+    Image.new("RGB", (40, 30), (90, 120, 40)).save(d / "p.png")
+    assert main(["predict", str(d / "p.png"), "--model", str(path), "-o", str(d / "o")]) == 0
+    assert (d / "o" / "p.png").exists()
+    capsys.readouterr()
 
 
 @pytest.mark.slow

@@ -157,3 +157,18 @@ def test_predict_and_export_refuse_nets_that_are_not_photo_in_map_out(tmp_path, 
         err = capsys.readouterr().err
         assert net in err and "use fcnseg eval" in err and "Traceback" not in err
     assert not (tmp_path / "n.onnx").exists()
+
+
+def test_a_release_weights_file_names_its_net_or_says_which_could_be():
+    from fcnseg.models.reference import nets_fitting
+
+    def meta_state(name):
+        with torch.device("meta"):
+            return fcnseg.build_reference(name).state_dict()
+
+    assert nets_fitting(meta_state("siftflow-fcn16s"), from_caffe=False) == ["siftflow-fcn16s"]
+    # same layers, other data: a .pth cannot tell them apart (fcnseg asks for --net)
+    assert nets_fitting(meta_state("nyud-fcn32s-color"), from_caffe=False) == [
+        "nyud-fcn32s-color", "nyud-fcn32s-hha"]  # fmt: skip
+    assert nets_fitting(meta_state("voc-fcn8s"), from_caffe=False) == [
+        "voc-fcn8s", "voc-fcn8s-atonce"]  # fmt: skip

@@ -144,12 +144,20 @@ def model_state(model: nn.Module) -> dict:
 
 
 def load_model(
-    source: str | Path, *, num_classes: int | None = None, device: str | torch.device = "cpu"
+    source: str | Path,
+    *,
+    num_classes: int | None = None,
+    device: str | torch.device = "cpu",
+    net: str | None = None,
 ) -> tuple[nn.Module, dict]:
-    """A model from a checkpoint file, or a fresh one from a registered name.
+    """A model from a checkpoint file, a fresh one from a registered name, or one of the
+    release's nets from its weights file (.caffemodel, or a .pth state dict with the release's
+    layer names): `net` names it, else the one net whose layers the file matches.
 
-    Returns (model in eval mode on `device`, checkpoint dict or {} for a name).
+    Returns (model in eval mode on `device`, checkpoint dict or {} for a name or weights file).
     """
+    if net is not None or str(source).endswith(".caffemodel"):
+        return _release_weights(source, net).to(device).eval(), {}
     if str(source) in list_models() or str(source) in reference_nets():
         model = build_model(str(source), num_classes=num_classes)
         return model.to(device).eval(), {}
@@ -160,7 +168,12 @@ def load_model(
             f"'{source}' is neither a checkpoint file nor a model name.{hint} Valid names: "
             f"{', '.join(list_models())}"
         )
-    ckpt = load_checkpoint(source)
+    try:
+        ckpt = load_checkpoint(source)
+    except CheckpointError as e:
+        if "is not an fcnseg checkpoint" not in str(e):
+            raise
+        return _release_weights(source, None, e).to(device).eval(), {}
     if num_classes is not None and num_classes != ckpt["num_classes"]:
         raise CheckpointError(
             f"checkpoint '{source}' has {ckpt['num_classes']} classes, not num_classes="
@@ -180,3 +193,29 @@ def load_model(
         )
     model.class_names = ckpt.get("class_names")
     return model.to(device).eval(), ckpt
+
+
+def _release_weights(source, net: str | None, not_ckpt: Exception | None = None) -> nn.Module:
+    """One of the release's nets with the weights in `source` (see `load_model`)."""
+    from .models.reference import build_reference, nets_fitting
+    from .weights import load_state
+
+    if net is None:
+        try:
+            state, _ = load_state(source)
+        except (ValueError, RuntimeError, OSError) as e:
+            raise CheckpointError(f"'{source}': {not_ckpt or e}") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                                  for v in state.values()):  # fmt: skip
+            raise CheckpointError(str(not_ckpt or f"'{source}' holds no weights"))
+        fits = nets_fitting(state, from_caffe=str(source).endswith(".caffemodel"))
+        if len(fits) != 1:
+            found = f"fits {', '.join(fits)}" if fits else "fits none of the release's nets"
+            raise CheckpointError(
+                f"'{source}' is not an fcnseg checkpoint and {found}: "
+                + ("say which with --net (net= in Python)" if fits else
+                   "is it a checkpoint of another tool? For a bare state dict of a registered "
+                   f"model use build_model(name, weights='{source}')")
+            )  # fmt: skip
+        net = fits[0]
+    return build_reference(net, weights=source)

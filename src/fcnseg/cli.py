@@ -409,7 +409,7 @@ def cmd_predict(args) -> int:
     dist = Dist.from_env(str(device))  # under torchrun (--nproc): each process a share
     if dist.world > 1 and device.type == "cuda":
         device = torch_device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    model, _ = load_model(args.model, num_classes=args.num_classes, device=device)
+    model, _ = load_model(args.model, num_classes=args.num_classes, device=device, net=args.net)
     model = _fast(model, args.fast, device)
     workers = default_workers(device, dist.world) if args.workers is None else args.workers
     results = predict_paths(model, args.paths, args.out, device=device,
@@ -464,7 +464,7 @@ def cmd_export(args) -> int:
     suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
     out = Path(args.out or Path(args.model).stem + suffix)
     check_outputs([(out, f"{args.format} model")], [args.model], overwrite=args.overwrite)
-    model, _ = load_model(args.model, num_classes=args.num_classes)
+    model, _ = load_model(args.model, num_classes=args.num_classes, net=args.net)
     if args.format == "onnx":
         rows = export_onnx(model, out, opset=args.opset, verify_sizes=sizes)
     else:
@@ -678,6 +678,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--workers", type=WORKERS, help="image-decoding processes per process (default: 0 on a CPU)"
     )
+    s.add_argument("--net", help="for a release weights file (.caffemodel, the port's .pth): "
+                   "which net, e.g. voc-fcn8s (default: the one its layers fit)")  # fmt: skip
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("hha", help=cmd_hha.__doc__, description=cmd_hha.__doc__)
@@ -702,6 +704,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--num-classes", type=CLASSES, help="for a model name (default 21)")
     s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    s.add_argument("--net", help="for a release weights file (.caffemodel, the port's .pth): "
+                   "which net, e.g. voc-fcn8s (default: the one its layers fit)")  # fmt: skip
     s.set_defaults(func=cmd_export)
     return p
 

@@ -56,6 +56,7 @@ __all__ = [
     "REFERENCE_NETS",
     "ReferenceNet",
     "build_reference",
+    "nets_fitting",
     "reference_nets",
     "state_dict_from_caffe",
 ]
@@ -287,6 +288,19 @@ def fit_state(
             + ". Is it the file of another net? reference_nets() lists the release's nets."
         )  # fmt: skip
     return out
+
+
+def nets_fitting(state: Mapping[str, torch.Tensor], *, from_caffe: bool) -> list[str]:
+    """The release's nets whose every layer name and shape `state` matches (several when the
+    nets differ only in what they were trained on, e.g. nyud-fcn32s-color and -hha)."""
+    fits = []
+    for name, spec in REFERENCE_NETS.items():
+        try:
+            fit_state(spec, state, name, from_caffe=from_caffe)
+        except ValueError:
+            continue
+        fits.append(name)
+    return fits
 
 
 def state_dict_from_caffe(
