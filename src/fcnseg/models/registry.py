@@ -101,18 +101,29 @@ def check_model_name(name) -> None:
 
 
 def _reference_model(name, num_classes, weights, backbone_weights, init_from, options) -> FCN:
-    """A release net by its folder name, for training: its classes and inputs are fixed."""
-    from .reference import REFERENCE_NETS, build_reference
+    """A release net by its folder name, for training: its inputs are fixed; its classes too,
+    unless `num_classes` asks for new score layers (one int, or a dict with the net's heads)."""
+    import dataclasses
+
+    from .reference import REFERENCE_NETS, _build, build_reference
     from .reference_init import init_streams, reference_backbone
 
     spec = REFERENCE_NETS[name]
-    if num_classes is not None and num_classes != spec.classes:
-        raise ValueError(f"{name} has {spec.classes} classes (the release's): drop num_classes, "
-                         f"or use a registered model for {num_classes} classes")  # fmt: skip
     unknown = sorted(set(options) - {"width"})
     if unknown:
         raise ValueError(f"bad option for model '{name}': {', '.join(unknown)} (it takes width)")
-    model = build_reference(name, weights=weights, width=options.get("width", 1.0))
+    if num_classes is not None and num_classes != spec.classes:
+        heads = set(spec.classes) if isinstance(spec.classes, dict) else None
+        if heads != (set(num_classes) if isinstance(num_classes, dict) else None):
+            raise ValueError(f"{name} has {spec.classes} classes: num_classes={num_classes!r} "
+                             f"must name the same heads")  # fmt: skip
+        if weights is not None:
+            raise ValueError(f"{name}'s weights have {spec.classes} classes, not "
+                             f"num_classes={num_classes}: drop one of the two")  # fmt: skip
+        spec = dataclasses.replace(spec, classes=num_classes)  # the release's layers, new scores
+        model = _build(spec, options.get("width", 1.0))
+    else:
+        model = build_reference(name, weights=weights, width=options.get("width", 1.0))
     if backbone_weights is not None:
         reference_backbone(model, backbone_weights)
     if isinstance(init_from, dict):
