@@ -266,7 +266,7 @@ def part1(args) -> None:
         err = ((outs[k] - ref).abs().max() / ref.abs().max()).item()
         agree = (outs[k].argmax(1) == ref_arg).float().mean().item() * 100
         print(f"| {k} | {t:.3f} | {gflop / t:.0f} | {100 * gflop / t / peak:.0f}% | "
-              f"{base / t:.2f}x | {err:.1e} | {agree:.2f}% |")  # fmt: skip
+              f"{base / t:.2f}x | {err:.1e} | {agree:.3f}% |")  # fmt: skip
     for k, why in missing.items():
         print(f"| {k} | {why} | | | | | |")
     print(

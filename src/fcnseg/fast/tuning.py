@@ -4,7 +4,7 @@ Which kernel is fastest for a layer (Winograd F(2x2, 3x3), oneDNN's direct conv 
 buffer, torch's conv, im2col + one GEMM) depends on the CPU (AVX-512, AMX, cache sizes), the
 thread count, the dtype and the layer's shapes; a threshold tuned on one CPU is a cliff on
 another. So FastFCN times the allowed kernels of each layer on this machine the first time it
-meets that layer shape (a few runs each, interleaved; about as long as eight forward passes of
+meets that layer shape (a few runs each, interleaved; about as long as six forward passes of
 the model at that size, once), and keeps the fastest. Other programs on the machine only ever
 make a run slower, so each kernel's time is its fastest run, and a kernel later in FastFCN's
 order of preference (Winograd, GEMM, oneDNN in place, torch's conv) must be at least MARGIN
@@ -44,7 +44,7 @@ from .plan import Geom, Step, pair
 __all__ = ["MARGIN", "cache_path", "choose", "layer_key", "measure", "pick", "reset_cache",
            "step_choice"]  # fmt: skip
 
-ROUNDS = 3  # timed runs per candidate (after one warm-up each), interleaved
+ROUNDS = 2  # timed runs per candidate (after one warm-up each), interleaved
 MARGIN = 0.05  # a later candidate must be this much faster than an earlier one
 _memo: dict[str, dict] = {}  # per cache path: its entries, read once per process
 
