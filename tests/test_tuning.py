@@ -162,3 +162,18 @@ def test_bench_retune_measures_again(tmp_path, monkeypatch, capsys):
     assert "CPU: " in out and "FastFCN kernels (measured here" in out
     entries = json.loads(path.read_text())["entries"]
     assert "old" not in entries and entries  # forgotten, then measured again
+
+
+def test_gpu_benchmark_fails_clearly_without_cuda():
+    """benchmarks/gpu.py is one command on a CUDA machine; without one it says why, exit 2."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU visible, even on a GPU machine
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert "needs a CUDA GPU" in done.stderr and "torch.cuda.is_available() is False" in done.stderr
+    assert not done.stdout
