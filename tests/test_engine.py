@@ -174,11 +174,14 @@ def _tiny_cli(out: Path, steps: int, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_reaches_the_uninterrupted_weights(tmp_path):
+@pytest.mark.parametrize("opts", [(), ("--workers", "2", "--crop", "40")],
+                         ids=["in-process data", "2 data workers, random crops"])  # fmt: skip
+def test_sigkill_then_resume_reaches_the_uninterrupted_weights(tmp_path, opts):
     steps = 12
-    assert _cli(*_tiny_cli(tmp_path / "full", steps)).wait(timeout=300) == 0
+    assert _cli(*_tiny_cli(tmp_path / "full", steps, *opts)).wait(timeout=300) == 0
     killed = tmp_path / "killed"
-    proc = _cli(*_tiny_cli(killed, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _cli(*_tiny_cli(killed, steps, *opts), stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline:  # kill -9 once a few steps are saved, mid-run
         last = killed / "last.pt"
@@ -189,7 +192,7 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_weights(tmp_path):
     proc.wait()
     at_kill = load_checkpoint(killed / "last.pt")["step"]
     assert at_kill < steps, "the run finished before it was killed: test proves nothing"
-    assert _cli(*_tiny_cli(killed, steps, "--resume")).wait(timeout=300) == 0
+    assert _cli(*_tiny_cli(killed, steps, *opts, "--resume")).wait(timeout=300) == 0
     assert_same_weights(weights(tmp_path / "full" / "last.pt"), weights(killed / "last.pt"))
 
 

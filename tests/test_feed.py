@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from test_engine import _cli, _tiny_cli, assert_same_weights, tiny, weights
 
-from fcnseg.checkpoint import load_checkpoint
 from fcnseg.data.build import open_dataset
 from fcnseg.data.transforms import RandomCrop
 from fcnseg.engine import train
@@ -50,26 +47,6 @@ def test_training_with_workers_reaches_the_same_weights(tmp_path):
 def test_default_workers_leave_a_cpu_to_training():
     assert default_workers(torch.device("cpu"), 1) == 0
     assert 1 <= default_workers(torch.device("cuda"), 1) <= 8
-
-
-@pytest.mark.slow
-def test_sigkill_then_resume_with_workers_reaches_the_uninterrupted_weights(tmp_path):
-    steps, opts = 10, ("--workers", "2", "--crop", "40")
-    assert _cli(*_tiny_cli(tmp_path / "full", steps, *opts)).wait(timeout=300) == 0
-    killed = tmp_path / "killed"
-    proc = _cli(*_tiny_cli(killed, steps, *opts), stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        last = killed / "last.pt"
-        if last.exists() and load_checkpoint(last)["step"] >= 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert load_checkpoint(killed / "last.pt")["step"] < steps, "finished before the kill"
-    assert _cli(*_tiny_cli(killed, steps, *opts, "--resume")).wait(timeout=300) == 0
-    assert_same_weights(weights(tmp_path / "full" / "last.pt"), weights(killed / "last.pt"))
 
 
 @pytest.mark.slow
