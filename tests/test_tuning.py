@@ -95,6 +95,17 @@ def test_measured_choices_are_cached_per_layer(tmp_path, monkeypatch):
     assert not tuning.reset_cache()
 
 
+def test_similar_sizes_share_one_measurement(tmp_path, monkeypatch):
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path))
+    model = tiny(torch.float32)
+    with torch.no_grad():
+        FastFCN(model)(torch.randn(1, 3, 120, 160))
+        n = len(json.loads(tuning.cache_path().read_text())["entries"])
+        monkeypatch.setattr(tuning, "measure", lambda *a, **k: pytest.fail("measured again"))
+        FastFCN(model)(torch.randn(1, 3, 121, 158))  # a few pixels off: the same keys
+    assert len(json.loads(tuning.cache_path().read_text())["entries"]) == n
+
+
 @pytest.mark.parametrize("text", ["{not json", '{"entries": [1, 2]}', "", '{"other": 1}'])
 def test_corrupt_cache_is_ignored_with_a_warning_and_rewritten(text):
     path = tuning.cache_path()

@@ -17,9 +17,11 @@ The measurements are cached in one JSON file:
     $FCNSEG_CACHE/kernels.json     (FCNSEG_CACHE unset: ~/.cache/fcnseg/kernels.json)
 
 keyed by the machine (CPU model name and torch's thread count), the torch version and the
-layer (kind, dtype, batch, channels, kernel, stride, input window, memory format, the
-candidates). Each entry holds the choice and the median seconds of every candidate. To measure
-again: delete the file, call `fcnseg.fast.tuning.reset_cache()`, or run `fcnseg bench --retune`.
+layer (kind, dtype, batch, channels, kernel, stride, memory format, the candidates, and the
+size of its output in steps of sqrt(2) in area: photos of similar sizes share one measurement,
+so a folder of VOC images of a dozen sizes is not measured a dozen times). Each entry holds
+the choice and each candidate's fastest time in seconds. To measure again: delete the file,
+call `fcnseg.fast.tuning.reset_cache()`, or run `fcnseg bench --retune`.
 An unreadable file is ignored with a warning and rewritten (atomically: a temporary file
 renamed over it) with the new measurements; an unwritable one only costs measuring again in
 the next process.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 import warnings
@@ -168,10 +171,12 @@ def choose(
 
 def step_choice(fast, s: Step, g: Geom, n: int, c: int, dt: torch.dtype, found: list[str]) -> str:
     """The kernel of `found` that runs FastFCN `fast`'s step `s` fastest here (cached)."""
+    (a0, a1), (b0, b1) = g.out_core
     key = layer_key(
         kind=s.kind, dtype=str(dt), batch=n, in_channels=c, weight=list(s.layer.weight.shape),
-        stride=pair(s.layer.stride), relu=s.relu, in_len=g.in_len, window=g.window,
-        direct=g.direct, out_core=g.out_core, channels_last=fast.channels_last, candidates=found,
+        stride=pair(s.layer.stride), relu=s.relu, direct=g.direct,
+        area_step=round(2 * math.log2(max(1, (a1 - a0) * (b1 - b0)))),
+        channels_last=fast.channels_last, candidates=found,
     )  # fmt: skip
     return choose(key, found, lambda kind: trial(fast, s, g, n, c, dt, kind))
 
