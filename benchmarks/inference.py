@@ -5,7 +5,8 @@ Part 1 (500x500, batch 1, reference layout), variants timed interleaved in one p
       same weights as the fcnseg model (what most users run today)
   (b) fcnseg default: build_model("fcn8s_vgg16") in eval mode, eager
   (c) fcnseg fastest exact: fcnseg.fast.FastFCN (padding background computed once per size,
-      channels_last, fc6/fc7 as GEMMs, grouped bilinear upsamplers)
+      channels_last, fc6/fc7 as GEMMs, grouped bilinear upsamplers), kernels measured here;
+      (c') the same with the fixed choices tuned on AMD Zen 4 (Winograd from 256 channels)
   (d) bf16: FastFCN(bfloat16=True), and plain autocast bf16 + channels_last of (b)
   (e)-(g) peers on the same weights and input: the plain FCN-8s of (a) exported to ONNX
       (torch.onnx.export, opset 17, 500x500), run by ONNX Runtime fp32, OpenVINO fp32 and
@@ -217,10 +218,12 @@ def part1(args) -> None:
         / 1e9
     )
     fast, fast16 = FastFCN(model), FastFCN(model, bfloat16=True)
+    fixed = FastFCN(model, winograd=256, measure=False)  # the thresholds tuned on AMD Zen 4
     variants = {
         "(a) plain eager fp32 (baseline)": lambda: plain(x),
         "(b) fcnseg eager fp32": lambda: model(x),
         "(c) fcnseg FastFCN fp32 (exact)": lambda: fast(x),
+        "(c') FastFCN fp32, fixed kernels (Winograd from 256 channels)": lambda: fixed(x),
         "(d) fcnseg FastFCN bf16": lambda: fast16(x),
         "(d') autocast bf16 + channels_last": lambda: bf16_forward(model, x),
     }
