@@ -34,10 +34,10 @@ def step(net, model, x, y, seed=3) -> tuple[float, dict[str, torch.Tensor]]:
     return loss.item(), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
 
 
-def assert_same_step(model, x, y, loss_tol: float, grad_tol: float) -> float:
+def assert_same_step(model, x, y, loss_tol: float, grad_tol: float, **fast_options) -> float:
     """Loss within loss_tol and every parameter gradient within grad_tol (relative to the
     gradient's largest entry) of the model's own; returns the worst gradient error."""
-    fast = FastTrainFCN(model)
+    fast = FastTrainFCN(model, **fast_options)
     loss0, g0 = step(model, model, x, y)
     loss1, g1 = step(fast, model, x, y)
     assert abs(loss1 - loss0) <= loss_tol * abs(loss0), (loss0, loss1)
@@ -66,6 +66,16 @@ def test_float64_loss_and_gradients_equal_the_models(name):
     for h, w in SIZES:
         x, y = data(2, h, w)
         assert_same_step(model, x, y, 1e-12, 1e-10)
+
+
+@pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn32s_alexnet"])
+def test_bands_and_plain_convs_give_the_same_gradients(name):
+    """bands=True (convs on the zero-padded core + the rim's border bands) and gemm_fc=False."""
+    model = tiny(name)
+    for h, w in [(1, 1), (9, 7), (31, 45), (64, 33)]:
+        x, y = data(2, h, w)
+        assert_same_step(model, x, y, 1e-12, 1e-10, bands=True)
+        assert_same_step(model, x, y, 1e-12, 1e-10, bands=True, gemm_fc=False)
 
 
 @pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn32s_alexnet"])

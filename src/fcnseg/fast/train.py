@@ -16,6 +16,11 @@ here it is recomputed every step, differentiably, and kept small:
   batch 1, whatever the batch (vs FastFCN's one black image of 212x212 for 500x500).
 * Core: each layer runs only on the positions whose receptive field touches the image, on a
   window = core + a rim of background (or zeros past the map's edges), built with torch.cat.
+  ``bands=True`` instead runs a stride-1 conv on the core with zero padding (no window copy:
+  ~0.1 GB lower peak at 500x500) and adds the rim's share to the output's four border bands
+  (batch-1 convs of thin background strips); measured no faster here, so off by default.
+* fc6 / fc7 (``gemm_fc``): im2col + one GEMM (F.unfold + F.linear), backward two GEMMs;
+  oneDNN's backward of the 7x7 conv on a 22x22 map was the step's largest item (~15%).
 * Taps (pool3, pool4) and the trunk's output are pasted back into full maps (background
   around the core) before the model's own head (forward_head), so the head, its crops, losses
   and upsamplers are the model's.
@@ -102,6 +107,7 @@ class _Plan:
     recut: tuple[list[int] | None, list[int] | None]  # previous compact output -> small_in
     rim: list[tuple[int, int, list[int], list[int]]]  # strips: (band, side, rows, cols)
     padding: tuple[int, int] | None  # the window is the core + zeros: conv/pool padding
+    bands: list | None = None  # stride-1 convs: the core's padding and the rim's 4 bands
 
 
 def plan_steps(steps: list[Step], H: int, W: int) -> list[_Plan]:
@@ -143,10 +149,63 @@ def plan_steps(steps: list[Step], H: int, W: int) -> list[_Plan]:
         pads = (c0 - h0, d0 - w0)
         if whole and (s.kind == "conv" or pads == (0, 0)) and pads == (h1 - c1, w1 - d1):
             padding = pads
-        plans.append(_Plan(g, small, zin, small_out, zout, recut, rim, padding))
+        bands = None if padding is not None or g.direct else _bands(s, g, small, zin)
+        plans.append(_Plan(g, small, zin, small_out, zout, recut, rim, padding, bands))
         prev_small = small_out
         uniform = uniform and s.kind == "pool"
     return plans
+
+
+def _bands(s: Step, g: Geom, small, zin):
+    """A stride-1 conv whose window is its core + a rim of equal width on opposite sides runs
+    on the core with that padding (zeros: no window copy, nothing saved twice), plus the rim's
+    contribution to the output's 4 border bands: batch-1 convs of thin strips of the
+    background (core zeroed), added in place. Returns [(rows, cols, mask, out rows, out cols)]
+    or None where that does not apply (a core smaller than the kernel: bands would overlap)."""
+    (h0, h1), (w0, w1) = g.window
+    (c0, c1), (d0, d1) = g.in_core
+    k = pair(s.layer.kernel_size)
+    t, left = c0 - h0, d0 - w0
+    ch, cw = c1 - c0, d1 - d0
+    if s.kind != "conv" or s.layer.stride != (1, 1) or (t, left) != (h1 - c1, w1 - d1):
+        return None
+    if ch < k[0] or cw < k[1] or min(t, left) < 1:
+        return None
+    wh, ww = h1 - h0, w1 - w0
+    oh, ow = wh - k[0] + 1, ww - k[1] + 1
+    th, tw = t + k[0] - 1, left + k[1] - 1  # window rows / columns one band reads
+    bands = []
+    for (r0, r1), (q0, q1), orows, ocols in (
+        ((0, th), (0, ww), (0, t), (0, ow)), ((wh - th, wh), (0, ww), (oh - t, oh), (0, ow)),
+        ((t, t + ch), (0, tw), (t, oh - t), (0, left)), ((t, t + ch), (ww - tw, ww), (t, oh - t),
+                                                         (ow - left, ow)),
+    ):  # fmt: skip
+        rows = _index(h0 + r0, h0 + r1, g.in_len[0], small[0], zin[0])
+        cols = _index(w0 + q0, w0 + q1, g.in_len[1], small[1], zin[1])
+        mask = torch.ones(1, 1, r1 - r0, q1 - q0)
+        mask[
+            :, :, max(t - r0, 0) : max(t + ch - r0, 0), max(left - q0, 0) : max(left + cw - q0, 0)
+        ] = 0
+        bands.append((rows, cols, None if bool(mask.all()) else mask, orows, ocols))
+    return bands
+
+
+class _AddBands(torch.autograd.Function):
+    """y[:, :, rows, cols] += band (batch 1, broadcast) for each band, in place; the bands'
+    gradients are the output gradient's bands summed over the batch."""
+
+    @staticmethod
+    def forward(ctx, y, spans, *bands):
+        ctx.spans = spans
+        ctx.mark_dirty(y)
+        for (r, c), b in zip(spans, bands, strict=True):
+            y[:, :, r[0] : r[1], c[0] : c[1]] += b
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        grads = [g[:, :, r[0] : r[1], c[0] : c[1]].sum(0, keepdim=True) for r, c in ctx.spans]
+        return (g, None, *grads)
 
 
 def _recut(big: int, have: int, want: int, zone: Interval) -> list[int]:
@@ -167,7 +226,7 @@ class FastTrainFCN(nn.Module):
     DDP can take either. Plans are cached per input size (a few small index lists).
     """
 
-    def __init__(self, model: FCN, *, gemm_fc: bool = True):
+    def __init__(self, model: FCN, *, gemm_fc: bool = True, bands: bool = False):
         super().__init__()
         if not isinstance(model, FCN):
             raise TypeError(f"FastTrainFCN wraps an fcnseg FCN, got {type(model).__name__}")
@@ -183,6 +242,7 @@ class FastTrainFCN(nn.Module):
             )
         self.model = model
         self.gemm_fc = gemm_fc
+        self.bands = bands
         try:
             self.steps = parse_trunk(model)
         except ValueError as e:
@@ -256,6 +316,21 @@ class FastTrainFCN(nn.Module):
             y = F.conv2d(x, layer.weight, layer.bias, layer.stride, p)
         return torch.relu_(y) if s.relu else y
 
+    def _conv_bands(self, s: Step, core, bg, bands) -> torch.Tensor:
+        w = s.layer.weight
+        bg = F.pad(bg, (0, 1, 0, 1))
+        t, left = bands[0][3][1], bands[2][4][1]
+        y = F.conv2d(core, w, s.layer.bias, 1, (t, left))
+        parts, spans = [], []
+        for rows, cols, mask, orows, ocols in bands:
+            x = self._gather(bg, rows, cols).to(core.dtype)
+            if mask is not None:
+                x = x * mask.to(x.device, x.dtype)
+            parts.append(F.conv2d(x, w.to(x.dtype)))
+            spans.append((orows, ocols))
+        y = _AddBands.apply(y, tuple(spans), *parts)
+        return torch.relu_(y) if s.relu else y
+
     def _full(self, core, bg_out, p: _Plan, n: int, fmt) -> torch.Tensor:
         """The big output map: the background (gathered from its compact map) around core."""
         g = p.geom
@@ -311,6 +386,10 @@ class FastTrainFCN(nn.Module):
                 y = self._run(s, cur)
             elif p.padding is not None:  # core = whole map, rim = zeros: the op's padding
                 y = self._run(s, cur, p.padding)
+            elif (
+                p.bands is not None and self.bands
+            ):  # the core with zero padding, then the rim's share
+                y = self._conv_bands(s, cur, bg_in, p.bands)
             else:  # core + its rim of background (and zeros past the map's edges)
                 win = self._paste(cur, bg_in, {b: (r, cc) for b, r, cc in p.rim}, n, fmt)
                 y = self._run(s, win, (0, 0))
