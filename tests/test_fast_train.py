@@ -213,3 +213,31 @@ def test_training_with_fast_reaches_the_same_weights(tmp_path):
         torch.testing.assert_close(out[True][k], v, rtol=1e-4, atol=1e-6, msg=k)
         changed |= k in start and not torch.equal(v, start[k])
     assert changed
+
+
+@pytest.mark.slow
+def test_two_processes_with_fast_match_one_plain(tmp_path):
+    """DDP over gloo (2 ranks x 2 images, --fast) == 1 process x 4 images without --fast."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from fcnseg.checkpoint import load_checkpoint
+
+    def run(out, *extra):
+        args = ["train", "--model", "fcn8s_vgg16", "--width", "0.0625", "--recipe", "cvpr",
+                "--lr", "0.01", "--batch-size", "4", "--steps", "2", "--model-option",
+                "dropout=0", "--data-option", "n_train=8", "--data-option", "n_val=2",
+                "--data-option", "size=48", "--data-option", "scale=1.0,1.5",
+                "--out", str(tmp_path / out), *extra]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, "-m", "fcnseg", *args], env=env, timeout=600)
+
+    assert run("one").returncode == 0
+    assert run("two", "--fast", "--nproc", "2").returncode == 0
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["fast"] is True
+    a = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
