@@ -176,6 +176,17 @@ def test_compact_background_is_the_black_images_activations(name, size):
             torch.testing.assert_close(bg, z, rtol=1e-12, atol=1e-12, msg=s.name)
 
 
+def test_bf16_autocast_runs_and_stays_close():
+    """AMP (bf16 autocast on CPU): not exact for either path; both near the float32 loss."""
+    model = tiny("fcn8s_vgg16", torch.float32, dropout=0.0)
+    x, y = data(1, 45, 52, torch.float32)
+    ref, _ = step(model, model, x, y)
+    with torch.autocast("cpu", torch.bfloat16):
+        loss, grads = step(FastTrainFCN(model), model, x, y)
+    assert abs(loss - ref) <= 0.05 * abs(ref)
+    assert all(torch.isfinite(g).all() and g.dtype == torch.float32 for g in grads.values())
+
+
 def test_eval_mode_and_no_grad_give_the_models_output():
     model = tiny("fcn8s_atonce_vgg16").eval()
     x, _ = data(2, 50, 61)
