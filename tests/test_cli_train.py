@@ -59,6 +59,7 @@ def test_out_of_range_options_are_rejected_by_name(bad, capsys):
 
 def test_unknown_data_and_missing_checkpoint_are_clear_errors(tmp_path, capsys):
     assert main(["train", "--data", "nope", "--out", str(tmp_path / "r")]) == 1
-    assert "digits, voc:ROOT" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'nope' unknown" in err and "digits" in err and "voc:ROOT" in err
     assert main(["eval", str(tmp_path / "missing.pt")]) == 1
     assert "missing.pt" in capsys.readouterr().err
