@@ -39,155 +39,16 @@ checks loss and every parameter gradient against the model's own, float64 and fl
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models.fcn import FCN
-from .plan import Geom, Step, geometry, out_len, pair, parse_trunk, zones
+from .plan import Step, pair, parse_trunk
+from .train_plan import Plan, index, plan_steps
 
 __all__ = ["FastTrainFCN", "background_maps"]
-
-Interval = tuple[int, int]
-
-
-def _zones1(s: Step, axis: int, length: int, zin: Interval, uniform: bool) -> tuple[int, Interval]:
-    """One step along one axis: output length and edge zones for an input of `length` whose
-    zones are `zin` (plan.zones' rule, one step at a time)."""
-    k, st = pair(s.layer.kernel_size)[axis], pair(s.layer.stride)[axis]
-    p = pair(s.layer.padding)[axis]
-    out = out_len(length, k, st, p, s.kind == "pool" and s.layer.ceil_mode)
-    if uniform and s.kind == "conv":  # zeros everywhere, padding included: a constant output
-        return out, (0, 0)
-    zl, zr = zin
-    ol = min(out, -(-(zl + p) // st))
-    first = -(-(length - zr + p - k + 1) // st)
-    return out, (ol, out - min(out, max(0, first)))
-
-
-def _compact_length(s: Step, axis: int, big: int, zin: Interval, zout: Interval, uniform) -> int:
-    """The shortest input length big - m * stride that keeps both zones and leaves at least one
-    interior position in input and output (so the big maps are gathers of the compact ones)."""
-    st = pair(s.layer.stride)[axis]
-    for cand in range(big % st or st, big, st):
-        out, z = _zones1(s, axis, cand, zin, uniform)
-        if cand - sum(zin) >= 1 and out - sum(z) >= 1 and z == zout:
-            return cand
-    return big
-
-
-def _index(lo: int, hi: int, big: int, small: int, zone: Interval) -> list[int]:
-    """Compact indices of the big map's positions lo..hi-1; `small` (one past the compact map:
-    the zero row F.pad appends) for positions past the map's edges."""
-    zl, zr = zone
-    idx = []
-    for p in range(lo, hi):
-        if p < 0 or p >= big:
-            idx.append(small)
-        elif small == big or p < zl:
-            idx.append(p)
-        elif p >= big - zr:
-            idx.append(p - (big - small))
-        else:
-            idx.append(zl)  # the constant interior
-    return idx
-
-
-@dataclass
-class _Plan:
-    """Per step: geometry of the core, compact background lengths and zones, gather indices."""
-
-    geom: Geom
-    small_in: tuple[int, int]
-    zin: tuple[Interval, Interval]
-    small_out: tuple[int, int]
-    zout: tuple[Interval, Interval]
-    recut: tuple[list[int] | None, list[int] | None]  # previous compact output -> small_in
-    rim: list[tuple[int, int, list[int], list[int]]]  # strips: (band, side, rows, cols)
-    padding: tuple[int, int] | None  # the window is the core + zeros: conv/pool padding
-    bands: list | None = None  # stride-1 convs: the core's padding and the rim's 4 bands
-
-
-def plan_steps(steps: list[Step], H: int, W: int) -> list[_Plan]:
-    geoms = geometry(steps, H, W)
-    zs = [zones(steps, L, a) for a, L in enumerate((H, W))]
-    plans: list[_Plan] = []
-    prev_small = (H, W)  # the black input: built at its compact size directly
-    uniform = True
-    for i, (s, g) in enumerate(zip(steps, geoms, strict=True)):
-        zin = (zs[0][i][0], zs[1][i][0])
-        zout = (zs[0][i][1], zs[1][i][1])
-        small = tuple(_compact_length(s, a, g.in_len[a], zin[a], zout[a], uniform) for a in (0, 1))
-        small_out = tuple(
-            _zones1(s, a, small[a], zin[a], uniform)[0] for a in (0, 1)
-        )  # fmt: skip
-        recut = (None, None)
-        if i > 0:  # re-cut the previous step's compact output (its big length: g.in_len)
-            recut = tuple(
-                None
-                if small[a] == prev_small[a]
-                else _recut(g.in_len[a], prev_small[a], small[a], zin[a])
-                for a in (0, 1)
-            )
-        (h0, h1), (w0, w1) = g.window
-        (c0, c1), (d0, d1) = g.in_core
-        assert h0 <= c0 <= c1 <= h1 and w0 <= d0 <= d1 <= w1, (s.name, g)
-        rim = []
-        L, Z = g.in_len, zin
-        for band, rows, cols in (
-            ("top", (h0, c0), (w0, w1)), ("bottom", (c1, h1), (w0, w1)),
-            ("left", (c0, c1), (w0, d0)), ("right", (c0, c1), (d1, w1)),
-        ):  # fmt: skip
-            if rows[1] > rows[0] and cols[1] > cols[0]:
-                ri = _index(*rows, L[0], small[0], Z[0])
-                ci = _index(*cols, L[1], small[1], Z[1])
-                rim.append((band, ri, ci))
-        padding = None
-        whole = g.in_core == ((0, L[0]), (0, L[1]))
-        pads = (c0 - h0, d0 - w0)
-        if whole and (s.kind == "conv" or pads == (0, 0)) and pads == (h1 - c1, w1 - d1):
-            padding = pads
-        bands = None if padding is not None or g.direct else _bands(s, g, small, zin)
-        plans.append(_Plan(g, small, zin, small_out, zout, recut, rim, padding, bands))
-        prev_small = small_out
-        uniform = uniform and s.kind == "pool"
-    return plans
-
-
-def _bands(s: Step, g: Geom, small, zin):
-    """A stride-1 conv whose window is its core + a rim of equal width on opposite sides runs
-    on the core with that padding (zeros: no window copy, nothing saved twice), plus the rim's
-    contribution to the output's 4 border bands: batch-1 convs of thin strips of the
-    background (core zeroed), added in place. Returns [(rows, cols, mask, out rows, out cols)]
-    or None where that does not apply (a core smaller than the kernel: bands would overlap)."""
-    (h0, h1), (w0, w1) = g.window
-    (c0, c1), (d0, d1) = g.in_core
-    k = pair(s.layer.kernel_size)
-    t, left = c0 - h0, d0 - w0
-    ch, cw = c1 - c0, d1 - d0
-    if s.kind != "conv" or s.layer.stride != (1, 1) or (t, left) != (h1 - c1, w1 - d1):
-        return None
-    if ch < k[0] or cw < k[1] or min(t, left) < 1:
-        return None
-    wh, ww = h1 - h0, w1 - w0
-    oh, ow = wh - k[0] + 1, ww - k[1] + 1
-    th, tw = t + k[0] - 1, left + k[1] - 1  # window rows / columns one band reads
-    bands = []
-    for (r0, r1), (q0, q1), orows, ocols in (
-        ((0, th), (0, ww), (0, t), (0, ow)), ((wh - th, wh), (0, ww), (oh - t, oh), (0, ow)),
-        ((t, t + ch), (0, tw), (t, oh - t), (0, left)), ((t, t + ch), (ww - tw, ww), (t, oh - t),
-                                                         (ow - left, ow)),
-    ):  # fmt: skip
-        rows = _index(h0 + r0, h0 + r1, g.in_len[0], small[0], zin[0])
-        cols = _index(w0 + q0, w0 + q1, g.in_len[1], small[1], zin[1])
-        mask = torch.ones(1, 1, r1 - r0, q1 - q0)
-        mask[
-            :, :, max(t - r0, 0) : max(t + ch - r0, 0), max(left - q0, 0) : max(left + cw - q0, 0)
-        ] = 0
-        bands.append((rows, cols, None if bool(mask.all()) else mask, orows, ocols))
-    return bands
 
 
 class _AddBands(torch.autograd.Function):
@@ -206,15 +67,6 @@ class _AddBands(torch.autograd.Function):
     def backward(ctx, g):
         grads = [g[:, :, r[0] : r[1], c[0] : c[1]].sum(0, keepdim=True) for r, c in ctx.spans]
         return (g, None, *grads)
-
-
-def _recut(big: int, have: int, want: int, zone: Interval) -> list[int]:
-    """Indices into a compact map of length `have` (of a big map of length `big`, zones
-    `zone`) giving the compact map of length `want` (or the big map itself)."""
-    if want == big:
-        return _index(0, big, big, have, zone)
-    zl, zr = zone
-    return [*range(zl), *([zl] * (want - zl - zr)), *range(have - zr, have)]
 
 
 class FastTrainFCN(nn.Module):
@@ -253,7 +105,7 @@ class FastTrainFCN(nn.Module):
         ]
         step_of = {m: i for i, s in enumerate(self.steps) for m in s.modules}
         self._taps = {step_of[n]: n for n in (*model.taps, model.trunk_names[-1])}
-        self._plans: dict[tuple[int, int], list[_Plan]] = {}
+        self._plans: dict[tuple[int, int], list[Plan]] = {}
 
     @property
     def num_classes(self):
@@ -263,7 +115,7 @@ class FastTrainFCN(nn.Module):
     def preprocessing(self):
         return self.model.preprocessing
 
-    def plan(self, H: int, W: int) -> list[_Plan]:
+    def plan(self, H: int, W: int) -> list[Plan]:
         key = (H, W)
         if key not in self._plans:
             if len(self._plans) > 64:
@@ -271,7 +123,7 @@ class FastTrainFCN(nn.Module):
             self._plans[key] = plan_steps(self.steps, H, W)
         return self._plans[key]
 
-    def _last_background(self, plans: list[_Plan]) -> int:
+    def _last_background(self, plans: list[Plan]) -> int:
         """The last step whose background output is read: by a later step's rim, or pasted
         around a tap's (or a dropout's) core; none past it is computed (fc6's would cost
         ~5 GMAC at 500x500, and its map is all core)."""
@@ -331,13 +183,13 @@ class FastTrainFCN(nn.Module):
         y = _AddBands.apply(y, tuple(spans), *parts)
         return torch.relu_(y) if s.relu else y
 
-    def _full(self, core, bg_out, p: _Plan, n: int, fmt) -> torch.Tensor:
+    def _full(self, core, bg_out, p: Plan, n: int, fmt) -> torch.Tensor:
         """The big output map: the background (gathered from its compact map) around core."""
         g = p.geom
         (a0, a1), (b0, b1) = g.out_core
         (H, W) = g.out_len
-        rows = lambda lo, hi: _index(lo, hi, H, p.small_out[0], p.zout[0])  # noqa: E731
-        cols = lambda lo, hi: _index(lo, hi, W, p.small_out[1], p.zout[1])  # noqa: E731
+        rows = lambda lo, hi: index(lo, hi, H, p.small_out[0], p.zout[0])  # noqa: E731
+        cols = lambda lo, hi: index(lo, hi, W, p.small_out[1], p.zout[1])  # noqa: E731
         strips = {
             "top": (rows(0, a0), cols(0, W)), "bottom": (rows(a1, H), cols(0, W)),
             "left": (rows(a0, a1), cols(0, b0)), "right": (rows(a0, a1), cols(b1, W)),
@@ -471,7 +323,7 @@ def background_maps(fast: FastTrainFCN, H: int, W: int) -> list[torch.Tensor]:
         if i > 0 and p.recut != (None, None):
             bg = fast._gather(bg, *p.recut)
         bg = fast._run(s, bg)
-        rows = _index(0, p.geom.out_len[0], p.geom.out_len[0], p.small_out[0], p.zout[0])
-        cols = _index(0, p.geom.out_len[1], p.geom.out_len[1], p.small_out[1], p.zout[1])
+        rows = index(0, p.geom.out_len[0], p.geom.out_len[0], p.small_out[0], p.zout[0])
+        cols = index(0, p.geom.out_len[1], p.geom.out_len[1], p.small_out[1], p.zout[1])
         out.append(fast._gather(F.pad(bg, (0, 1, 0, 1)), rows, cols))
     return out
