@@ -205,7 +205,8 @@ def test_refuses_what_it_cannot_do_exactly():
 
 def test_training_with_fast_reaches_the_same_weights(tmp_path):
     """engine.train with fast=True and without: same seed, same weights after K steps (the
-    reference layout, dropout on, SGD momentum, accumulate 2)."""
+    reference layout, dropout on, SGD momentum, accumulate 2); and a --fast run stopped and
+    resumed."""
     from fcnseg.checkpoint import load_checkpoint
     from fcnseg.engine import TrainConfig, train
 
@@ -218,10 +219,15 @@ def test_training_with_fast_reaches_the_same_weights(tmp_path):
         cfg = TrainConfig(**base, fast=fast, out=str(tmp_path / f"fast{int(fast)}"))
         train(cfg, progress=False)
         out[fast] = load_checkpoint(tmp_path / f"fast{int(fast)}" / "last.pt")["model"]
+    cut = TrainConfig(**{**base, "steps": 2}, fast=True, out=str(tmp_path / "cut"))
+    train(cut, progress=False)  # stopped at 2, resumed to 3 with --fast: the same run
+    train(TrainConfig(**base, fast=True, out=str(tmp_path / "cut")), resume=True, progress=False)
+    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
     changed = False
     start = fcnseg.build_model("fcn8s_vgg16", num_classes=11, width=0.0625).state_dict()
     for k, v in out[False].items():
         torch.testing.assert_close(out[True][k], v, rtol=1e-4, atol=1e-6, msg=k)
+        torch.testing.assert_close(resumed[k], v, rtol=1e-4, atol=1e-6, msg=k)
         changed |= k in start and not torch.equal(v, start[k])
     assert changed
 
