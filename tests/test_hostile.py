@@ -479,3 +479,13 @@ def test_outputs_are_created_with_the_users_umask(home, capsys, mask, mode):
     for p in (home / "out" / "a.png", home / "out" / "a_overlay.png", home / "t.onnx",
               home / "c.pt"):  # fmt: skip
         assert p.stat().st_mode & 0o777 == mode, (p, oct(p.stat().st_mode))
+
+
+def test_the_demo_never_writes_into_a_users_folder(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my report")
+    refused(["demo", "--quick", "--out", mine], capsys, tmp_path, "did not write",
+            "--overwrite")  # fmt: skip
+    (tmp_path / "file").write_text("x")
+    refused(["demo", "--quick", "--out", tmp_path / "file"], capsys, tmp_path, "is a file")

@@ -66,8 +66,18 @@ def cmd_convert(args) -> int:
 def cmd_demo(args) -> int:
     """Run the demo on built-in data; write everything to --out."""
     from .demo import run_demo
+    from .safety import OutputError
 
-    run_demo(Path(args.out), quick=args.quick)
+    out = Path(args.out)  # a folder of the demo's own (marked) or a new one: never a user's
+    marker = out / ".fcnseg-demo"
+    if out.is_dir() and any(out.iterdir()) and not marker.exists() and not args.overwrite:
+        raise OutputError(f"--out {out} holds files that the demo did not write: choose another "
+                          f"--out, or pass --overwrite to let the demo write there")  # fmt: skip
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder: choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    run_demo(out, quick=args.quick)
     return 0
 
 
@@ -505,6 +515,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help=cmd_demo.__doc__)
     s.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     s.add_argument("--quick", action="store_true", help="small models: a smoke run for tests")
+    s.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out the demo did not make")  # fmt: skip
     s.set_defaults(func=cmd_demo)
 
     from .heatmap import CLASSIFIERS
