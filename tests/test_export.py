@@ -119,3 +119,32 @@ def test_hubconf_local():
         hubconf.fcn32s_alexnet(pretrained=True)
     model = torch.hub.load(str(ROOT), "fcn8s_vgg16", source="local", num_classes=3, width=0.125)
     assert model.num_classes == 3 and model(torch.zeros(1, 3, 20, 24)).shape == (1, 3, 20, 24)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_with_bilinear_upsamplers_runs_the_plain_transposed_conv(fmt, tmp_path, capsys):
+    """Fresh upsamplers are diagonal (they run per class in PyTorch): the exported graph must
+    still be the release's ConvTranspose (ONNX failed on the per-class kernel and dumped IR)."""
+    model = build_model("fcn8s_vgg16", num_classes=5, width=0.0625).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("score"):
+                p.normal_(0, 0.05)  # scores non-zero, upsamplers left bilinear
+    export = export_onnx if fmt == "onnx" else export_torchscript
+    rows = export(model, tmp_path / "m.bin", verify_sizes=[(1, 64, 64), (2, 45, 71)])
+    assert all(r["ok"] and not r.get("shape_only") for r in rows)
+    assert "Torch IR graph" not in capsys.readouterr().err
+
+
+def test_an_exporter_failure_is_one_line_without_the_ir_graph(tmp_path, monkeypatch):
+    def fails(*a, **k):
+        raise RuntimeError("Torch IR graph at exception: graph(%x : Float(*))\n  %1 = aten::foo()\n"
+                           "Unsupported: ONNX export of operator foo")  # fmt: skip
+
+    monkeypatch.setattr(torch.onnx, "export", fails)
+    with pytest.raises(ExportError) as e:
+        export_onnx(_tiny("fcn32s_vgg16"), tmp_path / "m.onnx", verify_sizes=[(1, 40, 40)])
+    assert str(e.value).count("\n") == 0 and "Unsupported: ONNX export of operator foo" in str(
+        e.value
+    )
+    assert "graph(" not in str(e.value) and not (tmp_path / "m.onnx").exists()

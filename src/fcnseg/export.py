@@ -162,6 +162,23 @@ def _verify(
     return rows
 
 
+@contextlib.contextmanager
+def _one_line_errors(fmt: str, model: nn.Module, opset: int | None = None) -> Iterator[None]:
+    """An exporter's failure as one line (the TorchScript-based ONNX exporter appends the whole
+    IR graph to its messages): what failed, and what to do."""
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError) as e:
+        dump = ("Torch IR", "graph(", " ", "%")
+        lines = [ln for ln in str(e).splitlines() if ln.strip() and not ln.startswith(dump)]
+        first = lines[0] if lines else type(e).__name__
+        raise ExportError(
+            f"{fmt} export of {getattr(model, 'name', 'the model')} failed"
+            f"{f' at opset {opset}' if opset else ''}: {first[:300]}. Nothing was written; "
+            f"try another --opset or the other --format, and report it with the model name"
+        ) from None
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -181,7 +198,7 @@ def export_onnx(
     model = _cpu_eval(model)
     path = Path(path)
     buf = io.BytesIO()  # built and checked in memory: a failed export leaves no file
-    with _tracing(), torch.no_grad():
+    with _tracing(), torch.no_grad(), _one_line_errors("ONNX", model, opset):
         torch.onnx.export(
             model,
             (_example(model, TRACE_SIZE, seed=99),),

@@ -89,13 +89,12 @@ class ClassUpsample(nn.ConvTranspose2d):
             or (w.requires_grad and torch.is_grad_enabled())  # weight gradient: the dense op
             or w.device.type == "meta"  # shapes only (fcnseg.flops): nothing to check
             or torch.compiler.is_compiling()  # a data-dependent branch: leave it dense
+            or torch.jit.is_tracing()  # export (ONNX, TorchScript): the plain ConvTranspose
         ):
             return super().forward(x, output_size)
         kernel = self.per_class_kernel()
         if kernel is None:
             return super().forward(x, output_size)
-        if torch.jit.is_tracing():  # keep the graph tied to the parameter, not a constant
-            kernel = _diag(w)
         dev = x.device.type
         out_dtype = x.dtype  # autocast leaves float64 alone, casts float32 down
         if torch.is_autocast_enabled(dev) and x.dtype == torch.float32:
