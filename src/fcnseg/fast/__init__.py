@@ -15,13 +15,17 @@ the map's outer edge, so no special case is needed for it. The input of each lay
 persistent buffer: background and zero padding written once, the core pasted in on each call,
 so the large layer inputs are not re-allocated (and re-faulted by the OS) on every call.
 
-Each layer then runs with the fastest kernel that gives the same numbers (fcnseg.kernels):
-3x3 convs with >= 256 input channels (VGG16's conv3_2 to conv5_3) by Winograd F(2x2, 3x3),
-2.25x fewer multiply-adds; the other convs by oneDNN into kept output buffers with the ReLU
-fused (no page faults for fresh 50 MB activations); fc6/fc7 as one GEMM (oneDNN's linear with
-the ReLU fused, where torch has it: a 7x7 conv on a 22x22 map runs far below the conv kernels'
-speed); channels_last throughout; the upsamplers as per-class (grouped) transposed convs when
-their weights are diagonal, as the bilinear ones are.
+Each layer then runs with the kernel that measured fastest on this machine for its shape and
+dtype, among those that give the same numbers (fcnseg.kernels): for 3x3 convs Winograd
+F(2x2, 3x3) (2.25x fewer multiply-adds) or oneDNN's direct conv into a kept output buffer with
+the ReLU fused (no page faults for fresh 50 MB activations); for fc6/fc7 one GEMM (oneDNN's
+linear with the ReLU fused, where torch has it) or the conv. The choice is timed at first use
+and cached per CPU model, thread count, torch version and layer shape in
+~/.cache/fcnseg/kernels.json ($FCNSEG_CACHE overrides; delete it or run `fcnseg bench
+--retune` to measure again): see fcnseg.fast.tuning. (A threshold tuned on one CPU, e.g.
+Winograd from 256 input channels on AMD Zen 4, is a cliff on another.) Channels_last
+throughout; the upsamplers as per-class (grouped) transposed convs when their weights are
+diagonal, as the bilinear ones are.
 
 Exactness: the same function of the same values, up to float rounding (summation order, and
 Winograd's transforms: ~1e-7 relative in float32, like the direct convs'); tests/test_fast.py
@@ -30,13 +34,29 @@ compares with the model's own forward, in float64 to 1e-12.
 At 500x500 the model's forward performs 181.5 GMAC (the "same" layout: 108.3); FastFCN's trunk
 computes 124.6 GMAC of it, as 88.9 GMAC of products with Winograd. At 1024 the padding's share,
 and the gain from skipping it, is smaller. `bfloat16=True` gives a bf16 trunk (the head stays
-float32): not exact, ~1e-2 relative, argmax nearly always the same; see
-benchmarks/inference.py.
+float32): not exact, ~5e-3 relative, argmax nearly always the same; see
+benchmarks/inference.py. The bf16 trunk never runs Winograd: its transforms and its GEMMs'
+outputs each round to bf16, where oneDNN's direct bf16 conv sums in fp32 and rounds once. On
+the benchmark's weights (benchmarks/inference.py, AMD Zen 4) bf16 Winograd on conv3_2-conv5_3
+gave 99.911% same argmax as fp32, 7.4e-3 max rel. error; without it 99.951%, 5.1e-3.
+
+Where the rest comes from (`python benchmarks/inference.py --bf16-layers`: each conv alone in
+bf16, the others fp32): every conv adds about the same, 1.2-2.5e-3 max rel. error and 0.008-
+0.025% of pixels changing class; no single layer dominates. Keeping layers in fp32
+(`FastFCN(fp32=(...))`) on two weight sets, same argmax as fp32 (inference.py's weights and cat
+photo / `fcnseg bench`'s weights and noise input): all bf16 99.951% / 99.376%; conv1_1 in fp32
+99.961% / 99.509%; conv5_x + fc6 + fc7 99.954% / 99.582%; the taps' convs conv3_3 + conv4_3
+99.950% / 99.186%. The first conv (it reads the image itself) paid off most in these runs, and
+with 3 input channels it is memory-bound, so fp32 costs it little. So bf16 keeps the first conv
+in fp32 by default
+(`fp32=None`; `fp32=()` for all bf16). OpenVINO 2026.4 at its default precision (bf16) on the
+same weights, input and machine: 99.946%.
 """
 
 from __future__ import annotations
 
 from .net import FastFCN, bf16_forward
 from .plan import core_interval
+from .train import FastTrainFCN
 
-__all__ = ["FastFCN", "bf16_forward", "core_interval"]
+__all__ = ["FastFCN", "FastTrainFCN", "bf16_forward", "core_interval"]
