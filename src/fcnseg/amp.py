@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .safety import write_bytes
+
 __all__ = ["MARGIN", "AmpChoice", "auto_amp", "cache_key", "cache_path", "choose_amp",
            "decide", "machine_name", "measure", "reset_cache"]  # fmt: skip
 
@@ -169,12 +171,9 @@ def _load() -> dict:
 def _save(entries: dict) -> None:
     path = cache_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         doc = {"about": "fcnseg --amp auto measurements; delete this file to measure again",
                "entries": entries}  # fmt: skip
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_bytes(path, json.dumps(doc, indent=1, sort_keys=True).encode(), what="amp cache")
     except OSError as e:  # a read-only home must not stop training
         warnings.warn(f"cannot write the amp cache {path} ({e.strerror}): the choice will be "
                       f"measured again next time; set FCNSEG_CACHE to a writable folder",

@@ -29,6 +29,7 @@ from .demo_digits import train_digit_stages
 from .fast import FastFCN
 from .heatmap import class_heatmap, class_indices, load_classifier, render_heatmap
 from .models import alexnet_classifier, convolutionalize, vgg16_classifier
+from .safety import atomic_write
 from .sliding import time_fcn_vs_sliding
 
 __all__ = ["run_demo"]
@@ -115,11 +116,13 @@ def _heatmap(image: np.ndarray, out: Path) -> tuple[str, list[str]]:
     # a coarse segmentation from the heatmap alone: VOC class 8 (cat) where P(cat) > 0.5
     mask = Image.fromarray(np.where(p_cat > 0.5, 8, 0).astype(np.uint8)).convert("P")
     mask.putpalette(voc_palette().flatten().tolist())
-    mask.save(out / "cat_mask.png")
+    atomic_write(out / "cat_mask.png", lambda f: mask.save(f, format="PNG"), what="mask")
     colour = np.asarray(mask.convert("RGB"))
     labelled = (p_cat > 0.5)[..., None]
     overlay = np.where(labelled, 0.4 * image + 0.6 * colour, image).astype(np.uint8)
-    Image.fromarray(overlay).save(out / "cat_mask_overlay.png")
+    overlay_im = Image.fromarray(overlay)
+    atomic_write(out / "cat_mask_overlay.png", lambda f: overlay_im.save(f, format="PNG"),
+                 what="overlay")  # fmt: skip
     rows = [[i, name, f"{p:.3f}"] for i, name, p in hm.top_classes(5)]
     text = (
         f"Heatmap grid {tuple(hm.logits.shape[1:])} for a {image.shape[0]}x{image.shape[1]} "
@@ -179,7 +182,8 @@ def run_demo(out: Path, *, quick: bool = False) -> Path:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     image = _cat()
-    Image.fromarray(image).save(out / "cat.png")
+    atomic_write(out / "cat.png", lambda f: Image.fromarray(image).save(f, format="PNG"),
+                 what="photo")  # fmt: skip
     print("1/5 models on the cat photo (random weights: shapes and timing)")
     models = _models(image, quick)
     print("2/5 convolutionalization exactness")
@@ -192,7 +196,7 @@ def run_demo(out: Path, *, quick: bool = False) -> Path:
     print("5/5 FCN vs sliding window")
     slide = _sliding(quick)
     report = out / "report.md"
-    report.write_text(
+    markdown = (
         f"# fcnseg demo{' (quick)' if quick else ''}\n\n"
         f"Ran in {time.perf_counter() - t0:.0f} s on {machine_name('cpu')}, "
         f"torch {torch.__version__}. Timings and the trained models' figures are this "
@@ -212,8 +216,8 @@ def run_demo(out: Path, *, quick: bool = False) -> Path:
         + "## 5. FCN vs sliding window (the paper's efficiency claim)\n\nSame classifier, same "
         "random image, median seconds; the difference comes from each crop's zero padding.\n\n"
         + slide
-        + "\n",
-        encoding="utf-8",
+        + "\n"
     )
+    atomic_write(report, lambda f: f.write(markdown.encode("utf-8")), what="report")
     print(f"done in {time.perf_counter() - t0:.0f} s: report at {report}")
     return report

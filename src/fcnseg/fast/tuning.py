@@ -29,7 +29,6 @@ the next process.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -42,6 +41,7 @@ import torch
 
 from .. import kernels
 from ..amp import machine_name
+from ..safety import write_bytes
 from .plan import Geom, Step, pair
 
 __all__ = ["MARGIN", "cache_path", "choose", "layer_key", "measure", "pick", "reset_cache",
@@ -93,19 +93,15 @@ def _save() -> None:
     """Merge this process's entries into the file (keeping those another process wrote
     meanwhile), written to a temporary file and renamed over the old one."""
     path = cache_path()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the load before already warned once
             entries = {**_read(path), **_entries()}
         doc = {"about": "FastFCN kernel measurements (fcnseg.fast.tuning); delete this file "
                "or run `fcnseg bench --retune` to measure again", "entries": entries}  # fmt: skip
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_bytes(path, json.dumps(doc, indent=1, sort_keys=True).encode(),
+                    what="FastFCN kernel cache")  # fmt: skip
     except OSError as e:  # a read-only home must not stop inference
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         warnings.warn(
             f"cannot write the FastFCN kernel cache {path} ({e.strerror or e}): kernels will "
             "be measured again in the next process; set FCNSEG_CACHE to a writable folder",
