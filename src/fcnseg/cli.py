@@ -726,8 +726,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     args.argv = argv
+    ok = False
     try:
-        return args.func(args)
+        code = args.func(args)
+        ok = code == 0
+        return code
     except KeyboardInterrupt as e:  # training saves a checkpoint first and says so
         print(f"\n{e or 'interrupted'}", file=sys.stderr)
         return 130
@@ -741,6 +744,22 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug of ours: still no bare traceback without --debug
         return _fail(f"internal error ({type(e).__name__}: {e}); rerun with --debug and "
                      f"report it", args.debug)  # fmt: skip
+    finally:
+        _close_process_group(ok)
+
+
+def _close_process_group(ok: bool) -> None:
+    """Under torchrun: leave the process group together before exit. A rank that exited while
+    another still had gloo's connections open aborted it now and then ("terminate called
+    without an active exception"): after a success every rank waits for the others first."""
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if ok:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def _fail(message: str, debug: bool) -> int:
