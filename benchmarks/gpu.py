@@ -30,21 +30,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import fcnseg
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling benchmark script
+import inference
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = fcnseg.build_model("fcn8s_vgg16")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.normal_(0, 0.1)
-            elif name.startswith("score"):
-                p.normal_(0, p.shape[1] ** -0.5)
-    return model
+    """inference.py's FCN-8s (same weights), in training mode."""
+    return inference.make_model().train()
 
 
 class Runner:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -25,14 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                    if line.startswith("Model name"))  # fmt: skip
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+from fcnseg.amp import machine_name
 
 
 def write_dataset(root: Path, n: int) -> None:
@@ -94,7 +86,7 @@ def main() -> None:
                 rows.append((nproc, workers, rate, wait, wall, float(e.group(1)) if e else None))
                 print(rows[-1], flush=True)
     print(
-        f"\nCPU: {cpu_name()}; {os.cpu_count()} cores; load average "
+        f"\nCPU: {machine_name()}; {os.cpu_count()} cores; load average "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
     print(
