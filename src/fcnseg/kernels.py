@@ -11,6 +11,8 @@ PyTorch ships oneDNN ops with fused post-ops (the ones torch.compile's CPU backe
 Both are private ops; `available` checks once, on tiny tensors, that they exist and give the
 same numbers as F.conv2d / F.linear, and callers fall back to those when they do not (float64,
 CUDA, a torch built without oneDNN, or a future torch that renames them).
+
+Winograd F(2x2, 3x3) and F(4x4, 3x3) (`winograd_*`) live in fcnseg.winograd, re-exported here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import functools
 
 import torch
 import torch.nn.functional as F
+
+from .winograd import winograd_conv, winograd_plan, winograd_tiles, winograd_weight
 
 __all__ = [
     "available", "conv_as_gemm", "conv_into", "linear", "winograd_conv", "winograd_plan",
@@ -107,106 +111,3 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, *, relu: bo
     """relu(x @ w^T + b): (L, K) x (O, K) -> (L, O)."""
     _, lin = _ops()
     return lin(x, w, b, "relu" if relu else "none", [], "")
-
-
-# ---------------------------------------------------------------- Winograd F(2x2, 3x3)
-# Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016). Each 2x2
-# block of a 3x3 conv's output comes from a 4x4 tile of its input (tiles overlap by 2):
-#     Y = A^T [ (G g G^T) * (B^T d B) ] A,
-# 16 products per block where the direct conv makes 36: 2.25x fewer multiply-adds, spent as 16
-# GEMMs (tiles x C_in) @ (C_in x C_out). The transforms B, A hold only 0 and +-1 (adds); G holds
-# halves and is applied to the weights once, in float64. Rounding stays ~1e-7 relative in
-# float32 (tests/test_kernels.py). It pays where the GEMMs are large next to the transforms'
-# memory traffic (many channels, small maps: VGG16's conv4 and conv5 at 500x500).
-
-_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
-
-
-def winograd_weight(w: torch.Tensor) -> torch.Tensor:
-    """(O, C, 3, 3) -> U (16, C, O) = G g G^T per (o, c), the 4x4 components flattened."""
-    G = torch.tensor(_G, dtype=torch.float64, device=w.device)
-    U = torch.einsum("ai,ocij,bj->abco", G, w.double(), G)  # (4, 4, C, O)
-    return U.reshape(16, w.shape[1], w.shape[0]).to(w.dtype).contiguous()
-
-
-def winograd_tiles(out_h: int, out_w: int) -> tuple[int, int]:
-    """Tile rows and columns for an output of out_h x out_w: the input must be 2t+2 each way."""
-    return (out_h + 1) // 2, (out_w + 1) // 2
-
-
-def winograd_plan(
-    n: int, th: int, tw: int, c: int, o: int, budget: int = 1 << 22
-) -> dict[str, int | tuple]:
-    """How a layer's tiles are processed: in bands of `band` tile rows, so that the transformed
-    input and the GEMMs' results (16 values a tile and channel) stay under `budget` elements
-    (16 MB in float32) however large the image; and the elements each work arena needs.
-
-    Arena "a" holds a band's input rows after B^T, then its GEMM results; "b" the band's
-    B^T d B, then A^T applied along H; "y" the whole output (N, th, 2, tw, 2, O).
-    """
-    band = max(1, min(th, budget // (16 * n * tw * max(c, o))))
-    return {
-        "shape": (n, th, tw, c, o),
-        "band": band,
-        "a": max(4 * n * band * (2 * tw + 2) * c, 16 * n * band * tw * o),
-        "b": max(16 * n * band * tw * c, 8 * n * band * tw * o),
-        "y": n * th * tw * 4 * o,
-    }
-
-
-def winograd_conv(
-    x: torch.Tensor,
-    U: torch.Tensor,
-    b: torch.Tensor | None,
-    plan: dict,
-    arenas: dict[str, torch.Tensor],
-    out_hw: tuple[int, int],
-    *,
-    relu: bool,
-) -> torch.Tensor:
-    """relu(conv2d(x, w, b)) for a 3x3 kernel, stride 1, no padding, by F(2x2, 3x3).
-
-    x: (N, C, 2*th+2, 2*tw+2) channels_last (zeros past the real input); U: winograd_weight(w);
-    plan: winograd_plan(...); arenas: flat tensors "a", "b", "y" of at least the plan's sizes,
-    kept by the caller across calls (re-faulting ~100 MB a call costs more than the work) and
-    shared by layers (a layer's buffers are dead once its output has been read). Returns the
-    (N, O, out_h, out_w) output as a channels_last view into arenas["y"].
-    """
-    n, th, tw, c, o = plan["shape"]
-    A, B = arenas["a"], arenas["b"]
-    Y = arenas["y"][: n * th * tw * 4 * o].view(n, th, 2, tw, 2, o)  # output blocks, interleaved
-    xh = x.permute(0, 2, 3, 1)  # (N, H, W, C), contiguous
-    for t0 in range(0, th, plan["band"]):
-        tb = min(plan["band"], th - t0)
-        rows = A[: 4 * n * tb * (2 * tw + 2) * c].view(4, n, tb, 2 * tw + 2, c)
-        d = [xh[:, 2 * t0 + k : 2 * t0 + k + 2 * tb : 2] for k in range(4)]  # (N, tb, W, C)
-        torch.sub(d[0], d[2], out=rows[0])  # B^T = [[1,0,-1,0], [0,1,1,0], [0,-1,1,0], [0,1,0,-1]]
-        torch.add(d[1], d[2], out=rows[1])
-        torch.sub(d[2], d[1], out=rows[2])
-        torch.sub(d[1], d[3], out=rows[3])
-        V = B[: 16 * n * tb * tw * c].view(4, 4, n, tb, tw, c)  # B^T d B
-        e = [rows[:, :, :, k : k + 2 * tw : 2] for k in range(4)]  # (4, N, tb, tw, C)
-        torch.sub(e[0], e[2], out=V[:, 0])
-        torch.add(e[1], e[2], out=V[:, 1])
-        torch.sub(e[2], e[1], out=V[:, 2])
-        torch.sub(e[1], e[3], out=V[:, 3])
-        M = A[: 16 * n * tb * tw * o].view(16, n * tb * tw, o)  # `rows` is dead
-        torch.bmm(V.view(16, -1, c), U, out=M)  # (16, tiles, C) @ (16, C, O)
-        m = M.view(4, 4, n, tb, tw, o)
-        if b is not None:
-            m[1, 1] += b  # A^T's column 1 is all ones: component (1, 1) reaches all 4 outputs
-        S = B[: 8 * n * tb * tw * o].view(2, 4, n, tb, tw, o)  # `V` is dead
-        torch.add(m[0], m[1], out=S[0])  # A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
-        S[0] += m[2]
-        torch.sub(m[1], m[2], out=S[1])
-        S[1] -= m[3]
-        Yb = Y[:, t0 : t0 + tb]
-        Yp = Yb.permute(2, 4, 0, 1, 3, 5)  # (2 rows, 2 cols, N, tb, tw, O)
-        torch.add(S[:, 0], S[:, 1], out=Yp[:, 0])
-        Yp[:, 0] += S[:, 2]
-        torch.sub(S[:, 1], S[:, 2], out=Yp[:, 1])
-        Yp[:, 1] -= S[:, 3]
-        if relu:
-            Yb.relu_()
-    oh, ow = out_hw
-    return Y.view(n, 2 * th, 2 * tw, o)[:, :oh, :ow].permute(0, 3, 1, 2)

@@ -1,0 +1,212 @@
+"""Winograd F(m x m, 3x3) convolutions on CPU, m = 2 or 4 (used by FastFCN, via fcnseg.kernels).
+
+Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016). Each m x m block
+of a 3x3 conv's output comes from an a x a tile of its input, a = m + 2 (tiles overlap by 2):
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A,
+
+a^2 products per block where the direct conv makes 9 m^2: F(2x2, 3x3) 16 for 4 outputs (2.25x
+fewer multiply-adds), F(4x4, 3x3) 36 for 16 (4x fewer), spent as a^2 batched GEMMs
+(tiles x C_in) @ (C_in x C_out). F(4x4) also reads 2.25 transformed input values per output
+where F(2x2) reads 4, so its transforms move less memory too.
+
+The matrices are data (`transforms`): built exactly (fractions) from the interpolation points
+by Toom-Cook (A^T = the points' powers, G = the same for the kernel, B^T = the inverse
+Vandermonde transposed, each row scaled to small integers, the scale moved into G). G is
+applied to the weights once, in float64; B^T and A^T run as a few elementwise torch ops each
+(out= into the caller's arenas), along H, then along W. Points for F(4x4): 0, +-1, 2, -1/2, inf
+rounded best in float32 (~3e-6 relative, ~10x the direct conv's: see POINTS); F(2x2): 0, +-1, inf.
+"""
+
+from __future__ import annotations
+
+import functools
+from fractions import Fraction
+
+import torch
+
+__all__ = [
+    "POINTS", "transforms", "winograd_conv", "winograd_plan", "winograd_tiles",
+    "winograd_weight",
+]  # fmt: skip
+
+# Finite interpolation points per output tile size m (the point at infinity is implied).
+# F(4x4) float32 max rel. error vs float64 on (1, 256, 66, 66) inputs (N(0, 1), or its ReLU),
+# 256 -> 256 He-scaled weights, 3 seeds (the direct conv: 2.1-3.3e-7; F(2x2): 3.5-4.4e-7):
+# 0 +-1 +-2 (the usual choice) 7.4-8.4e-6; 0 +-1 +-1/2 6.2-8.5e-6; 0 +-1 +-3/2 3.8-5.2e-6;
+# 0 +-1 3/2 -2/3 2.9-4.1e-6; 0 +-1 2 -1/2 2.6-2.9e-6, the best (as Barabasz et al. 2018 found).
+POINTS = {2: (0, 1, -1), 4: (0, 1, -1, 2, Fraction(-1, 2))}
+
+
+def _solve_inverse(m: list[list[Fraction]]) -> list[list[Fraction]]:
+    """The inverse of a square matrix of fractions (Gauss-Jordan, exact)."""
+    n = len(m)
+    a = [row[:] + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(m)]
+    for col in range(n):
+        piv = next(r for r in range(col, n) if a[r][col] != 0)
+        a[col], a[piv] = a[piv], a[col]
+        p = a[col][col]
+        a[col] = [v / p for v in a[col]]
+        for r in range(n):
+            if r != col and a[r][col] != 0:
+                f = a[r][col]
+                a[r] = [v - f * w for v, w in zip(a[r], a[col], strict=True)]
+    return [row[n:] for row in a]
+
+
+def _powers(points, n: int) -> list[list[Fraction]]:
+    """Rows [p^0 .. p^(n-1)] per finite point, then [0 .. 0, 1] for infinity."""
+    rows = [[Fraction(p) ** i for i in range(n)] for p in points]
+    return [*rows, [Fraction(0)] * (n - 1) + [Fraction(1)]]
+
+
+@functools.cache
+def transforms(m: int, points: tuple | None = None) -> tuple[tuple, tuple, tuple]:
+    """(A^T (m x a), G (a x 3), B^T (a x a)) of F(m, 3), as tuples of Fractions.
+
+    1D correlation y = A^T [(G g) * (B^T d)]: the transpose of Toom-Cook's linear convolution
+    (evaluate at the points, multiply, interpolate)."""
+    pts = POINTS[m] if points is None else points
+    a = m + 2
+    if len(pts) != a - 1 or len(set(pts)) != len(pts):
+        raise ValueError(f"F({m}, 3) needs {a - 1} distinct finite points, got {pts}")
+    at = [list(col) for col in zip(*_powers(pts, m), strict=True)]  # E_m^T
+    g = _powers(pts, 3)
+    inv = _solve_inverse(_powers(pts, a))  # V^-1
+    bt = [list(col) for col in zip(*inv, strict=True)]  # V^-T
+    for j, row in enumerate(bt):  # integer rows of B^T: exact in float, the scale goes to G
+        den = functools.reduce(lambda x, y: x * y // _gcd(x, y), (v.denominator for v in row))
+        num = functools.reduce(_gcd, (abs(v.numerator) for v in row if v))
+        s = Fraction(den, num)
+        if 1 not in [v * s for v in row] and -1 in [v * s for v in row]:
+            s = -s  # a +1 entry lets the row start with an add (no separate multiply)
+        bt[j] = [v * s for v in row]
+        g[j] = [v / s for v in g[j]]
+    return tuple(map(tuple, at)), tuple(map(tuple, g)), tuple(map(tuple, bt))
+
+
+def _gcd(x: int, y: int) -> int:
+    while y:
+        x, y = y, x % y
+    return x
+
+
+def _matrix(rows, dtype=torch.float64, device=None) -> torch.Tensor:
+    return torch.tensor([[float(v) for v in r] for r in rows], dtype=dtype, device=device)
+
+
+def winograd_weight(w: torch.Tensor, *, m: int = 2, points: tuple | None = None) -> torch.Tensor:
+    """(O, C, 3, 3) -> U (a*a, C, O) = G g G^T per (o, c) in float64, the a x a components
+    flattened, in w's dtype (a = m + 2)."""
+    G = _matrix(transforms(m, points)[1], device=w.device)
+    U = torch.einsum("ai,ocij,bj->abco", G, w.double(), G)  # (a, a, C, O)
+    a = m + 2
+    return U.reshape(a * a, w.shape[1], w.shape[0]).to(w.dtype).contiguous()
+
+
+def winograd_tiles(out_h: int, out_w: int, *, m: int = 2) -> tuple[int, int]:
+    """Tile rows and columns for an output of out_h x out_w: the input must be m*t+2 each way."""
+    return -(-out_h // m), -(-out_w // m)
+
+
+def winograd_plan(
+    n: int, th: int, tw: int, c: int, o: int, budget: int = 1 << 22, *, m: int = 2,
+    points: tuple | None = None,
+) -> dict[str, int | tuple]:  # fmt: skip
+    """How a layer's tiles are processed: in bands of `band` tile rows, so that the transformed
+    input and the GEMMs' results (a*a values a tile and channel) stay under `budget` elements
+    (16 MB in float32) however large the image; and the elements each work arena needs.
+
+    Arena "a" holds a band's input rows after B^T, then its GEMM results; "b" the band's
+    B^T d B, then A^T applied along H; "y" the whole output (N, th, m, tw, m, O).
+    """
+    a = m + 2
+    band = max(1, min(th, budget // (a * a * n * tw * max(c, o))))
+    return {
+        "shape": (n, th, tw, c, o),
+        "m": m,
+        "points": points,
+        "band": band,
+        "a": max(a * n * band * (m * tw + 2) * c, a * a * n * band * tw * o),
+        "b": max(a * a * n * band * tw * c, m * a * n * band * tw * o),
+        "y": n * th * tw * m * m * o,
+    }
+
+
+def _combine(out: torch.Tensor, terms: list[tuple[torch.Tensor, float]]) -> None:
+    """out = sum(coef * x), as few elementwise ops as there are terms minus one."""
+    terms = sorted(terms, key=lambda t: t[1] != 1)  # a +1 term first, if any (stable)
+    (x1, c1), rest = terms[0], terms[1:]
+    if not rest:
+        torch.mul(x1, c1, out=out)
+        return
+    (x2, c2), rest = rest[0], rest[1:]
+    if c1 == 1:
+        torch.add(x1, x2, alpha=c2, out=out)
+    elif c2 == 1:
+        torch.add(x2, x1, alpha=c1, out=out)
+    else:
+        torch.mul(x1, c1, out=out)
+        out.add_(x2, alpha=c2)
+    for x, c in rest:
+        out.add_(x, alpha=c)
+
+
+def _apply(mat, outs, ins) -> None:
+    """outs[i] = sum_k mat[i][k] * ins[k]: one matrix of the transform along one axis."""
+    for i, row in enumerate(mat):
+        _combine(outs[i], [(ins[k], float(v)) for k, v in enumerate(row) if v != 0])
+
+
+def winograd_conv(
+    x: torch.Tensor,
+    U: torch.Tensor,
+    b: torch.Tensor | None,
+    plan: dict,
+    arenas: dict[str, torch.Tensor],
+    out_hw: tuple[int, int],
+    *,
+    relu: bool,
+) -> torch.Tensor:
+    """relu(conv2d(x, w, b)) for a 3x3 kernel, stride 1, no padding, by F(m x m, 3x3).
+
+    x: (N, C, m*th+2, m*tw+2) channels_last (zeros past the real input); U: winograd_weight(w,
+    m=m); plan: winograd_plan(..., m=m); arenas: flat tensors "a", "b", "y" of at least the
+    plan's sizes, kept by the caller across calls (re-faulting ~100 MB a call costs more than
+    the work) and shared by layers (a layer's buffers are dead once its output has been read).
+    Returns the (N, O, out_h, out_w) output as a channels_last view into arenas["y"].
+    """
+    n, th, tw, c, o = plan["shape"]
+    m = plan.get("m", 2)
+    a = m + 2
+    at, _, bt = transforms(m, plan.get("points"))
+    # the bias reaches every output once through a component whose A^T column is all ones
+    ones = [k for k in range(a) if all(row[k] == 1 for row in at)]
+    A, B = arenas["a"], arenas["b"]
+    Y = arenas["y"][: n * th * tw * m * m * o].view(n, th, m, tw, m, o)  # blocks, interleaved
+    xh = x.permute(0, 2, 3, 1)  # (N, H, W, C), contiguous
+    W = m * tw + 2
+    for t0 in range(0, th, plan["band"]):
+        tb = min(plan["band"], th - t0)
+        rows = A[: a * n * tb * W * c].view(a, n, tb, W, c)  # B^T along H
+        d = [xh[:, m * t0 + k : m * t0 + k + m * tb : m] for k in range(a)]  # (N, tb, W, C)
+        _apply(bt, rows, d)
+        V = B[: a * a * n * tb * tw * c].view(a, a, n, tb, tw, c)  # B^T d B
+        e = [rows[:, :, :, k : k + m * tw : m] for k in range(a)]  # (a, N, tb, tw, C)
+        _apply(bt, [V[:, j] for j in range(a)], e)
+        M = A[: a * a * n * tb * tw * o].view(a * a, n * tb * tw, o)  # `rows` is dead
+        torch.bmm(V.view(a * a, -1, c), U, out=M)  # (a*a, tiles, C) @ (a*a, C, O)
+        mm = M.view(a, a, n, tb, tw, o)
+        if b is not None and ones:
+            mm[ones[0], ones[0]] += b
+        S = B[: m * a * n * tb * tw * o].view(m, a, n, tb, tw, o)  # `V` is dead; A^T along H
+        _apply(at, S, mm)
+        Yb = Y[:, t0 : t0 + tb]
+        Yp = Yb.permute(2, 4, 0, 1, 3, 5)  # (m rows, m cols, N, tb, tw, O)
+        _apply(at, [Yp[:, j] for j in range(m)], [S[:, k] for k in range(a)])
+        if b is not None and not ones:
+            Yb += b
+        if relu:
+            Yb.relu_()
+    oh, ow = out_hw
+    return Y.view(n, m * th, m * tw, o)[:, :oh, :ow].permute(0, 3, 1, 2)
