@@ -6,7 +6,7 @@ from conftest import randomize_
 
 import fcnseg
 from fcnseg import kernels
-from fcnseg.fast import FastFCN, bf16_forward, core_interval
+from fcnseg.fast import FastFCN, bf16_forward, core_interval, tuning
 
 SIZES = [(1, 1), (31, 45), (97, 130), (375, 500)]
 VGG = ["fcn32s_vgg16", "fcn16s_vgg16", "fcn8s_vgg16", "fcn8s_atonce_vgg16"]
@@ -40,16 +40,27 @@ def test_exact_at_odd_sizes(name):
         assert rel_err(out, ref) < 1e-12, (h, w)
 
 
+@pytest.mark.parametrize("kind", ["winograd4", "winograd"])
 @pytest.mark.parametrize("name", [*VGG, "fcn32s_alexnet"])
-def test_exact_with_winograd_everywhere(name):
-    """winograd=1: every 3x3 conv of the trunk that has a buffer runs F(2x2, 3x3)."""
+def test_exact_with_winograd_everywhere(name, kind, monkeypatch):
+    """winograd=1, measure=False: every 3x3 conv of the trunk that has a buffer runs F(4x4,
+    3x3), the first kernel allowed; F(2x2, 3x3) everywhere by making it every layer's choice."""
+    if kind == "winograd":
+        monkeypatch.setattr(
+            tuning,
+            "choose",
+            lambda key, found, trial, rounds=2: kind if kind in found else found[-1],
+        )
     model = tiny(name)
-    fast = FastFCN(model, winograd=1, measure=False)
+    fast = FastFCN(model, winograd=1, measure=kind == "winograd")
     for h, w in [(1, 1), (31, 45), (97, 130)]:
         x = torch.randn(2, 3, h, w, dtype=torch.float64)
         with torch.no_grad():
             assert rel_err(fast(x), model(x)) < 1e-12, (h, w)
-    assert "winograd" in next(iter(fast._cache.values()))["kinds"]
+    for state in fast._cache.values():
+        three = [k for s, k in zip(fast.steps, state["kinds"], strict=True)
+                 if s.kind == "conv" and tuple(s.layer.kernel_size) == (3, 3)]  # fmt: skip
+        assert three and set(three) == {kind}
 
 
 def test_float32_kernels_and_kept_buffers():
@@ -65,7 +76,7 @@ def test_float32_kernels_and_kept_buffers():
         assert rel_err(fast(b), model(b)) < 1e-5
         assert rel_err(fast(a), model(a)) < 1e-5
     kinds = set(next(iter(fast._cache.values()))["kinds"])
-    assert "winograd" in kinds
+    assert "winograd4" in kinds  # F(4x4, 3x3): the first allowed
     if kernels.available(a):
         assert "inplace" in kinds
     for k in kept:  # the call on b did not change what the call on a returned

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
@@ -11,9 +10,9 @@ from torch import nn
 
 from .. import kernels
 from ..models.fcn import FCN
-from . import plan, tuning
-from .buffers import Background, RimInput, carve
-from .plan import Geom, Step, pair, parse_trunk
+from . import plan, prepare
+from .buffers import carve
+from .plan import WINOGRAD, Geom, Step, pair, parse_trunk
 
 __all__ = ["FastFCN", "bf16_forward"]
 
@@ -29,12 +28,14 @@ class FastFCN(nn.Module):
     ``clear_cache()`` frees both. One call at a time: use one FastFCN per thread.
 
     Kernels: ``winograd``: 3x3 stride-1 convs with at least this many input channels may run
-    Winograd F(2x2, 3x3) (None: never); ``matmul_fc``: fc-like convs (kernel >= 5x5 or 1x1 on at
-    most 4096 positions: fc6, fc7) may run as im2col + one GEMM; oneDNN's direct conv into a
-    kept buffer and torch's conv are always allowed. ``measure=True``: each layer runs the
-    allowed kernel that measured fastest on this machine for its shape and dtype (timed at
-    first use, cached: see fcnseg.fast.tuning); ``measure=False``: the first allowed of
-    Winograd, GEMM, oneDNN in place, torch's conv. ``choices(h, w)`` tells what was chosen.
+    Winograd F(4x4, 3x3) or F(2x2, 3x3) (None: neither); ``matmul_fc``: fc-like convs (kernel
+    >= 5x5 or 1x1 on at most 4096 positions: fc6, fc7) may run as im2col + one GEMM; oneDNN's
+    direct conv into a kept buffer and torch's conv are always allowed. ``measure=True``: each
+    layer runs the allowed kernel that measured fastest on this machine for its shape and
+    dtype (timed at first use, cached: see fcnseg.fast.tuning); ``measure=False``: the first
+    allowed of Winograd F(4x4), F(2x2), GEMM, oneDNN in place, torch's conv (so
+    ``winograd=1, measure=False`` runs F(4x4) on every 3x3 conv that has a buffer).
+    ``choices(h, w)`` tells what was chosen. Planning for one input size: fast/prepare.py.
     ``fp32``: with ``bfloat16=True``, the convs named (e.g. ``("conv3_3", "conv4_3")``) run in
     float32 (their inputs, weights, sums and outputs; Winograd allowed), the others in bf16;
     None (default): the first conv, which reads the image (the largest single bf16 error).
@@ -124,7 +125,8 @@ class FastFCN(nn.Module):
 
     def trunk_macs(self, height: int, width: int) -> int:
         """Multiply-accumulates the trunk's convs actually perform per image at this size
-        (float32 on this machine: Winograd's 16 GEMMs where it runs, the direct count else)."""
+        (float32 on this machine: Winograd's (m+2)^2 products per m x m output block where it
+        runs, 36 per 4x4 block for F(4x4, 3x3); the direct count else)."""
         total = 0
         geoms = self._geometry(height, width)
         kinds = self._kinds(1, geoms, torch.float32)
@@ -132,143 +134,26 @@ class FastFCN(nn.Module):
             if s.kind == "conv":
                 (a0, a1), (b0, b1) = g.out_core
                 w = s.layer.weight
-                if kind == "winograd":
-                    th, tw = kernels.winograd_tiles(a1 - a0, b1 - b0)
-                    total += 16 * th * tw * w.shape[1] * w.shape[0]
+                if kind in WINOGRAD:  # (m+2)^2 products per m x m output block
+                    m = WINOGRAD[kind]
+                    th, tw = kernels.winograd_tiles(a1 - a0, b1 - b0, m=m)
+                    total += (m + 2) ** 2 * th * tw * w.shape[1] * w.shape[0]
                 else:
                     total += (a1 - a0) * (b1 - b0) * w[0].numel() * w.shape[0]
         return total
-
-    def _winograd_eligible(self, s: Step) -> bool:
-        """A stride-1 3x3 conv with at least `winograd` input channels (NHWC only), in a float32
-        or float64 trunk. Never in bf16: its transforms and GEMM outputs would each round to
-        bf16 (oneDNN's direct bf16 conv rounds once, after an fp32 sum); see fast/__init__."""
-        return (
-            self._dt(s, torch.float32) != torch.bfloat16
-            and self.winograd is not None
-            and self.channels_last
-            and s.kind == "conv"
-            and s.layer.stride == (1, 1)
-            and pair(s.layer.kernel_size) == (3, 3)
-            and s.layer.in_channels >= self.winograd
-        )
 
     def _dt(self, s: Step, dtype: torch.dtype) -> torch.dtype:
         """The dtype step `s` runs in, for an input of `dtype`."""
         return self._dt_of[s.name] or dtype
 
-    def _candidates(self, s: Step, g: Geom, dtype: torch.dtype) -> list[str]:
-        """The kernels allowed for a step, in the fixed order of preference: "winograd",
-        "gemm" (im2col + one GEMM), "inplace" (oneDNN into a kept output), then "plain"
-        (torch's conv or pool on the step's buffer) or "direct" (the layer on the whole
-        previous map with its own padding, where the step's input and output are all core)."""
-        last = "direct" if g.direct else "plain"
-        if s.kind != "conv":
-            return [last]
-        (a0, a1), (b0, b1) = g.out_core
-        found = []
-        if not g.direct and self._winograd_eligible(s):
-            found.append("winograd")
-        if self._as_gemm(s, (a1 - a0, b1 - b0)):
-            found.append("gemm")
-        probe = torch.empty(0, dtype=self._dt(s, dtype))
-        # torch's conv runs the same oneDNN kernel as "inplace", and allocates: not a candidate
-        if (
-            not g.direct
-            and s.layer.stride == (1, 1)
-            and self.channels_last
-            and kernels.available(probe)
-        ):
-            return [*found, "inplace"]
-        return [*found, last]
-
     def _kinds(self, n: int, geoms: list[Geom], dtype: torch.dtype) -> list[str]:
-        """Each step's kernel: measured (cached) or the first allowed (see the class doc)."""
-        kinds = []
-        c = 3  # the step's input channels
-        for s, g in zip(self.steps, geoms, strict=True):
-            found = self._candidates(s, g, dtype)
-            if self.measure and len(found) > 1:
-                kinds.append(tuning.step_choice(self, s, g, n, c, self._dt(s, dtype), found))
-            else:
-                kinds.append(found[0])
-            c = s.layer.out_channels if s.kind == "conv" else c
-        return kinds
+        return prepare.kinds(self, n, geoms, dtype)
 
     def choices(self, height: int, width: int, batch: int = 1, dtype=torch.float32) -> dict:
         """The kernel each conv step runs at this input size: {step name: kind}."""
         geoms = self._geometry(height, width)
         kinds = self._kinds(batch, geoms, dtype)
         return {s.name: k for s, k in zip(self.steps, kinds, strict=True) if s.kind == "conv"}
-
-    @torch.no_grad()
-    def _prepare(self, n: int, H: int, W: int, dtype: torch.dtype) -> dict:
-        """Background activations of an all-zero input, each step's input rim, and the sizes
-        of the arenas its buffers live in.
-
-        A step's input is dead once the step has run, and its output once the next step has
-        pasted it, so all inputs share one arena (refilled each call: rim strips + core), the
-        kept outputs ("inplace") another, and the Winograd steps three more. Peak memory is
-        then a few layers' worth, not the whole net's (at 2048x2048 the net's inputs alone
-        are ~5 GB)."""
-        geoms = self._geometry(H, W)
-        kinds = self._kinds(n, geoms, dtype)
-        needs: dict[torch.dtype, dict[str, int]] = {}  # per dtype, elements each arena holds
-        work: list[object] = []  # per step: the kept output's shape, or the Winograd plan
-        shapes: list[tuple | None] = []  # per step: its input buffer's (N, C, h, w)
-        c = 3  # the step's input channels
-        for s, g, kind in zip(self.steps, geoms, kinds, strict=True):
-            need = needs.setdefault(
-                self._dt(s, dtype), dict.fromkeys(("in", "out", "a", "b", "y"), 0)
-            )
-            (a0, a1), (b0, b1) = g.out_core
-            (h0, h1), (w0, w1) = g.window
-            size, w = (h1 - h0, w1 - w0), None
-            if kind == "winograd":  # the tiles need 2t+2 rows and columns: zeros past them
-                th, tw = kernels.winograd_tiles(a1 - a0, b1 - b0)
-                size = (2 * th + 2, 2 * tw + 2)
-                w = kernels.winograd_plan(n, th, tw, s.layer.in_channels, s.layer.out_channels)
-                for k in ("a", "b", "y"):
-                    need[k] = max(need[k], w[k])
-            elif kind == "inplace":
-                w = (n, s.layer.out_channels, a1 - a0, b1 - b0)
-                need["out"] = max(need["out"], math.prod(w))
-            shape = None if g.direct else (n, c, *size)
-            if shape is not None:
-                need["in"] = max(need["in"], math.prod(shape))
-            work.append(w)
-            shapes.append(shape)
-            c = s.layer.out_channels if s.kind == "conv" else c
-
-        # background: the trunk on a black image (batch 1), computed on a smaller one with the
-        # same edges where that is exact; each step's input window holds it where the window
-        # lies inside the map, zeros (padding) outside
-        small = [self._small_length(L, a) for a, L in enumerate((H, W))]
-        zones = [plan.zones(self.steps, L, a) for a, L in enumerate(small)]
-        x = torch.zeros(1, 3, *small, dtype=torch.float32 if self.dtype else dtype)
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        inputs: list[RimInput | None] = []
-        taps: dict[int, torch.Tensor] = {}
-        for i, (s, g, shape) in enumerate(zip(self.steps, geoms, shapes, strict=True)):
-            if shape is not None:
-                bg = Background(x, g.in_len, [z[i][0] for z in zones])
-                (h0, _), (w0, _) = g.window
-                (c0, c1), (d0, d1) = g.in_core
-                rows, cols = (c0 - h0, c1 - h0), (d0 - w0, d1 - w0)  # the core, buffer coords
-                inputs.append(RimInput.of(bg, (h0, w0), shape, rows, cols, self._dt(s, dtype)))
-            else:
-                inputs.append(None)  # the layer runs on the full previous map, its own padding
-            x = self._run_full(s, x)
-            if i in self._tap_steps and g.out_core != tuple((0, L) for L in g.out_len):
-                full = Background(x, g.out_len, [z[i][1] for z in zones]).region(
-                    0, g.out_len[0], 0, g.out_len[1]
-                )
-                full = full.expand(n, *full.shape[1:]).to(self._dt(s, dtype))
-                taps[i] = full.contiguous(memory_format=fmt)
-        return {
-            "geoms": geoms, "kinds": kinds, "inputs": inputs, "work": work, "taps": taps,
-            "need": needs, "background_size": tuple(small),
-        }  # fmt: skip
 
     def _weights(self, s: Step) -> tuple[torch.Tensor, torch.Tensor | None]:
         if s.name in self._bf16_weights:
@@ -287,11 +172,11 @@ class FastFCN(nn.Module):
             ("cl", s.name), w, lambda: w.contiguous(memory_format=torch.channels_last)
         )
 
-    def _winograd_weight(self, s: Step) -> torch.Tensor:
-        """G g G^T of the weight (computed in float64), in the weight's dtype."""
-        w = s.layer.weight
+    def _winograd_weight(self, s: Step, kind: str = "winograd") -> torch.Tensor:
+        """G g G^T of the weight for F(m x m, 3x3) (computed in float64), in its dtype."""
+        w, m = s.layer.weight, WINOGRAD[kind]
         return self._derived(
-            ("wino", s.name), w, lambda: kernels.winograd_weight(w.double()).to(w.dtype)
+            ("wino", m, s.name), w, lambda: kernels.winograd_weight(w.double(), m=m).to(w.dtype)
         )
 
     def _derived(self, key: tuple, w: torch.Tensor, make) -> torch.Tensor:
@@ -350,7 +235,7 @@ class FastFCN(nn.Module):
         if state is not None and state["versions"] != self._versions():
             state = None  # the weights changed since: the background is stale
         if state is None:
-            state = self._prepare(n, H, W, dtype)
+            state = prepare.prepare(self, n, H, W, dtype)
             state["versions"] = self._versions()
             self._cache[key] = state
             while len(self._cache) > self.max_cached:
@@ -371,9 +256,9 @@ class FastFCN(nn.Module):
                 y = self._step(s, cur, gemm=kind == "gemm")
             else:
                 buf = inp.fill(arenas["in"], cur, self.channels_last)
-                if kind == "winograd":
+                if kind in WINOGRAD:
                     (a0, a1), (b0, b1) = g.out_core
-                    U, b = self._winograd_weight(s), self._weights(s)[1]
+                    U, b = self._winograd_weight(s, kind), self._weights(s)[1]
                     y = kernels.winograd_conv(
                         buf, U, b, work, arenas, (a1 - a0, b1 - b0), relu=s.relu
                     )
@@ -391,7 +276,7 @@ class FastFCN(nn.Module):
                     full[:, :, a0:a1, b0:b1] = y
                     feats[name] = full
                 else:  # the caller keeps it: never hand out a persistent buffer
-                    feats[name] = y.clone() if kind in ("winograd", "inplace") else y
+                    feats[name] = y.clone() if kind == "inplace" or kind in WINOGRAD else y
         return feats
 
     @torch.no_grad()
@@ -403,23 +288,8 @@ class FastFCN(nn.Module):
             raise ValueError(f"expected a float tensor (N, 3, H, W), got shape {tuple(x.shape)}")
         H, W = x.shape[-2:]
         feats = {k: v.to(x.dtype) for k, v in self.trunk(x).items()}
-        return m.forward_head(feats, feats[m.trunk_names[-1]], H, W, upsample=_upsample)
-
-
-def _upsample(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
-    """The transposed conv; per class (grouped) when its weight is diagonal (class c -> c)."""
-    w = layer.weight
-    c_in, c_out = w.shape[:2]
-    if layer.groups == 1 and c_in == c_out and c_in > 1:
-        eye = torch.eye(c_in, dtype=torch.bool, device=w.device)[:, :, None, None]
-        if not w.masked_fill(eye, 0).any():
-            idx = torch.arange(c_in, device=w.device)
-            wg = w[idx, idx].unsqueeze(1)  # (C, 1, k, k)
-            return F.conv_transpose2d(
-                x.contiguous(), wg, layer.bias, layer.stride, layer.padding,
-                layer.output_padding, groups=c_in,
-            )  # fmt: skip
-    return layer(x)
+        # the upsamplers are ClassUpsample: per class (grouped) under no_grad when diagonal
+        return m.forward_head(feats, feats[m.trunk_names[-1]], H, W)
 
 
 @torch.no_grad()

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import kernels
 from ..models.fcn import FCN
 
+WINOGRAD = {"winograd4": 4, "winograd": 2}  # kernel kind -> output tile size m of F(m x m, 3x3)
+
 __all__ = [
-    "Geom", "Step", "core_interval", "geometry", "lengths", "out_len", "pair", "parse_trunk",
-    "small_length", "step_dtypes", "zones",
+    "WINOGRAD", "Geom", "Step", "core_interval", "geometry", "lengths", "out_len", "pair",
+    "parse_trunk", "small_length", "step_dtypes", "winograd_work", "zones",
 ]  # fmt: skip
 
 
@@ -201,3 +204,11 @@ def step_dtypes(steps: list[Step], dtype: torch.dtype | None, fp32: tuple[str, .
             dt = torch.float32 if s.modules[0] in fp32 else dtype
         found[s.name] = dt
     return found
+
+
+def winograd_work(kind: str, n: int, out_hw: tuple[int, int], c: int, o: int):
+    """For a Winograd step (`kind` in WINOGRAD): the input buffer's (h, w), m*t+2 rows and
+    columns (zeros past the real input), and its kernels.winograd_plan."""
+    m = WINOGRAD[kind]
+    th, tw = kernels.winograd_tiles(*out_hw, m=m)
+    return (m * th + 2, m * tw + 2), kernels.winograd_plan(n, th, tw, c, o, m=m)

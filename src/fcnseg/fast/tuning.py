@@ -1,16 +1,16 @@
 """FastFCN's kernel choices, measured on this machine at first use and cached.
 
-Which kernel is fastest for a layer (Winograd F(2x2, 3x3), oneDNN's direct conv into a kept
-buffer, torch's conv, im2col + one GEMM) depends on the CPU (AVX-512, AMX, cache sizes), the
-thread count, the dtype and the layer's shapes; a threshold tuned on one CPU is a cliff on
-another. So FastFCN times the allowed kernels of each layer on this machine the first time it
-meets that layer shape (a few runs each, interleaved; about as long as six forward passes of
-the model at that size, once), and keeps the fastest. Other programs on the machine only ever
-make a run slower, so each kernel's time is its fastest run, and a kernel later in FastFCN's
-order of preference (Winograd, GEMM, oneDNN in place, torch's conv) must be at least MARGIN
-faster than an earlier one to be chosen: noise alone does not flip a choice. Every candidate
-computes the same function (fcnseg.kernels: exact up to float rounding), so a choice changes
-speed, never results beyond rounding.
+Which kernel is fastest for a layer (Winograd F(4x4, 3x3) or F(2x2, 3x3), oneDNN's direct
+conv into a kept buffer, torch's conv, im2col + one GEMM) depends on the CPU (AVX-512, AMX,
+cache sizes), the thread count, the dtype and the layer's shapes; a threshold tuned on one
+CPU is a cliff on another. So FastFCN times the allowed kernels of each layer on this machine
+the first time it meets that layer shape (a few runs each, interleaved; about as long as six
+forward passes of the model at that size, once), and keeps the fastest. Other programs on the
+machine only ever make a run slower, so each kernel's time is its fastest run, and a kernel
+later in FastFCN's order of preference (Winograd F(4x4), F(2x2), GEMM, oneDNN in place,
+torch's conv) must be at least MARGIN faster than an earlier one to be chosen: noise alone
+does not flip a choice. Every candidate computes the same function (fcnseg.kernels: exact up
+to float rounding), so a choice changes speed, never results beyond rounding.
 
 The measurements are cached in one JSON file:
 
@@ -42,7 +42,7 @@ import torch
 from .. import kernels
 from ..amp import machine_name
 from ..safety import write_bytes
-from .plan import Geom, Step, pair
+from .plan import WINOGRAD, Geom, Step, pair, winograd_work
 
 __all__ = ["MARGIN", "cache_path", "choose", "layer_key", "measure", "pick", "reset_cache",
            "step_choice"]  # fmt: skip
@@ -182,16 +182,14 @@ def trial(fast, s: Step, g: Geom, n: int, c: int, dt: torch.dtype, kind: str):
     (a0, a1), (b0, b1) = g.out_core
     (h0, h1), (w0, w1) = g.window
     size = g.in_len if g.direct else (h1 - h0, w1 - w0)
-    if kind == "winograd":
-        th, tw = kernels.winograd_tiles(a1 - a0, b1 - b0)
-        size = (2 * th + 2, 2 * tw + 2)
-        work = kernels.winograd_plan(n, th, tw, c, s.layer.out_channels)
+    out_hw = (a1 - a0, b1 - b0)
+    if kind in WINOGRAD:
+        size, work = winograd_work(kind, n, out_hw, c, s.layer.out_channels)
     fmt = torch.channels_last if fast.channels_last else torch.contiguous_format
     x = torch.randn(n, c, *size).to(dt).contiguous(memory_format=fmt)
-    if kind == "winograd":
+    if kind in WINOGRAD:
         arenas = {k: torch.empty(work[k], dtype=dt) for k in ("a", "b", "y")}
-        U, b = fast._winograd_weight(s), fast._weights(s)[1]
-        out_hw = (a1 - a0, b1 - b0)
+        U, b = fast._winograd_weight(s, kind), fast._weights(s)[1]
         return lambda: kernels.winograd_conv(x, U, b, work, arenas, out_hw, relu=s.relu)
     out = None
     if kind == "inplace":
