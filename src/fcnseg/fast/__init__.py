@@ -17,22 +17,30 @@ so the large layer inputs are not re-allocated (and re-faulted by the OS) on eve
 
 Each layer then runs with the kernel that measured fastest on this machine for its shape and
 dtype, among those that give the same numbers (fcnseg.kernels): for 3x3 convs Winograd
-F(2x2, 3x3) (2.25x fewer multiply-adds) or oneDNN's direct conv into a kept output buffer with
-the ReLU fused (no page faults for fresh 50 MB activations); for fc6/fc7 one GEMM (oneDNN's
+F(4x4, 3x3) (36 products per 4x4 output block: 4x fewer multiply-adds than the direct conv,
+and 2.25 transformed input values per output where F(2x2) reads 4), Winograd F(2x2, 3x3)
+(2.25x fewer) or oneDNN's direct conv into a kept output buffer with the ReLU fused (no page
+faults for fresh 50 MB activations); see fcnseg.winograd. For fc6/fc7 one GEMM (oneDNN's
 linear with the ReLU fused, where torch has it) or the conv. The choice is timed at first use
 and cached per CPU model, thread count, torch version and layer shape in
 ~/.cache/fcnseg/kernels.json ($FCNSEG_CACHE overrides; delete it or run `fcnseg bench
 --retune` to measure again): see fcnseg.fast.tuning. (A threshold tuned on one CPU, e.g.
 Winograd from 256 input channels on AMD Zen 4, is a cliff on another.) Channels_last
-throughout; the upsamplers as per-class (grouped) transposed convs when their weights are
-diagonal, as the bilinear ones are.
+throughout; the upsamplers are the model's own (fcnseg.models.upsample: per-class, grouped,
+transposed convs when their weights are diagonal, as the bilinear ones are).
 
 Exactness: the same function of the same values, up to float rounding (summation order, and
-Winograd's transforms: ~1e-7 relative in float32, like the direct convs'); tests/test_fast.py
-compares with the model's own forward, in float64 to 1e-12.
+Winograd's transforms). Per layer in float32 (256 -> 256 channels, He-scaled weights): the
+direct conv 2-3e-7 relative, F(2x2) 3.5-4.4e-7, F(4x4) 2.6-2.9e-6 (its transforms' larger
+coefficients; with interpolation points 0, +-1, 2, -1/2 chosen for it, where the usual 0, +-1,
++-2 give 7.4-8.4e-6). The whole FCN-8s at 500x500 in float32 (benchmarks/inference.py's
+weights and image) vs the plain model: F(4x4) on every 3x3 conv 8.9e-7, F(2x2) on every one
+7.2e-7, no Winograd 1.4e-6, fcnseg's own eager model 3.3e-7; same argmax everywhere.
+tests/test_fast.py compares with the model's own forward, in float64 to 1e-12.
 
 At 500x500 the model's forward performs 181.5 GMAC (the "same" layout: 108.3); FastFCN's trunk
-computes 124.6 GMAC of it, as 88.9 GMAC of products with Winograd. At 1024 the padding's share,
+computes 124.6 GMAC of it: as products, 54.7 GMAC with F(4x4) on every 3x3 conv, 72.6 with
+F(2x2) on every one (88.9 with F(2x2) from 256 input channels). At 1024 the padding's share,
 and the gain from skipping it, is smaller. `bfloat16=True` gives a bf16 trunk (the head stays
 float32): not exact, ~5e-3 relative, argmax nearly always the same; see
 benchmarks/inference.py. The bf16 trunk never runs Winograd: its transforms and its GEMMs'
