@@ -50,15 +50,15 @@ def test_winograd_equals_conv_in_float64(m, h, w, relu, budget):
 @pytest.mark.parametrize("points", [None, (0, 1, -1, 2, -2), (0, 1, -1, Fraction(1, 2), 3)])
 def test_transforms_compute_the_correlation_exactly(points):
     """In exact arithmetic A^T [(G g) * (B^T d)] is the 1D correlation (Toom-Cook), for any
-    distinct points; B^T's rows are integers (exact in float); A^T has a column of ones
-    (the component the bias is added to)."""
+    distinct points; B^T's entries are exact in float (integers or halves); A^T has a column
+    of ones (the component the bias is added to)."""
     at, G, bt = winograd.transforms(4, points)
     g, d = [Fraction(v) for v in (3, -7, 2)], [Fraction(v) for v in (5, 1, -4, 9, 2, -6)]
     u = [sum(G[j][k] * g[k] for k in range(3)) for j in range(6)]
     v = [sum(bt[j][k] * d[k] for k in range(6)) for j in range(6)]
     y = [sum(at[i][j] * u[j] * v[j] for j in range(6)) for i in range(4)]
     assert y == [sum(g[k] * d[i + k] for k in range(3)) for i in range(4)]
-    assert all(x.denominator == 1 for row in bt for x in row)
+    assert all(x.denominator in (1, 2) for row in bt for x in row)
     assert any(all(row[j] == 1 for row in at) for j in range(6))
     with pytest.raises(ValueError, match="needs 5 distinct finite points"):
         winograd.transforms(4, (0, 1, -1, 2, 2))

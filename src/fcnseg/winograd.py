@@ -12,7 +12,8 @@ where F(2x2) reads 4, so its transforms move less memory too.
 
 The matrices are data (`transforms`): built exactly (fractions) from the interpolation points
 by Toom-Cook (A^T = the points' powers, G = the same for the kernel, B^T = the inverse
-Vandermonde transposed, each row scaled to small integers, the scale moved into G). G is
+Vandermonde transposed, each row scaled to small integers, or halves of them where that
+makes an entry +1, the scale moved into G). G is
 applied to the weights once, in float64; B^T and A^T run as a few elementwise torch ops each
 (out= into the caller's arenas), along H, then along W. Points for F(4x4): 0, +-1, 2, -1/2, inf
 rounded best in float32 (~3e-6 relative, ~10x the direct conv's: see POINTS); F(2x2): 0, +-1, inf.
@@ -33,9 +34,9 @@ __all__ = [
 # Finite interpolation points per output tile size m (the point at infinity is implied).
 # F(4x4) float32 max rel. error vs float64 on (1, 256, 66, 66) inputs (N(0, 1), or its ReLU),
 # 256 -> 256 He-scaled weights, 3 seeds (the direct conv: 2.1-3.3e-7; F(2x2): 3.5-4.4e-7):
-# 0 +-1 +-2 (the usual choice) 7.4-8.4e-6; 0 +-1 +-1/2 6.2-8.5e-6; 0 +-1 +-3/2 3.8-5.2e-6;
-# 0 +-1 3/2 -2/3 2.9-4.1e-6; 0 +-1 2 -2/3 2.5-3.2e-6; 0 +-1 2 -1/2 2.6-2.9e-6
-# (chosen: the lowest worst case, and its A^T entries are powers of 2, exact in float).
+# 0 +-1 +-2 (the usual choice) 7.4-8.4e-6; 0 +-1 +-1/2 6.2-8.5e-6; 0 +-1 +-3/2 4.1-5.2e-6;
+# 0 +-1 3/2 -2/3 2.8-4.0e-6; 0 +-1 2 -2/3 2.5-3.2e-6; 0 +-1 2 -1/2 2.1-3.0e-6
+# (chosen: the lowest, and its A^T entries are powers of 2, exact in float).
 POINTS = {2: (0, 1, -1), 4: (0, 1, -1, 2, Fraction(-1, 2))}
 
 
@@ -75,15 +76,23 @@ def transforms(m: int, points: tuple | None = None) -> tuple[tuple, tuple, tuple
     g = _powers(pts, 3)
     inv = _solve_inverse(_powers(pts, a))  # V^-1
     bt = [list(col) for col in zip(*inv, strict=True)]  # V^-T
-    for j, row in enumerate(bt):  # integer rows of B^T: exact in float, the scale goes to G
+    for j, row in enumerate(bt):  # B^T exact in float (small integers), the scale goes to G
         den = functools.reduce(lambda x, y: x * y // _gcd(x, y), (v.denominator for v in row))
         num = functools.reduce(_gcd, (abs(v.numerator) for v in row if v))
         s = Fraction(den, num)
-        if 1 not in [v * s for v in row] and -1 in [v * s for v in row]:
-            s = -s  # a +1 entry lets the row start with an add (no separate multiply)
+        # a +1 entry lets the row start with an add, no separate multiply: scale by a power
+        # of 2 (exact in float, so the rounding is the same) that makes one entry +1
+        twos = [v * s for v in row if v and _power_of_two(abs(v * s))]
+        if twos and 1 not in [v * s for v in row]:
+            s /= min(twos, key=abs)
         bt[j] = [v * s for v in row]
         g[j] = [v / s for v in g[j]]
     return tuple(map(tuple, at)), tuple(map(tuple, g)), tuple(map(tuple, bt))
+
+
+def _power_of_two(f: Fraction) -> bool:
+    n, d = f.numerator, f.denominator
+    return n & (n - 1) == 0 and d & (d - 1) == 0
 
 
 def _gcd(x: int, y: int) -> int:

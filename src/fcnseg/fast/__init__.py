@@ -31,10 +31,10 @@ transposed convs when their weights are diagonal, as the bilinear ones are).
 
 Exactness: the same function of the same values, up to float rounding (summation order, and
 Winograd's transforms). Per layer in float32 (256 -> 256 channels, He-scaled weights): the
-direct conv 2-3e-7 relative, F(2x2) 3.5-4.4e-7, F(4x4) 2.6-2.9e-6 (its transforms' larger
+direct conv 2-3e-7 relative, F(2x2) 3.5-4.4e-7, F(4x4) 2.1-3.0e-6 (its transforms' larger
 coefficients; with interpolation points 0, +-1, 2, -1/2 chosen for it, where the usual 0, +-1,
 +-2 give 7.4-8.4e-6). The whole FCN-8s at 500x500 in float32 (benchmarks/inference.py's
-weights and image) vs the plain model: F(4x4) on every 3x3 conv 8.9e-7, F(2x2) on every one
+weights and image) vs the plain model: F(4x4) on every 3x3 conv 9.3e-7, F(2x2) on every one
 7.2e-7, no Winograd 1.4e-6, fcnseg's own eager model 3.3e-7; same argmax everywhere.
 tests/test_fast.py compares with the model's own forward, in float64 to 1e-12.
 
