@@ -81,10 +81,10 @@ def child(case: str, channels_last: bool, repeats: int, fast: bool = False) -> N
     n = c["batch"]
     if c["opt"] == "sgd":  # reference: upsamplers fixed, summed loss, momentum 0.99
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=1e-10, momentum=0.99, weight_decay=5e-4)
+        opt = torch.optim.SGD(params, lr=1e-10, momentum=0.99, weight_decay=5e-4, fused=True)
         reduction = "sum"
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4, fused=True)
         reduction = "mean"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
