@@ -61,11 +61,14 @@ def data(n, h, w, dtype=torch.float64, classes=5):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_float64_loss_and_gradients_equal_the_models(name):
+@pytest.mark.parametrize("winograd", [None, 1])
+def test_float64_loss_and_gradients_equal_the_models(name, winograd):
+    """winograd=1: every 3x3 conv runs train_ops' Winograd forward and input gradient (at full
+    width only convs with >= 64 input channels do; the tiny models have 4 to 32)."""
     model = tiny(name)
     for h, w in SIZES:
         x, y = data(2, h, w)
-        assert_same_step(model, x, y, 1e-12, 1e-10)
+        assert_same_step(model, x, y, 1e-12, 1e-10, winograd=winograd)
 
 
 @pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn32s_alexnet"])
@@ -86,7 +89,7 @@ def test_float32_at_voc_and_large_sizes(name):
     every gradient is within 2e-5 of the exact one or no further than twice the model's."""
     model = tiny(name, torch.float32, dropout=0.0)
     exact = copy.deepcopy(model).double()
-    fast = FastTrainFCN(model)
+    fast = FastTrainFCN(model, winograd=1)
     for n, (h, w) in [(2, (1, 1)), (2, (31, 45)), (1, (375, 500)), (1, (1000, 600))]:
         x, y = data(n, h, w, torch.float32)
         loss0, g0 = step(model, model, x * 10, y)
@@ -106,7 +109,9 @@ def test_padded_batch_and_channels_last():
     x, y = data(3, 67, 81)
     x[1, :, 40:], y[1, 40:] = 0, 255
     x[2, :, :, 50:], y[2, :, 50:] = 0, 255
-    assert_same_step(model, x.contiguous(memory_format=torch.channels_last), y, 1e-12, 1e-10)
+    x = x.contiguous(memory_format=torch.channels_last)
+    assert_same_step(model, x, y, 1e-12, 1e-10)
+    assert_same_step(model, x, y, 1e-12, 1e-10, winograd=1)
 
 
 @pytest.mark.parametrize("learn", [False, True])

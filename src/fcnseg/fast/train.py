@@ -19,8 +19,12 @@ here it is recomputed every step, differentiably, and kept small:
   ``bands=True`` instead runs a stride-1 conv on the core with zero padding (no window copy:
   ~0.1 GB lower peak at 500x500) and adds the rim's share to the output's four border bands
   (batch-1 convs of thin background strips); measured no faster here, so off by default.
-* fc6 / fc7 (``gemm_fc``): im2col + one GEMM (F.unfold + F.linear), backward two GEMMs;
-  oneDNN's backward of the 7x7 conv on a 22x22 map was the step's largest item (~15%).
+* fc6 / fc7 (``gemm_fc``): im2col + one GEMM, backward two GEMMs (train_ops.fc_gemm: oneDNN's
+  linear with the ReLU fused where it runs); oneDNN's backward of the 7x7 conv on a 22x22 map
+  was the step's largest item (~15%).
+* 3x3 convs with at least ``winograd`` input channels (64; None: never) on CPU in float32/64:
+  Winograd F(2x2, 3x3) for the output and the input gradient, oneDNN for the weight gradient
+  (train_ops.winograd_conv3x3); the trunk then runs channels_last (the kernels read NHWC).
 * Taps (pool3, pool4) and the trunk's output are pasted back into full maps (background
   around the core) before the model's own head (forward_head), so the head, its crops, losses
   and upsamplers are the model's.
@@ -29,11 +33,13 @@ Dropout (train mode) draws the same masks as the model: each Dropout runs on a t
 shape the model's own forward gives it, in the same order. Where its map is all core (every
 reference VGG16/AlexNet net from 1x1 up: fc6's receptive field is larger than the padding)
 that is the core itself; otherwise the full map is pasted first and the remaining layers run
-on full maps. Plain PyTorch ops only (conv2d, max_pool2d, cat, index_select): CPU and CUDA,
-float32/float64, autocast, channels_last (follows the input's memory format).
+on full maps. Plain PyTorch ops (conv2d, max_pool2d, cat, index_select): CPU and CUDA,
+float32/float64, autocast, channels_last (follows the input's memory format), plus the CPU
+kernels of train_ops where they apply (each with its own backward, tested against autograd's).
 
-Exactness: the same sums of the same products in another grouping; tests/test_fast_train.py
-checks loss and every parameter gradient against the model's own, float64 and float32.
+Exactness: the same sums of the same products in another grouping (Winograd: another
+factorisation, ~2x the direct kernels' float32 rounding per conv); tests/test_fast_train.py checks
+loss and every parameter gradient against the model's own, float64 and float32.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.fcn import FCN
+from . import train_ops
 from .plan import Step, pair, parse_trunk
 from .train_plan import Plan, index, plan_steps
 
@@ -72,13 +79,15 @@ class _AddBands(torch.autograd.Function):
 class FastTrainFCN(nn.Module):
     """The training (and any-mode) forward of a reference- or "same"-layout FCN with a plain
     conv/ReLU/pool trunk (VGG16, AlexNet): ``FastTrainFCN(model)(x)`` equals ``model(x)``,
-    and so do the gradients it gives the model's parameters (autograd, no custom backward).
+    and so do the gradients it gives the model's parameters (up to float rounding).
 
     Wraps `model` (its parameters are this module's ``model.*``): optimizers, checkpoints and
     DDP can take either. Plans are cached per input size (a few small index lists).
     """
 
-    def __init__(self, model: FCN, *, gemm_fc: bool = True, bands: bool = False):
+    def __init__(
+        self, model: FCN, *, gemm_fc: bool = True, bands: bool = False, winograd: int | None = 64
+    ):
         super().__init__()
         if not isinstance(model, FCN):
             raise TypeError(f"FastTrainFCN wraps an fcnseg FCN, got {type(model).__name__}")
@@ -95,6 +104,8 @@ class FastTrainFCN(nn.Module):
         self.model = model
         self.gemm_fc = gemm_fc
         self.bands = bands
+        self.winograd = winograd
+        self._scratch = train_ops.Scratch()
         try:
             self.steps = parse_trunk(model)
         except ValueError as e:
@@ -157,15 +168,24 @@ class FastTrainFCN(nn.Module):
         ow = x.shape[3] + 2 * padding[1] - kw + 1
         return (kh * kw >= 25 or kh * kw == 1) and oh * ow <= 4096 and s.layer.groups == 1
 
+    def _winograd(self, x: torch.Tensor, w: torch.Tensor, layer, padding) -> bool:
+        return (
+            self.winograd is not None
+            and w.shape[1] >= self.winograd
+            and train_ops.winograd_applies(x, w, layer.stride, padding, layer.groups)
+        )
+
     def _run(self, s: Step, x: torch.Tensor, padding=None) -> torch.Tensor:
         layer = s.layer
         p = pair(layer.padding if padding is None else padding)
         if s.kind == "pool":
             return F.max_pool2d(x, layer.kernel_size, layer.stride, p, ceil_mode=layer.ceil_mode)
+        w, b = layer.weight, layer.bias
         if self._as_gemm(s, x, p):
-            y = _conv_gemm(x, layer.weight, layer.bias, p)
-        else:
-            y = F.conv2d(x, layer.weight, layer.bias, layer.stride, p)
+            return _conv_gemm(x, w, b, p, relu=s.relu)
+        if self._winograd(x, w, layer, p):
+            return train_ops.winograd_conv3x3(x, w, b, p[0], relu=s.relu, scratch=self._scratch)
+        y = F.conv2d(x, w, b, layer.stride, p)
         return torch.relu_(y) if s.relu else y
 
     def _conv_bands(self, s: Step, core, bg, bands) -> torch.Tensor:
@@ -220,6 +240,10 @@ class FastTrainFCN(nn.Module):
         n, c, H, W = x.shape
         cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
         fmt = torch.channels_last if cl and not x.is_contiguous() else torch.contiguous_format
+        drop_fmt = fmt  # the model's own layout, over which dropout draws its masks
+        if self.winograd is not None and train_ops.runs_on(x):
+            fmt = torch.channels_last  # the Winograd kernels read and write NHWC
+            x = x.contiguous(memory_format=fmt)
         plans = self.plan(H, W)
         last_bg = self._last_background(plans)
         bg = x.new_zeros(1, c, *plans[0].small_in)  # the black image, compact
@@ -251,7 +275,7 @@ class FastTrainFCN(nn.Module):
                 y, full_mode = self._full(y, bg, p, n, fmt), True
                 whole = True
             if dropping:  # the mask is drawn over the model's own layout of the map
-                y = y.contiguous(memory_format=fmt)
+                y = y.contiguous(memory_format=drop_fmt)
             for d in self._drops[i]:
                 y = d(y)
             cur = y
@@ -295,9 +319,9 @@ def _take(x: torch.Tensor, dim: int, idx: list[int]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
 
 
-def _conv_gemm(x: torch.Tensor, w: torch.Tensor, b, padding) -> torch.Tensor:
-    """conv2d (stride 1) as im2col + F.linear: (n, C, h, w) -> (n, O, oh, ow), laid out
-    channels_last (a view of the GEMM's (n * oh * ow, O) output)."""
+def _conv_gemm(x: torch.Tensor, w: torch.Tensor, b, padding, *, relu: bool) -> torch.Tensor:
+    """conv2d (stride 1), then ReLU, as im2col + one GEMM (train_ops.fc_gemm): (n, C, h, w)
+    -> (n, O, oh, ow), laid out channels_last (a view of the GEMM's (n * oh * ow, O) output)."""
     n, kh, kw = x.shape[0], w.shape[2], w.shape[3]
     if padding != (0, 0):
         x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
@@ -306,7 +330,7 @@ def _conv_gemm(x: torch.Tensor, w: torch.Tensor, b, padding) -> torch.Tensor:
         cols = x.permute(0, 2, 3, 1).reshape(n * oh * ow, -1)
     else:
         cols = F.unfold(x, (kh, kw)).transpose(1, 2).reshape(n * oh * ow, -1)
-    y = F.linear(cols, w.reshape(w.shape[0], -1), b)
+    y = train_ops.fc_gemm(cols, w.reshape(w.shape[0], -1), b, relu=relu)
     return y.view(n, oh, ow, -1).permute(0, 3, 1, 2)
 
 

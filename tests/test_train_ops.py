@@ -1,0 +1,92 @@
+"""FastTrainFCN's own-backward kernels equal torch's ops (fcnseg.fast.train_ops)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fcnseg import kernels
+from fcnseg.fast import train_ops
+
+
+def grads(fn, *inputs):
+    """Output and the gradients of (output * r).sum() for a fixed random r."""
+    inputs = [t.detach().clone().requires_grad_(True) if t is not None else None for t in inputs]
+    y = fn(*inputs)
+    r = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    r = r.to(y.dtype)  # the same draws in float32 and float64
+    (y * r).sum().backward()
+    return y.detach(), [None if t is None else t.grad for t in inputs]
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("hw", [(3, 3), (4, 9), (13, 8), (23, 17)])
+def test_winograd_conv_and_its_gradients_equal_conv2d_in_float64(pad, relu, bias, hw):
+    g = torch.Generator().manual_seed(hw[0] * 100 + hw[1])
+    x = torch.randn(2, 5, *hw, generator=g, dtype=torch.float64)
+    w = torch.randn(7, 5, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(7, generator=g, dtype=torch.float64) if bias else None
+
+    def plain(x, w, b):
+        y = F.conv2d(x, w, b, padding=pad)
+        return y.relu() if relu else y
+
+    assert train_ops.winograd_applies(x, w, (1, 1), (pad, pad), 1)
+    y0, g0 = grads(plain, x, w, b)
+    y1, g1 = grads(lambda x, w, b: train_ops.winograd_conv3x3(x, w, b, pad, relu=relu), x, w, b)
+    assert y1.shape == y0.shape
+    torch.testing.assert_close(y1, y0, rtol=0, atol=1e-12)
+    for a, e in zip(g1, g0, strict=True):
+        if e is not None:
+            torch.testing.assert_close(a, e, rtol=0, atol=1e-11)
+
+
+def test_winograd_gradient_float32_rounding_is_like_the_direct_convs():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 128, 40, 36, generator=g)
+    w = torch.randn(128, 128, 3, 3, generator=g) * (2 / 1152) ** 0.5
+    b = torch.randn(128, generator=g) * 0.1
+
+    def plain(x, w, b):
+        return F.conv2d(x, w, b, padding=1).relu()
+
+    _, ge = grads(plain, x.double(), w.double(), b.double())
+    _, gd = grads(plain, x, w, b)
+    _, gw = grads(lambda x, w, b: train_ops.winograd_conv3x3(x, w, b, 1, relu=True), x, w, b)
+    for a, d, e in zip(gw, gd, ge, strict=True):
+        scale = e.abs().max()
+        wino, direct = (a - e).abs().max() / scale, (d - e).abs().max() / scale
+        print(f"float32 rel. error: winograd {wino:.1e}, direct {direct:.1e}")
+        assert wino <= max(4 * direct, 2e-6)
+
+
+def test_winograd_is_not_used_where_it_does_not_apply():
+    x, w = torch.zeros(1, 8, 9, 9), torch.zeros(4, 8, 3, 3)
+    assert not train_ops.winograd_applies(x, w, (2, 2), (0, 0), 1)  # stride
+    assert not train_ops.winograd_applies(x, w, (1, 1), (3, 3), 1)  # padding > 2
+    assert not train_ops.winograd_applies(x, w[:, :4], (1, 1), (0, 0), 2)  # groups
+    assert not train_ops.winograd_applies(x, torch.zeros(4, 8, 5, 5), (1, 1), (0, 0), 1)
+    assert not train_ops.winograd_applies(x.half(), w.half(), (1, 1), (0, 0), 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not train_ops.winograd_applies(x, w, (1, 1), (0, 0), 1)
+
+
+@pytest.mark.skipif(not kernels.available(torch.zeros(1)), reason="oneDNN's linear is missing")
+@pytest.mark.parametrize("relu", [False, True])
+def test_fc_gemm_and_its_gradients_equal_linear(relu):
+    g = torch.Generator().manual_seed(2)
+    cols = torch.randn(37, 300, generator=g)
+    w = torch.randn(64, 300, generator=g) * 0.05
+    b = torch.randn(64, generator=g)
+    assert train_ops.gemm_applies(cols, w)
+
+    def plain(c, w, b):
+        y = F.linear(c, w, b)
+        return y.relu() if relu else y
+
+    y0, g0 = grads(plain, cols, w, b)
+    y1, g1 = grads(lambda c, w, b: train_ops.fc_gemm(c, w, b, relu=relu), cols, w, b)
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    for a, e in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
