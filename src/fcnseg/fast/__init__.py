@@ -20,9 +20,13 @@ dtype, among those that give the same numbers (fcnseg.kernels): for 3x3 convs Wi
 F(4x4, 3x3) (36 products per 4x4 output block: 4x fewer multiply-adds than the direct conv,
 and 2.25 transformed input values per output where F(2x2) reads 4), Winograd F(2x2, 3x3)
 (2.25x fewer) or oneDNN's direct conv into a kept output buffer with the ReLU fused (no page
-faults for fresh 50 MB activations); see fcnseg.winograd. For fc6/fc7 one GEMM (oneDNN's
-linear with the ReLU fused, where torch has it) or the conv. The choice is timed at first use
-and cached per CPU model, thread count, torch version and layer shape in
+faults for fresh 50 MB activations); see fcnseg.winograd. At 500x500 on AMD EPYC (2 threads,
+each kernel alone, interleaved, median of 5) conv1_2-conv5_3 took 559 ms by F(4x4), 778 by
+F(2x2), 930 by oneDNN's direct conv: F(4x4) 0.63-0.76x F(2x2)'s time per layer (conv1_2,
+64 channels on 504x504: 0.92x), and faster than the direct conv on all but conv1_2 (100 vs 91
+ms). For fc6/fc7 one GEMM (oneDNN's linear with the ReLU fused, where torch has it) or the
+conv. The choice is timed at first use and cached per CPU model, thread count, torch version
+and layer shape in
 ~/.cache/fcnseg/kernels.json ($FCNSEG_CACHE overrides; delete it or run `fcnseg bench
 --retune` to measure again): see fcnseg.fast.tuning. (A threshold tuned on one CPU, e.g.
 Winograd from 256 input channels on AMD Zen 4, is a cliff on another.) Channels_last
