@@ -6,7 +6,8 @@ Part 1 (500x500, batch 1, reference layout), variants timed interleaved in one p
   (b) fcnseg default: build_model("fcn8s_vgg16") in eval mode, eager
   (c) fcnseg fastest exact: fcnseg.fast.FastFCN (padding background computed once per size,
       channels_last, fc6/fc7 as GEMMs, grouped bilinear upsamplers), kernels measured here;
-      (c') the same with the fixed choices tuned on AMD Zen 4 (Winograd from 256 channels)
+      (c') the same with fixed choices instead of measured ones (Winograd, F(4x4, 3x3) first, from
+      256 input channels: the threshold once tuned on AMD Zen 4)
   (d) bf16: FastFCN(bfloat16=True), and plain autocast bf16 + channels_last of (b)
   (e)-(g) peers on the same weights and input: the plain FCN-8s of (a) exported to ONNX
       (torch.onnx.export, opset 17, 500x500), run by ONNX Runtime fp32, OpenVINO fp32 and
@@ -223,7 +224,7 @@ def part1(args) -> None:
         "(a) plain eager fp32 (baseline)": lambda: plain(x),
         "(b) fcnseg eager fp32": lambda: model(x),
         "(c) fcnseg FastFCN fp32 (exact)": lambda: fast(x),
-        "(c') FastFCN fp32, fixed kernels (Winograd from 256 channels)": lambda: fixed(x),
+        "(c') FastFCN fp32, fixed kernels (F(4x4) Winograd from 256 channels)": lambda: fixed(x),
         "(d) fcnseg FastFCN bf16": lambda: fast16(x),
         "(d') autocast bf16 + channels_last": lambda: bf16_forward(model, x),
     }

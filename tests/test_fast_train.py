@@ -89,18 +89,19 @@ def test_float32_at_voc_and_large_sizes(name):
     every gradient is within 2e-5 of the exact one or no further than twice the model's."""
     model = tiny(name, torch.float32, dropout=0.0)
     exact = copy.deepcopy(model).double()
-    fast = FastTrainFCN(model, winograd=1)
+    fasts = [FastTrainFCN(model), FastTrainFCN(model, winograd=1)]  # direct; Winograd
     for n, (h, w) in [(2, (1, 1)), (2, (31, 45)), (1, (375, 500)), (1, (1000, 600))]:
         x, y = data(n, h, w, torch.float32)
         loss0, g0 = step(model, model, x * 10, y)
-        loss1, g1 = step(fast, model, x * 10, y)
         _, g64 = step(exact, exact, x.double() * 10, y)
-        assert abs(loss1 - loss0) <= 1e-6 * abs(loss0), (h, w, loss0, loss1)
-        for k, g in g64.items():
-            scale = g.abs().max().item() or 1.0
-            fast_err = (g1[k].double() - g).abs().max().item() / scale
-            model_err = (g0[k].double() - g).abs().max().item() / scale
-            assert fast_err <= max(2e-5, 2 * model_err), (h, w, k, fast_err, model_err)
+        for fast in fasts:
+            loss1, g1 = step(fast, model, x * 10, y)
+            assert abs(loss1 - loss0) <= 1e-6 * abs(loss0), (h, w, loss0, loss1)
+            for k, g in g64.items():
+                scale = g.abs().max().item() or 1.0
+                fast_err = (g1[k].double() - g).abs().max().item() / scale
+                model_err = (g0[k].double() - g).abs().max().item() / scale
+                assert fast_err <= max(2e-5, 2 * model_err), (h, w, k, fast_err, model_err)
 
 
 def test_padded_batch_and_channels_last():

@@ -22,9 +22,13 @@ here it is recomputed every step, differentiably, and kept small:
 * fc6 / fc7 (``gemm_fc``): im2col + one GEMM, backward two GEMMs (train_ops.fc_gemm: oneDNN's
   linear with the ReLU fused where it runs); oneDNN's backward of the 7x7 conv on a 22x22 map
   was the step's largest item (~15%).
-* 3x3 convs with at least ``winograd`` input channels (64; None: never) on CPU in float32/64:
-  Winograd F(2x2, 3x3) for the output and the input gradient, oneDNN for the weight gradient
-  (train_ops.winograd_conv3x3); the trunk then runs channels_last (the kernels read NHWC).
+* ``winograd=N`` (off by default): 3x3 convs with at least N input channels, on CPU in
+  float32/64, by Winograd F(2x2, 3x3) for the output and the input gradient, oneDNN for the
+  weight gradient (train_ops.winograd_conv3x3; NHWC inside, the maps around it as they are).
+  Measured on AMD Zen 4, 2 threads, FCN-8s 500x500, forward + backward, interleaved: no
+  Winograd 4.53-4.62 s; N=256 4.41-4.68; N=128 4.59-4.78; N=64 4.88-5.06 (the convs' own time
+  falls, 3.3 -> 2.2 s in the profile, and the transforms, padding copies and layout changes take
+  it back); with the whole trunk in NHWC, 5.2-6.1 s. So it is opt-in, for other machines.
 * Taps (pool3, pool4) and the trunk's output are pasted back into full maps (background
   around the core) before the model's own head (forward_head), so the head, its crops, losses
   and upsamplers are the model's.
@@ -86,7 +90,7 @@ class FastTrainFCN(nn.Module):
     """
 
     def __init__(
-        self, model: FCN, *, gemm_fc: bool = True, bands: bool = False, winograd: int | None = 64
+        self, model: FCN, *, gemm_fc: bool = True, bands: bool = False, winograd: int | None = None
     ):
         super().__init__()
         if not isinstance(model, FCN):
@@ -241,9 +245,6 @@ class FastTrainFCN(nn.Module):
         cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
         fmt = torch.channels_last if cl and not x.is_contiguous() else torch.contiguous_format
         drop_fmt = fmt  # the model's own layout, over which dropout draws its masks
-        if self.winograd is not None and train_ops.runs_on(x):
-            fmt = torch.channels_last  # the Winograd kernels read and write NHWC
-            x = x.contiguous(memory_format=fmt)
         plans = self.plan(H, W)
         last_bg = self._last_background(plans)
         bg = x.new_zeros(1, c, *plans[0].small_in)  # the black image, compact
