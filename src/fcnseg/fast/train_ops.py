@@ -10,8 +10,10 @@ F(2x2, 3x3) computes with 2.25x fewer multiply-adds (fcnseg.kernels):
 * weight grad dw, db: oneDNN's own (torch's convolution_backward with only those outputs)
 
 fc6 / fc7 as im2col + GEMM (FastTrainFCN's gemm_fc): the forward by oneDNN's linear with the
-ReLU fused (~1.6x MKL's addmm on fc6's 256 x 25088 @ 25088 x 4096 at 500x500), the input
-gradient g @ W by oneDNN's linear too, the weight gradient g^T @ cols by torch.mm.
+ReLU fused, the input gradient g @ W by oneDNN's linear too, the weight gradient g^T @ cols by
+torch.mm (oneDNN was no faster there). On AMD Zen 4, 2 threads, FCN-8s at 500x500 (profile):
+fc6's forward + input gradient 0.70 s by MKL, fc6 and fc7's together 0.61 s by oneDNN: ~0.1 s
+of a ~4.8 s step, within the step's run-to-run noise.
 
 Exactness: the same function; Winograd's transforms add float rounding of the direct convs'
 size (~5e-7 relative in float32, measured on every VGG16 conv shape at 500x500; float64 1e-15:
@@ -113,21 +115,31 @@ def _padded(x: torch.Tensor, out_hw, border: int, scratch: Scratch) -> torch.Ten
     return buf.permute(0, 3, 1, 2)
 
 
+def _keep(ctx, relu: bool, b, *inputs: torch.Tensor, y: torch.Tensor) -> None:
+    """Save what the backward needs: the inputs, and the output when a ReLU was fused."""
+    ctx.relu, ctx.has_bias = relu, b is not None
+    ctx.save_for_backward(*inputs, y if relu else None)
+
+
+def _through_relu(ctx, g: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """The output gradient through the fused ReLU: zero where the output was clipped."""
+    return g.masked_fill(y <= 0, 0) if ctx.relu else g
+
+
 class _WinogradConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, pad: int, relu: bool, scratch: Scratch):
         oh, ow = x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2
         with torch.no_grad():
             y = _wino(_padded(x, (oh, ow), pad, scratch), _transform(w), b, (oh, ow), relu, scratch)
-        ctx.pad, ctx.relu, ctx.has_bias, ctx.scratch = pad, relu, b is not None, scratch
-        ctx.save_for_backward(x, w, y if relu else None)
+        ctx.pad, ctx.scratch = pad, scratch
+        _keep(ctx, relu, b, x, w, y=y)
         return y
 
     @staticmethod
     def backward(ctx, g):
         x, w, y = ctx.saved_tensors
-        if ctx.relu:
-            g = g.masked_fill(y <= 0, 0)
+        g = _through_relu(ctx, g, y)
         fmt = (
             torch.channels_last
             if x.is_contiguous(memory_format=torch.channels_last) and not (x.is_contiguous())
@@ -160,15 +172,13 @@ class _GemmFC(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cols, w2, b, relu: bool):
         y = kernels.linear(cols, w2, b, relu=relu)
-        ctx.relu, ctx.has_bias = relu, b is not None
-        ctx.save_for_backward(cols, w2, y if relu else None)
+        _keep(ctx, relu, b, cols, w2, y=y)
         return y
 
     @staticmethod
     def backward(ctx, g):
         cols, w2, y = ctx.saved_tensors
-        if ctx.relu:
-            g = g.masked_fill(y <= 0, 0)
+        g = _through_relu(ctx, g, y)
         dcols = dw = db = None
         if ctx.needs_input_grad[0]:  # (L, O) @ (O, K): oneDNN's linear with W^T as a view
             dcols = kernels.linear(g, w2.t(), None, relu=False)
