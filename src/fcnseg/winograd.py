@@ -22,6 +22,7 @@ rounded best in float32 (~3e-6 relative, ~10x the direct conv's: see POINTS); F(
 from __future__ import annotations
 
 import functools
+import math
 from fractions import Fraction
 
 import torch
@@ -77,8 +78,8 @@ def transforms(m: int, points: tuple | None = None) -> tuple[tuple, tuple, tuple
     inv = _solve_inverse(_powers(pts, a))  # V^-1
     bt = [list(col) for col in zip(*inv, strict=True)]  # V^-T
     for j, row in enumerate(bt):  # B^T exact in float (small integers), the scale goes to G
-        den = functools.reduce(lambda x, y: x * y // _gcd(x, y), (v.denominator for v in row))
-        num = functools.reduce(_gcd, (abs(v.numerator) for v in row if v))
+        den = math.lcm(*(v.denominator for v in row))
+        num = math.gcd(*(abs(v.numerator) for v in row if v))
         s = Fraction(den, num)
         # a +1 entry lets the row start with an add, no separate multiply: scale by a power
         # of 2 (exact in float, so the rounding is the same) that makes one entry +1
@@ -93,12 +94,6 @@ def transforms(m: int, points: tuple | None = None) -> tuple[tuple, tuple, tuple
 def _power_of_two(f: Fraction) -> bool:
     n, d = f.numerator, f.denominator
     return n & (n - 1) == 0 and d & (d - 1) == 0
-
-
-def _gcd(x: int, y: int) -> int:
-    while y:
-        x, y = y, x % y
-    return x
 
 
 def _matrix(rows, dtype=torch.float64, device=None) -> torch.Tensor:
