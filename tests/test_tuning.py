@@ -2,6 +2,7 @@
 a corrupt or unwritable cache never crashes (timings themselves: benchmarks/inference.py)."""
 
 import json
+import os
 import warnings
 
 import pytest
@@ -191,3 +192,29 @@ def test_gpu_benchmark_fails_clearly_without_cuda():
     assert done.returncode == 2
     assert "needs a CUDA GPU" in done.stderr and "torch.cuda.is_available() is False" in done.stderr
     assert not done.stdout
+
+
+def test_a_choice_measured_on_a_busy_machine_is_measured_again_when_quiet(tmp_path, monkeypatch):
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path))
+    cores = os.cpu_count() or 1
+    calls = []
+
+    def trial(name):
+        return lambda: calls.append(name)
+
+    monkeypatch.setattr(tuning, "current_load", lambda: 3.0 * cores)  # busy
+    first = tuning.choose("k", ["winograd", "inplace"], trial)
+    n = len(calls)
+    assert n > 0 and json.loads(tuning.cache_path().read_text())["entries"]["k"]["load"] > cores
+    tuning._memo.clear()
+    assert tuning.choose("k", ["winograd", "inplace"], trial) == first  # still busy: cached
+    assert len(calls) == n
+    monkeypatch.setattr(tuning, "current_load", lambda: 0.1)  # quiet now: measured again
+    tuning._memo.clear()
+    tuning.choose("k", ["winograd", "inplace"], trial)
+    assert len(calls) > n
+    assert json.loads(tuning.cache_path().read_text())["entries"]["k"]["load"] == 0.1
+    m = len(calls)
+    tuning._memo.clear()
+    tuning.choose("k", ["winograd", "inplace"], trial)  # a quiet measurement is kept
+    assert len(calls) == m

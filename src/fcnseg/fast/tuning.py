@@ -20,7 +20,9 @@ keyed by the machine (CPU model name and torch's thread count), the torch versio
 layer (kind, dtype, batch, channels, kernel, stride, memory format, the candidates, and the
 size of its output in steps of sqrt(2) in area: photos of similar sizes share one measurement,
 so a folder of VOC images of a dozen sizes is not measured a dozen times). Each entry holds
-the choice and each candidate's fastest time in seconds. To measure again: delete the file,
+the choice, each candidate's fastest time in seconds and the load average then; a choice
+measured on a busy machine (load above the core count) is measured again the first time the
+machine is quiet, since other programs slow the kernels unevenly. To measure again: delete the file,
 call `fcnseg.fast.tuning.reset_cache()`, or run `fcnseg bench --retune`.
 An unreadable file is ignored with a warning and rewritten (atomically: a temporary file
 renamed over it) with the new measurements; an unwritable one only costs measuring again in
@@ -44,8 +46,8 @@ from ..amp import machine_name
 from ..safety import write_bytes
 from .plan import WINOGRAD, Geom, Step, pair, winograd_work
 
-__all__ = ["MARGIN", "cache_path", "choose", "layer_key", "measure", "pick", "reset_cache",
-           "step_choice"]  # fmt: skip
+__all__ = ["MARGIN", "busy", "cache_path", "choose", "current_load", "layer_key", "measure",
+           "pick", "reset_cache", "step_choice"]  # fmt: skip
 
 ROUNDS = 2  # timed runs per candidate (after one warm-up each), interleaved
 MARGIN = 0.05  # a later candidate must be this much faster than an earlier one
@@ -118,6 +120,16 @@ def reset_cache() -> bool:
     return existed
 
 
+def current_load() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def busy(load: float | None) -> bool:
+    """More runnable processes than cores: the measurement shared the machine."""
+    return load is not None and load > (os.cpu_count() or 1)
+
+
 def measure(trials: dict[str, Callable[[], object]], rounds: int = ROUNDS) -> dict[str, float]:
     """The fastest of `rounds` runs of each trial, after one warm-up each; runs interleaved
     (the order reversed every other round, so drift on a shared machine hits every one)."""
@@ -151,12 +163,17 @@ def choose(
         return candidates[0]
     entries = _entries()
     entry = entries.get(key)
-    if entry is not None and entry["choice"] in candidates:
+    load = current_load()
+    # measured while other programs held the cores (they slow the kernels unevenly: under load
+    # the tuner once took oneDNN's direct conv for every layer), and quiet now: measure again
+    stale = entry is not None and busy(entry.get("load")) and not busy(load)
+    if entry is not None and entry["choice"] in candidates and not stale:
         return entry["choice"]
     seconds = measure({name: make_trial(name) for name in candidates}, rounds)
     choice = pick(seconds, candidates)
     entry = {"choice": choice, "seconds": {k: round(v, 6) for k, v in seconds.items()},
-             "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}  # fmt: skip
+             "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+             "load": load}  # fmt: skip
     entries[key] = entry
     _save()
     return choice
