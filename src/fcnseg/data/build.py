@@ -15,32 +15,31 @@ both: target a dict by head) are batched key by key (`collate_items`).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 
 import torch
 
 __all__ = ["build_datasets", "collate_items", "make_loader", "open_dataset"]
 
+# the built-in scene sets: module, class, default train and val sizes (imported on first use)
+_SYNTHETIC = {
+    "digits": (".digits", "DigitScenes", 3000, 300),
+    "digits-rgbd": (".digits_rgbd", "DigitScenesRGBD", 2000, 200),
+}
+
 
 def open_dataset(spec: str, split: str, options: dict | None = None, transforms=None):
     """One split of the dataset named by `spec`."""
     options = dict(options or {})
     kind, _, root = spec.partition(":")
-    if kind == "digits":
-        from .digits import DigitScenes
-
-        n = options.pop("n_train" if split == "train" else "n_val", 3000 if split == "train"
-                        else 300)  # fmt: skip
-        options.pop("n_val" if split == "train" else "n_train", None)
-        return _construct(DigitScenes, spec, split, n, transforms=transforms,
-                          also=("n_train", "n_val"), **options)  # fmt: skip
-    if kind == "digits-rgbd":
-        from .digits_rgbd import DigitScenesRGBD
-
-        n = options.pop("n_train" if split == "train" else "n_val", 2000 if split == "train"
-                        else 200)  # fmt: skip
-        options.pop("n_val" if split == "train" else "n_train", None)
-        return _construct(DigitScenesRGBD, spec, split, n, transforms=transforms,
+    if kind in _SYNTHETIC:
+        module, name, n_train, n_val = _SYNTHETIC[kind]
+        cls = getattr(importlib.import_module(module, __package__), name)
+        train = split == "train"
+        n = options.pop("n_train" if train else "n_val", n_train if train else n_val)
+        options.pop("n_val" if train else "n_train", None)
+        return _construct(cls, spec, split, n, transforms=transforms,
                           also=("n_train", "n_val"), **options)  # fmt: skip
     if kind not in ("voc", "sbd", "folder", *_RELEASE_SETS):
         raise ValueError(
