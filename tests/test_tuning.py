@@ -202,14 +202,14 @@ def test_a_choice_measured_on_a_busy_machine_is_measured_again_when_quiet(tmp_pa
     def trial(name):
         return lambda: calls.append(name)
 
-    monkeypatch.setattr(tuning, "current_load", lambda: 3.0 * cores)  # busy
+    monkeypatch.setattr(tuning, "load_average", lambda: 3.0 * cores)  # busy
     first = tuning.choose("k", ["winograd", "inplace"], trial)
     n = len(calls)
     assert n > 0 and json.loads(tuning.cache_path().read_text())["entries"]["k"]["load"] > cores
     tuning._memo.clear()
     assert tuning.choose("k", ["winograd", "inplace"], trial) == first  # still busy: cached
     assert len(calls) == n
-    monkeypatch.setattr(tuning, "current_load", lambda: 0.1)  # quiet now: measured again
+    monkeypatch.setattr(tuning, "load_average", lambda: 0.1)  # quiet now: measured again
     tuning._memo.clear()
     tuning.choose("k", ["winograd", "inplace"], trial)
     assert len(calls) > n

@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .safety import write_bytes
+from . import cachefile
+from .cachefile import busy, load_average, read_entries, write_entries
 
 __all__ = ["MARGIN", "AmpChoice", "auto_amp", "cache_key", "cache_path", "choose_amp",
            "decide", "machine_name", "measure", "reset_cache"]  # fmt: skip
@@ -57,12 +57,12 @@ class AmpChoice:
     def describe(self) -> str:
         times = ", ".join(f"{k} {v:.3f}" for k, v in self.times.items())
         where = f"cached in {cache_path()}" if self.cached else f"saved to {cache_path()}"
-        busy = ""
-        if self.load is not None and self.load > (os.cpu_count() or 1):
-            busy = (f"; measured while the machine was busy (load {self.load:.1f} on "
+        noisy = ""
+        if busy(self.load):
+            noisy = (f"; measured while the machine was busy (load {self.load:.1f} on "
                     f"{os.cpu_count()} cores): the times are noisy")  # fmt: skip
         return (f"amp auto: {self.amp or 'fp32'} ({self.reason}; s per forward+backward: "
-                f"{times}{busy}; {where}, delete it to measure again)")  # fmt: skip
+                f"{times}{noisy}; {where}, delete it to measure again)")  # fmt: skip
 
 
 # ----------------------------------------------------------------------- the decision
@@ -122,8 +122,7 @@ def measure(
 
 def cache_path() -> Path:
     """The cache file: $FCNSEG_CACHE/amp.json, else ~/.cache/fcnseg/amp.json."""
-    root = os.environ.get("FCNSEG_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "fcnseg") / "amp.json"
+    return cachefile.cache_path("amp.json")
 
 
 def machine_name(device: torch.device | str = "cpu") -> str:
@@ -154,30 +153,12 @@ def cache_key(
 
 
 def _load() -> dict:
-    path = cache_path()
-    if not path.exists():
-        return {}
-    try:
-        entries = json.loads(path.read_text())["entries"]
-        if not isinstance(entries, dict):
-            raise TypeError("entries is not a mapping")
-        return entries
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        warnings.warn(f"ignoring the unreadable amp cache {path} ({e}): measuring again; "
-                      f"delete the file to silence this", stacklevel=3)  # fmt: skip
-        return {}
+    return read_entries(cache_path(), "amp cache", stacklevel=3)
 
 
 def _save(entries: dict) -> None:
-    path = cache_path()
-    try:
-        doc = {"about": "fcnseg --amp auto measurements; delete this file to measure again",
-               "entries": entries}  # fmt: skip
-        write_bytes(path, json.dumps(doc, indent=1, sort_keys=True).encode(), what="amp cache")
-    except OSError as e:  # a read-only home must not stop training
-        warnings.warn(f"cannot write the amp cache {path} ({e.strerror}): the choice will be "
-                      f"measured again next time; set FCNSEG_CACHE to a writable folder",
-                      stacklevel=3)  # fmt: skip
+    write_entries(cache_path(), entries, "fcnseg --amp auto measurements; delete this file to "
+                  "measure again", "amp cache", stacklevel=3)  # fmt: skip
 
 
 def reset_cache(key: str | None = None) -> bool:
@@ -209,7 +190,7 @@ def choose_amp(
     amp, reason = decide(samples)
     times = {k: min(v) for k, v in samples.items()}
     entries = _load()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load = load_average()
     entries[key] = {"amp": amp, "times": times, "reason": reason, "samples": samples,
                     "measured": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load": load}  # fmt: skip
     _save(entries)

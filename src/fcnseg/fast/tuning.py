@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -41,13 +40,13 @@ from pathlib import Path
 
 import torch
 
-from .. import kernels
+from .. import cachefile, kernels
 from ..amp import machine_name
-from ..safety import write_bytes
+from ..cachefile import busy, load_average, read_entries, write_entries
 from .plan import WINOGRAD, Geom, Step, pair, winograd_work
 
-__all__ = ["MARGIN", "busy", "cache_path", "choose", "current_load", "layer_key", "measure",
-           "pick", "reset_cache", "step_choice"]  # fmt: skip
+__all__ = ["MARGIN", "cache_path", "choose", "layer_key", "measure", "pick", "reset_cache",
+           "step_choice"]  # fmt: skip
 
 ROUNDS = 2  # timed runs per candidate (after one warm-up each), interleaved
 MARGIN = 0.05  # a later candidate must be this much faster than an earlier one
@@ -56,8 +55,7 @@ _memo: dict[str, dict] = {}  # per cache path: its entries, read once per proces
 
 def cache_path() -> Path:
     """The cache file: $FCNSEG_CACHE/kernels.json, else ~/.cache/fcnseg/kernels.json."""
-    root = os.environ.get("FCNSEG_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "fcnseg") / "kernels.json"
+    return cachefile.cache_path("kernels.json")
 
 
 def layer_key(**layer) -> str:
@@ -67,20 +65,8 @@ def layer_key(**layer) -> str:
 
 
 def _read(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        entries = json.loads(path.read_text())["entries"]
-        if not isinstance(entries, dict):
-            raise TypeError("'entries' is not a mapping")
-        return {k: v for k, v in entries.items() if isinstance(v, dict) and "choice" in v}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        warnings.warn(
-            f"ignoring the unreadable FastFCN kernel cache {path} ({type(e).__name__}: {e}); "
-            "measuring again and rewriting it (or delete the file)",
-            stacklevel=4,
-        )
-        return {}
+    entries = read_entries(path, "FastFCN kernel cache", stacklevel=4)
+    return {k: v for k, v in entries.items() if isinstance(v, dict) and "choice" in v}
 
 
 def _entries() -> dict:
@@ -95,20 +81,12 @@ def _save() -> None:
     """Merge this process's entries into the file (keeping those another process wrote
     meanwhile), written to a temporary file and renamed over the old one."""
     path = cache_path()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the load before already warned once
-            entries = {**_read(path), **_entries()}
-        doc = {"about": "FastFCN kernel measurements (fcnseg.fast.tuning); delete this file "
-               "or run `fcnseg bench --retune` to measure again", "entries": entries}  # fmt: skip
-        write_bytes(path, json.dumps(doc, indent=1, sort_keys=True).encode(),
-                    what="FastFCN kernel cache")  # fmt: skip
-    except OSError as e:  # a read-only home must not stop inference
-        warnings.warn(
-            f"cannot write the FastFCN kernel cache {path} ({e.strerror or e}): kernels will "
-            "be measured again in the next process; set FCNSEG_CACHE to a writable folder",
-            stacklevel=4,
-        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the load before already warned once
+        entries = {**_read(path), **_entries()}
+    write_entries(path, entries, "FastFCN kernel measurements (fcnseg.fast.tuning); delete "
+                  "this file or run `fcnseg bench --retune` to measure again",
+                  "FastFCN kernel cache", stacklevel=4)  # fmt: skip
 
 
 def reset_cache() -> bool:
@@ -118,16 +96,6 @@ def reset_cache() -> bool:
     existed = path.exists()
     path.unlink(missing_ok=True)
     return existed
-
-
-def current_load() -> float | None:
-    """The 1-minute load average (None where the OS has none)."""
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-
-
-def busy(load: float | None) -> bool:
-    """More runnable processes than cores: the measurement shared the machine."""
-    return load is not None and load > (os.cpu_count() or 1)
 
 
 def measure(trials: dict[str, Callable[[], object]], rounds: int = ROUNDS) -> dict[str, float]:
@@ -163,7 +131,7 @@ def choose(
         return candidates[0]
     entries = _entries()
     entry = entries.get(key)
-    load = current_load()
+    load = load_average()
     # measured while other programs held the cores (they slow the kernels unevenly: under load
     # the tuner once took oneDNN's direct conv for every layer), and quiet now: measure again
     stale = entry is not None and busy(entry.get("load")) and not busy(load)
