@@ -244,7 +244,6 @@ class FastTrainFCN(nn.Module):
         n, c, H, W = x.shape
         cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
         fmt = torch.channels_last if cl and not x.is_contiguous() else torch.contiguous_format
-        drop_fmt = fmt  # the model's own layout, over which dropout draws its masks
         plans = self.plan(H, W)
         last_bg = self._last_background(plans)
         bg = x.new_zeros(1, c, *plans[0].small_in)  # the black image, compact
@@ -276,7 +275,7 @@ class FastTrainFCN(nn.Module):
                 y, full_mode = self._full(y, bg, p, n, fmt), True
                 whole = True
             if dropping:  # the mask is drawn over the model's own layout of the map
-                y = y.contiguous(memory_format=drop_fmt)
+                y = y.contiguous(memory_format=fmt)
             for d in self._drops[i]:
                 y = d(y)
             cur = y
