@@ -242,8 +242,7 @@ class FastTrainFCN(nn.Module):
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"expected a float tensor (N, {m.in_channels['']}, H, W), got {got}")
         n, c, H, W = x.shape
-        cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-        fmt = torch.channels_last if cl and not x.is_contiguous() else torch.contiguous_format
+        fmt = train_ops.layout_of(x)
         plans = self.plan(H, W)
         last_bg = self._last_background(plans)
         bg = x.new_zeros(1, c, *plans[0].small_in)  # the black image, compact

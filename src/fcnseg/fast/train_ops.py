@@ -29,7 +29,14 @@ import torch.nn.functional as F
 
 from .. import kernels
 
-__all__ = ["Scratch", "fc_gemm", "gemm_applies", "runs_on", "winograd_applies", "winograd_conv3x3"]
+__all__ = ["Scratch", "fc_gemm", "gemm_applies", "layout_of", "runs_on", "winograd_applies",
+           "winograd_conv3x3"]  # fmt: skip
+
+
+def layout_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for an NHWC tensor (one that is not also plain contiguous), else NCHW."""
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if cl and not x.is_contiguous() else torch.contiguous_format
 
 
 def runs_on(x: torch.Tensor) -> bool:
@@ -140,12 +147,7 @@ class _WinogradConv(torch.autograd.Function):
     def backward(ctx, g):
         x, w, y = ctx.saved_tensors
         g = _through_relu(ctx, g, y)
-        fmt = (
-            torch.channels_last
-            if x.is_contiguous(memory_format=torch.channels_last) and not (x.is_contiguous())
-            else torch.contiguous_format
-        )
-        g = g.contiguous(memory_format=fmt)
+        g = g.contiguous(memory_format=layout_of(x))
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             U = _transform(w.flip(2, 3).transpose(0, 1))  # (C, O, 3, 3) rotated: (16, O, C)
