@@ -63,12 +63,13 @@ def data(n, h, w, dtype=torch.float64, classes=5):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("winograd", [None, 1])
 def test_float64_loss_and_gradients_equal_the_models(name, winograd):
-    """winograd=1: every 3x3 conv runs train_ops' Winograd forward and input gradient (at full
-    width only convs with >= 64 input channels do; the tiny models have 4 to 32)."""
+    """winograd=1: every 3x3 conv runs Winograd F(4x4) for its output and both gradients,
+    whatever its map's size (by default only convs with >= 128 input channels on maps of at
+    least 34 do; the tiny models have 4 to 32)."""
     model = tiny(name)
     for h, w in SIZES:
         x, y = data(2, h, w)
-        assert_same_step(model, x, y, 1e-12, 1e-10, winograd=winograd)
+        assert_same_step(model, x, y, 1e-12, 1e-10, winograd=winograd, winograd_min_map=0)
 
 
 @pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn32s_alexnet"])
@@ -85,23 +86,31 @@ def test_bands_and_plain_convs_give_the_same_gradients(name):
 def test_float32_at_voc_and_large_sizes(name):
     """float32: loss within 1e-6 of the model's. Gradients: the model's own float32 ones are
     up to 5e-5 (375x500) and 3e-4 (1000x600) off the exact (float64) ones, relative to their
-    largest entry (sums over up to 1.4M positions), so 1e-5 against them cannot hold; instead
-    every gradient is within 2e-5 of the exact one or no further than twice the model's."""
+    largest entry (sums over up to 1.4M positions; a ReLU whose input is within rounding of 0
+    opens in one and not the other), so 1e-5 against them cannot hold. Instead, with direct
+    convs every gradient is within 2e-5 of the exact one or no further than twice the model's;
+    with Winograd F(4x4) on every conv after the first (its transforms round ~10x the direct
+    conv's, so ReLUs flip more often) no further than 20x the model's worst layer."""
     model = tiny(name, torch.float32, dropout=0.0)
     exact = copy.deepcopy(model).double()
-    fasts = [FastTrainFCN(model), FastTrainFCN(model, winograd=1)]  # direct; Winograd
+    direct = FastTrainFCN(model, winograd=None)
+    wino = FastTrainFCN(model, winograd=4, winograd_min_map=0)
     for n, (h, w) in [(2, (1, 1)), (2, (31, 45)), (1, (375, 500)), (1, (1000, 600))]:
         x, y = data(n, h, w, torch.float32)
         loss0, g0 = step(model, model, x * 10, y)
         _, g64 = step(exact, exact, x.double() * 10, y)
-        for fast in fasts:
+
+        def errs(g, g64=g64):
+            return {k: (g[k].double() - e).abs().max().item() / (e.abs().max().item() or 1.0)
+                    for k, e in g64.items()}  # fmt: skip
+
+        model_err = errs(g0)
+        for fast in (direct, wino):
             loss1, g1 = step(fast, model, x * 10, y)
             assert abs(loss1 - loss0) <= 1e-6 * abs(loss0), (h, w, loss0, loss1)
-            for k, g in g64.items():
-                scale = g.abs().max().item() or 1.0
-                fast_err = (g1[k].double() - g).abs().max().item() / scale
-                model_err = (g0[k].double() - g).abs().max().item() / scale
-                assert fast_err <= max(2e-5, 2 * model_err), (h, w, k, fast_err, model_err)
+            for k, err in errs(g1).items():
+                bound = 2 * model_err[k] if fast is direct else 20 * max(model_err.values())
+                assert err <= max(2e-5, bound), (h, w, k, fast.winograd, err, model_err[k])
 
 
 def test_padded_batch_and_channels_last():
@@ -112,7 +121,7 @@ def test_padded_batch_and_channels_last():
     x[2, :, :, 50:], y[2, :, 50:] = 0, 255
     x = x.contiguous(memory_format=torch.channels_last)
     assert_same_step(model, x, y, 1e-12, 1e-10)
-    assert_same_step(model, x, y, 1e-12, 1e-10, winograd=1)
+    assert_same_step(model, x, y, 1e-12, 1e-10, winograd=1, winograd_min_map=0)
 
 
 @pytest.mark.parametrize("learn", [False, True])

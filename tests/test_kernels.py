@@ -1,5 +1,5 @@
-"""The CPU kernels FastFCN runs: Winograd F(2x2, 3x3) and F(4x4, 3x3) and the fused oneDNN
-ops equal F.conv2d."""
+"""The CPU kernels FastFCN runs: Winograd F(2x2, 3x3) and F(4x4, 3x3) (and their weight
+gradient, FastTrainFCN's) and the fused oneDNN ops equal F.conv2d."""
 
 from fractions import Fraction
 
@@ -45,6 +45,33 @@ def test_winograd_equals_conv_in_float64(m, h, w, relu, budget):
     out = run_winograd(x, wt, b, relu, budget, m)
     assert out.shape == ref.shape == (2, 7, h - 2, w - 2)
     assert rel_err(out, ref) < 1e-12
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("h,w", [(3, 3), (7, 10), (15, 11), (33, 18)])
+@pytest.mark.parametrize("budget", [1, 1 << 22])
+def test_winograd_weight_gradient_equals_convs_in_float64(m, h, w, budget):
+    """kernel_transform = winograd_weight, and kernel_transform_grad(winograd_weight_grad) =
+    conv2d's weight gradient, band by band (NaN arenas: nothing read before it is written)."""
+    g = torch.Generator().manual_seed(h * w + m)
+    x = torch.randn(2, 5, h, w, generator=g, dtype=torch.float64)
+    wt = torch.randn(7, 5, 3, 3, generator=g, dtype=torch.float64)
+    dy = torch.randn(2, 7, h - 2, w - 2, generator=g, dtype=torch.float64)
+    assert rel_err(kernels.kernel_transform(wt, m=m), kernels.winograd_weight(wt, m=m)) < 1e-14
+    th, tw = kernels.winograd_tiles(h - 2, w - 2, m=m)
+    xp = x.new_zeros(2, 5, m * th + 2, m * tw + 2)
+    xp[:, :, :h, :w] = x
+    gp = x.new_zeros(2, 7, m * th, m * tw)
+    gp[:, :, : h - 2, : w - 2] = dy
+    plan = kernels.winograd_plan(2, th, tw, 5, 7, budget=budget, m=m)
+    arenas = {k: torch.full((plan[k],), float("nan"), dtype=x.dtype) for k in "abz"}
+    cl = torch.channels_last
+    dU = kernels.winograd_weight_grad(xp.to(memory_format=cl), gp.to(memory_format=cl), plan,
+                                      arenas)  # fmt: skip
+    ref = torch.ops.aten.convolution_backward(
+        dy, x, wt, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False]
+    )[1]
+    assert rel_err(kernels.kernel_transform_grad(dU, m=m), ref) < 1e-12
 
 
 @pytest.mark.parametrize("points", [None, (0, 1, -1, 2, -2), (0, 1, -1, Fraction(1, 2), 3)])

@@ -22,7 +22,9 @@ def grads(fn, *inputs):
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("hw", [(3, 3), (4, 9), (13, 8), (23, 17)])
-def test_winograd_conv_and_its_gradients_equal_conv2d_in_float64(pad, relu, bias, hw):
+@pytest.mark.parametrize(("m", "wgrad"), [(2, False), (4, True)])
+def test_winograd_conv_and_its_gradients_equal_conv2d_in_float64(pad, relu, bias, hw, m, wgrad):
+    """F(2x2) with oneDNN's weight gradient, F(4x4) with Winograd's (FastTrainFCN's choice)."""
     g = torch.Generator().manual_seed(hw[0] * 100 + hw[1])
     x = torch.randn(2, 5, *hw, generator=g, dtype=torch.float64)
     w = torch.randn(7, 5, 3, 3, generator=g, dtype=torch.float64)
@@ -34,7 +36,10 @@ def test_winograd_conv_and_its_gradients_equal_conv2d_in_float64(pad, relu, bias
 
     assert train_ops.winograd_applies(x, w, (1, 1), (pad, pad), 1)
     y0, g0 = grads(plain, x, w, b)
-    y1, g1 = grads(lambda x, w, b: train_ops.winograd_conv3x3(x, w, b, pad, relu=relu), x, w, b)
+    y1, g1 = grads(
+        lambda x, w, b: train_ops.winograd_conv3x3(x, w, b, pad, relu=relu, m=m, wgrad=wgrad),
+        x, w, b,
+    )  # fmt: skip
     assert y1.shape == y0.shape
     torch.testing.assert_close(y1, y0, rtol=0, atol=1e-12)
     for a, e in zip(g1, g0, strict=True):
@@ -42,7 +47,13 @@ def test_winograd_conv_and_its_gradients_equal_conv2d_in_float64(pad, relu, bias
             torch.testing.assert_close(a, e, rtol=0, atol=1e-11)
 
 
-def test_winograd_gradient_float32_rounding_is_like_the_direct_convs():
+@pytest.mark.parametrize(("m", "wgrad", "bounds"), [(2, False, (4, 4, 4)), (2, True, (4, 4, 4)),
+                                                    (4, True, (20, 4, 4))])  # fmt: skip
+def test_winograd_float32_rounding_is_near_the_direct_convs(m, wgrad, bounds):
+    """Max error vs float64, relative to the largest entry, for the input, weight and bias
+    gradients, within `bounds` times the direct conv's (oneDNN's). Measured (AMD Zen 4): F(2x2)
+    5.2e-7 / 4.7e-7 / 1.4e-7 vs direct 2.3e-7 / 1.0e-6 / 1.1e-6; F(4x4) 3.6e-6 (its transforms'
+    larger coefficients: ~12x) / 2.2e-6 / 1.4e-7."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 128, 40, 36, generator=g)
     w = torch.randn(128, 128, 3, 3, generator=g) * (2 / 1152) ** 0.5
@@ -51,14 +62,17 @@ def test_winograd_gradient_float32_rounding_is_like_the_direct_convs():
     def plain(x, w, b):
         return F.conv2d(x, w, b, padding=1).relu()
 
+    def wino(x, w, b):
+        return train_ops.winograd_conv3x3(x, w, b, 1, relu=True, m=m, wgrad=wgrad)
+
     _, ge = grads(plain, x.double(), w.double(), b.double())
     _, gd = grads(plain, x, w, b)
-    _, gw = grads(lambda x, w, b: train_ops.winograd_conv3x3(x, w, b, 1, relu=True), x, w, b)
-    for a, d, e in zip(gw, gd, ge, strict=True):
+    _, gw = grads(wino, x, w, b)
+    for a, d, e, bound in zip(gw, gd, ge, bounds, strict=True):
         scale = e.abs().max()
-        wino, direct = (a - e).abs().max() / scale, (d - e).abs().max() / scale
-        print(f"float32 rel. error: winograd {wino:.1e}, direct {direct:.1e}")
-        assert wino <= max(4 * direct, 2e-6)
+        err, direct = (a - e).abs().max() / scale, (d - e).abs().max() / scale
+        print(f"float32 rel. error: winograd F({m}x{m}) {err:.1e}, direct {direct:.1e}")
+        assert err <= max(bound * direct, 2e-6)
 
 
 def test_winograd_is_not_used_where_it_does_not_apply():

@@ -22,11 +22,20 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .winograd import winograd_conv, winograd_plan, winograd_tiles, winograd_weight
+from .winograd import (
+    kernel_transform,
+    kernel_transform_grad,
+    winograd_conv,
+    winograd_plan,
+    winograd_tiles,
+    winograd_weight,
+    winograd_weight_grad,
+)
 
 __all__ = [
-    "available", "conv_as_gemm", "conv_into", "linear", "winograd_conv", "winograd_plan",
-    "winograd_tiles", "winograd_weight",
+    "available", "conv_as_gemm", "conv_into", "kernel_transform", "kernel_transform_grad",
+    "linear", "winograd_conv", "winograd_plan", "winograd_tiles", "winograd_weight",
+    "winograd_weight_grad",
 ]  # fmt: skip
 
 

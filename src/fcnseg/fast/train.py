@@ -22,13 +22,14 @@ here it is recomputed every step, differentiably, and kept small:
 * fc6 / fc7 (``gemm_fc``): im2col + one GEMM, backward two GEMMs (train_ops.fc_gemm: oneDNN's
   linear with the ReLU fused where it runs); oneDNN's backward of the 7x7 conv on a 22x22 map
   was the step's largest item (~15%).
-* ``winograd=N`` (off by default): 3x3 convs with at least N input channels, on CPU in
-  float32/64, by Winograd F(2x2, 3x3) for the output and the input gradient, oneDNN for the
-  weight gradient (train_ops.winograd_conv3x3; NHWC inside, the maps around it as they are).
-  Measured on AMD Zen 4, 2 threads, FCN-8s 500x500, forward + backward, interleaved: no
-  Winograd 4.53-4.62 s; N=256 4.41-4.68; N=128 4.59-4.78; N=64 4.88-5.06 (the convs' own time
-  falls, 3.3 -> 2.2 s in the profile, and the transforms, padding copies and layout changes take
-  it back); with the whole trunk in NHWC, 5.2-6.1 s. So it is opt-in, for other machines.
+* ``winograd=N`` (default 128): 3x3 convs with at least N input channels on maps of at least
+  ``winograd_min_map`` (34) rows and columns, on CPU in float32/64, by Winograd F(4x4, 3x3) for
+  the output, the input gradient and the weight gradient (train_ops.winograd_conv3x3; NHWC
+  inside), 4x fewer multiply-adds than oneDNN's direct kernels. Measured on AMD Zen 4, 2
+  threads, FCN-8s 500x500, forward + backward, 6 interleaved repeats (medians): none 4.94 s;
+  N=256 4.37; N=128 4.30; N=64 4.35 (per layer, the 64-channel convs at 500x500 ran faster
+  direct). F(2x2) with oneDNN's weight gradient (the previous opt-in) gained nothing: its
+  transforms and copies took back what its GEMMs saved. ``winograd=None``: oneDNN throughout.
 * Taps (pool3, pool4) and the trunk's output are pasted back into full maps (background
   around the core) before the model's own head (forward_head), so the head, its crops, losses
   and upsamplers are the model's.
@@ -61,6 +62,11 @@ from .train_plan import Plan, index, plan_steps
 
 __all__ = ["FastTrainFCN", "background_maps"]
 
+# Winograd's transforms are a few dozen torch ops a conv: on maps smaller than this (padded
+# input rows / columns, 8 x 8 tiles of F(4x4)), such as the compact backgrounds, the direct
+# conv is faster
+WINOGRAD_MIN_MAP = 34
+
 
 class _AddBands(torch.autograd.Function):
     """y[:, :, rows, cols] += band (batch 1, broadcast) for each band, in place; the bands'
@@ -90,7 +96,13 @@ class FastTrainFCN(nn.Module):
     """
 
     def __init__(
-        self, model: FCN, *, gemm_fc: bool = True, bands: bool = False, winograd: int | None = None
+        self,
+        model: FCN,
+        *,
+        gemm_fc: bool = True,
+        bands: bool = False,
+        winograd: int | None = 128,
+        winograd_min_map: int = WINOGRAD_MIN_MAP,
     ):
         super().__init__()
         if not isinstance(model, FCN):
@@ -108,7 +120,7 @@ class FastTrainFCN(nn.Module):
         self.model = model
         self.gemm_fc = gemm_fc
         self.bands = bands
-        self.winograd = winograd
+        self.winograd, self.winograd_min_map = winograd, winograd_min_map
         self._scratch = train_ops.Scratch()
         try:
             self.steps = parse_trunk(model)
@@ -176,6 +188,7 @@ class FastTrainFCN(nn.Module):
         return (
             self.winograd is not None
             and w.shape[1] >= self.winograd
+            and min(x.shape[2:]) + 2 * padding[0] >= self.winograd_min_map
             and train_ops.winograd_applies(x, w, layer.stride, padding, layer.groups)
         )
 
@@ -188,7 +201,9 @@ class FastTrainFCN(nn.Module):
         if self._as_gemm(s, x, p):
             return _conv_gemm(x, w, b, p, relu=s.relu)
         if self._winograd(x, w, layer, p):
-            return train_ops.winograd_conv3x3(x, w, b, p[0], relu=s.relu, scratch=self._scratch)
+            return train_ops.winograd_conv3x3(
+                x, w, b, p[0], relu=s.relu, m=4, wgrad=True, scratch=self._scratch
+            )  # fmt: skip
         y = F.conv2d(x, w, b, layer.stride, p)
         return torch.relu_(y) if s.relu else y
 

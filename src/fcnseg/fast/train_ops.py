@@ -1,13 +1,15 @@
 """FastTrainFCN's CPU kernels with their own backward: Winograd 3x3 convs and fc6/fc7 GEMMs.
 
 Autograd through F.conv2d runs oneDNN's direct kernels three times per conv (output, input
-gradient, weight gradient). Two of the three are 3x3 correlations with stride 1 that Winograd
-F(2x2, 3x3) computes with 2.25x fewer multiply-adds (fcnseg.kernels):
+gradient, weight gradient). All three are 3x3 correlations that Winograd F(m x m, 3x3)
+computes with fewer multiply-adds (fcnseg.winograd; 4x fewer for F(4x4), FastTrainFCN's):
 
-* forward   y = relu(x * w + b)                      (N, C, h, w)  -> (N, O, h-2, w-2)
-* input grad dx = g_pad2 * rot180(w)^T               (N, O, h+2, w+2) -> (N, C, h, w)
+* forward    y = relu(x * w + b)                      (N, C, h, w)  -> (N, O, h-2, w-2)
+* input grad dx = g_pad2 * rot180(w)^T                (N, O, h+2, w+2) -> (N, C, h, w)
   (the "full" correlation of the output gradient with the flipped, transposed kernel)
-* weight grad dw, db: oneDNN's own (torch's convolution_backward with only those outputs)
+* weight grad dw = G^T [sum over tiles of (B^T d B) * (A g A^T)] G  (winograd_weight_grad:
+  the chain rule through the forward's own factorisation), db = g summed; or (wgrad=False)
+  oneDNN's (torch's convolution_backward with only those outputs)
 
 fc6 / fc7 as im2col + GEMM (FastTrainFCN's gemm_fc): the forward by oneDNN's linear with the
 ReLU fused, the input gradient g @ W by oneDNN's linear too, the weight gradient g^T @ cols by
@@ -15,11 +17,11 @@ torch.mm (oneDNN was no faster there). On AMD Zen 4, 2 threads, FCN-8s at 500x50
 fc6's forward + input gradient 0.70 s by MKL, fc6 and fc7's together 0.61 s by oneDNN: ~0.1 s
 of a ~4.8 s step, within the step's run-to-run noise.
 
-Exactness: the same function; Winograd's transforms add float rounding of the direct convs'
-size (~5e-7 relative in float32, measured on every VGG16 conv shape at 500x500; float64 1e-15:
-tests/test_fast_train.py). Used only where it applies: CPU, float32 or float64, no autocast,
-3x3 stride-1 convs with at least FastTrainFCN's `winograd` input channels (64: conv1_1, with
-3, is memory-bound). Elsewhere FastTrainFCN uses F.conv2d / F.linear, CUDA included.
+Exactness: the same function (float64: 1e-12, tests/test_train_ops.py, test_fast_train.py);
+in float32 the transforms round differently: F(2x2) ~2x the direct conv's error, F(4x4) ~12x
+for the output and input gradient (its transforms' coefficients reach 5 and 16/15) and ~2x
+for the weight gradient. Used only where it applies: CPU, float32 or float64, no autocast, 3x3
+stride 1, padding <= 2. Elsewhere FastTrainFCN uses F.conv2d / F.linear, CUDA included.
 """
 
 from __future__ import annotations
@@ -67,20 +69,6 @@ def gemm_applies(cols: torch.Tensor, w: torch.Tensor) -> bool:
     return cols.dtype == w.dtype == torch.float32 and runs_on(cols) and kernels.available(cols)
 
 
-def _transform(w: torch.Tensor) -> torch.Tensor:
-    """(O, C, 3, 3) -> (16, C, O): G w G^T in w's dtype (kernels.winograd_weight's layout),
-    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]] applied along each axis by
-    adds (an einsum ran it as a batch of (3 x 4) GEMMs: ~15 ms for 512 x 512 at every step)."""
-
-    def rows(v):  # (3, ...) -> (4, ...): G @ v
-        half = (v[0] + v[2]) * 0.5
-        return torch.stack((v[0], half + 0.5 * v[1], half - 0.5 * v[1], v[2]))
-
-    o, c = w.shape[:2]
-    u = rows(w.permute(2, 3, 1, 0))  # (4, 3, C, O)
-    return rows(u.transpose(0, 1)).transpose(0, 1).reshape(16, c, o)
-
-
 class Scratch:
     """Work buffers reused from call to call (one per FastTrainFCN: one step at a time): the
     Winograd arenas and the zero-padded inputs are dead once a conv has run, and a fresh
@@ -96,30 +84,45 @@ class Scratch:
             buf = self._bufs[k] = torch.empty(numel, dtype=like.dtype, device=like.device)
         return buf[:numel]
 
+    def arenas(self, plan: dict, like: torch.Tensor, keys: str = "ab") -> dict[str, torch.Tensor]:
+        return {k: self.get(k, plan[k], like) for k in keys}
 
-def _wino(x: torch.Tensor, U: torch.Tensor, b, out_hw, relu: bool, scratch: Scratch):
-    """relu(x * w + b) by F(2x2, 3x3) for x already padded to (2t+2, 2t'+2), channels_last."""
-    n, c = x.shape[:2]
-    th, tw = kernels.winograd_tiles(*out_hw)
-    plan = kernels.winograd_plan(n, th, tw, c, U.shape[2])
-    arenas = {k: scratch.get(k, plan[k], x) for k in ("a", "b")}
+
+def _plan(x_or_g: torch.Tensor, out_hw, c: int, o: int, m: int) -> dict:
+    th, tw = kernels.winograd_tiles(*out_hw, m=m)
+    return kernels.winograd_plan(x_or_g.shape[0], th, tw, c, o, m=m)
+
+
+def _wino(x: torch.Tensor, U: torch.Tensor, b, out_hw, relu: bool, m: int, scratch: Scratch):
+    """relu(x * w + b) by F(m x m, 3x3) for x already padded to (m*t+2, m*t'+2), channels_last."""
+    plan = _plan(x, out_hw, x.shape[1], U.shape[2], m)
+    arenas = scratch.arenas(plan, x)
     arenas["y"] = torch.empty(plan["y"], dtype=x.dtype, device=x.device)  # the output: kept
     return kernels.winograd_conv(x, U, b, plan, arenas, out_hw, relu=relu)
 
 
-def _padded(x: torch.Tensor, out_hw, border: int, scratch: Scratch) -> torch.Tensor:
-    """x with `border` zeros on every side, then zeros up to the tiles' 2t+2 rows and
-    columns, channels_last (the Winograd kernel reads NHWC). The input gradient is the
-    correlation of the output gradient padded by 2 - p with the rotated kernel."""
-    th, tw = kernels.winograd_tiles(*out_hw)
+def _padded(x: torch.Tensor, size, border: int, scratch: Scratch, key: str) -> torch.Tensor:
+    """x with `border` zeros on the top and left, then zeros up to `size` (h, w) rows and
+    columns, channels_last (the Winograd kernels read NHWC), in scratch buffer `key`."""
     n, c, h, w = x.shape
-    if not border and (h, w) == (2 * th + 2, 2 * tw + 2):
+    if not border and (h, w) == tuple(size):
         return x.contiguous(memory_format=torch.channels_last)
-    size = (n, 2 * th + 2, 2 * tw + 2, c)
-    buf = scratch.get("pad", size[0] * size[1] * size[2] * size[3], x).view(size)
-    buf.zero_()
-    buf[:, border : border + h, border : border + w].copy_(x.permute(0, 2, 3, 1))
+    shape = (n, *size, c)
+    buf = scratch.get(key, shape[0] * shape[1] * shape[2] * shape[3], x).view(shape)
+    r, c = border + h, border + w  # zeros around (border, border) .. (r, c): four strips
+    buf[:, :border].zero_()
+    buf[:, r:].zero_()
+    buf[:, border:r, :border].zero_()
+    buf[:, border:r, c:].zero_()
+    buf[:, border:r, border:c].copy_(x.permute(0, 2, 3, 1))
     return buf.permute(0, 3, 1, 2)
+
+
+def _tiled(out_hw, m: int, extra: int = 2) -> tuple[int, int]:
+    """The (h, w) that F(m x m)'s tiles cover for an output of out_hw, plus `extra` (the
+    kernel's reach: 2 for an input, 0 for the output itself)."""
+    th, tw = kernels.winograd_tiles(*out_hw, m=m)
+    return m * th + extra, m * tw + extra
 
 
 def _keep(ctx, relu: bool, b, *inputs: torch.Tensor, y: torch.Tensor) -> None:
@@ -135,11 +138,12 @@ def _through_relu(ctx, g: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
 
 class _WinogradConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, b, pad: int, relu: bool, scratch: Scratch):
-        oh, ow = x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2
+    def forward(ctx, x, w, b, pad: int, relu: bool, m: int, wgrad: bool, scratch: Scratch):
+        out_hw = (x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2)
         with torch.no_grad():
-            y = _wino(_padded(x, (oh, ow), pad, scratch), _transform(w), b, (oh, ow), relu, scratch)
-        ctx.pad, ctx.scratch = pad, scratch
+            xp = _padded(x, _tiled(out_hw, m), pad, scratch, "pad")
+            y = _wino(xp, kernels.kernel_transform(w, m=m), b, out_hw, relu, m, scratch)
+        ctx.pad, ctx.m, ctx.wgrad, ctx.scratch = pad, m, wgrad, scratch
         _keep(ctx, relu, b, x, w, y=y)
         return y
 
@@ -147,27 +151,41 @@ class _WinogradConv(torch.autograd.Function):
     def backward(ctx, g):
         x, w, y = ctx.saved_tensors
         g = _through_relu(ctx, g, y)
-        g = g.contiguous(memory_format=layout_of(x))
+        m, pad, scratch = ctx.m, ctx.pad, ctx.scratch
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            U = _transform(w.flip(2, 3).transpose(0, 1))  # (C, O, 3, 3) rotated: (16, O, C)
+            U = kernels.kernel_transform(w.flip(2, 3).transpose(0, 1), m=m)  # rotated: (a*a, O, C)
             hw = tuple(x.shape[2:])
-            gp = _padded(g, hw, 2 - ctx.pad, ctx.scratch)
-            dx = _wino(gp, U, None, hw, False, ctx.scratch)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            p = [ctx.pad, ctx.pad]
+            dx = _wino(_padded(g, _tiled(hw, m), 2 - pad, scratch, "pad"), U, None, hw, False, m,
+                       scratch)  # fmt: skip
+        if ctx.wgrad and ctx.needs_input_grad[1]:
+            out_hw = tuple(g.shape[2:])
+            plan = _plan(x, out_hw, x.shape[1], w.shape[0], m)
+            xp = _padded(x, _tiled(out_hw, m), pad, scratch, "pad")
+            gp = _padded(g, _tiled(out_hw, m, 0), 0, scratch, "padg")
+            dU = kernels.winograd_weight_grad(xp, gp, plan, scratch.arenas(plan, x, "abz"))
+            dw = kernels.kernel_transform_grad(dU, m=m)
+            db = g.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
+        elif ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            g = g.contiguous(memory_format=layout_of(x))
             _, dw, db = torch.ops.aten.convolution_backward(
-                g, x, w, [w.shape[0]] if ctx.has_bias else None, [1, 1], p, [1, 1],
+                g, x, w, [w.shape[0]] if ctx.has_bias else None, [1, 1], [pad, pad], [1, 1],
                 False, [0, 0], 1, [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
             )  # fmt: skip
-        return dx, dw, db, None, None, None
+        elif ctx.needs_input_grad[2]:
+            db = g.sum((0, 2, 3))
+        return dx, dw, db, None, None, None, None, None
 
 
-def winograd_conv3x3(x, w, b, padding: int = 0, *, relu: bool, scratch: Scratch | None = None):
-    """relu(conv2d(x, w, b, padding=padding)) (3x3, stride 1) with Winograd forward and input
-    gradient: (N, C, h, w) -> (N, O, h+2p-2, w+2p-2), a channels_last view. `scratch`: the
-    caller's reused work buffers (a new set when None)."""
-    return _WinogradConv.apply(x, w, b, padding, relu, scratch or Scratch())
+def winograd_conv3x3(
+    x, w, b, padding: int = 0, *, relu: bool, m: int = 2, wgrad: bool = False,
+    scratch: Scratch | None = None,
+):  # fmt: skip
+    """relu(conv2d(x, w, b, padding=padding)) (3x3, stride 1) by Winograd F(m x m, 3x3) for the
+    output and the input gradient, and for the weight gradient too when `wgrad` (else oneDNN's):
+    (N, C, h, w) -> (N, O, h+2p-2, w+2p-2), a channels_last view. `scratch`: the caller's
+    reused work buffers (a new set when None)."""
+    return _WinogradConv.apply(x, w, b, padding, relu, m, wgrad, scratch or Scratch())
 
 
 class _GemmFC(torch.autograd.Function):
