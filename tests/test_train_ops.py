@@ -104,3 +104,22 @@ def test_fc_gemm_and_its_gradients_equal_linear(relu):
     torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
     for a, e in zip(g1, g0, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("wgrad", [False, True])
+@pytest.mark.parametrize("needs", [(True, False, True), (False, False, True), (True, True, False),
+                                   (False, True, True)])  # fmt: skip
+def test_winograd_gradients_of_what_is_not_frozen(wgrad, needs):
+    """Frozen weights, bias or input (conv1_1's): the others' gradients are still conv2d's."""
+    g = torch.Generator().manual_seed(3)
+    x, w, b = (torch.randn(*s, generator=g, dtype=torch.float64) for s in
+               ((1, 5, 11, 9), (7, 5, 3, 3), (7,)))  # fmt: skip
+    for t, need in zip((x, w, b), needs, strict=True):
+        t.requires_grad_(need)
+    r = torch.randn(1, 7, 11, 9, generator=g, dtype=torch.float64)
+    want = [t for t in (x, w, b) if t.requires_grad]
+    ys = (F.conv2d(x, w, b, padding=1).relu(),
+          train_ops.winograd_conv3x3(x, w, b, 1, relu=True, m=4, wgrad=wgrad))  # fmt: skip
+    out = [torch.autograd.grad((y * r).sum(), want) for y in ys]
+    for a, e in zip(out[1], out[0], strict=True):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-12)

@@ -101,14 +101,18 @@ def _wino(x: torch.Tensor, U: torch.Tensor, b, out_hw, relu: bool, m: int, scrat
     return kernels.winograd_conv(x, U, b, plan, arenas, out_hw, relu=relu)
 
 
-def _padded(x: torch.Tensor, size, border: int, scratch: Scratch, key: str) -> torch.Tensor:
+def _padded(x: torch.Tensor, size, border: int, scratch: Scratch | None, key: str):
     """x with `border` zeros on the top and left, then zeros up to `size` (h, w) rows and
-    columns, channels_last (the Winograd kernels read NHWC), in scratch buffer `key`."""
+    columns, channels_last (the Winograd kernels read NHWC), in scratch buffer `key` (None: a
+    new tensor)."""
     n, c, h, w = x.shape
     if not border and (h, w) == tuple(size):
         return x.contiguous(memory_format=torch.channels_last)
     shape = (n, *size, c)
-    buf = scratch.get(key, shape[0] * shape[1] * shape[2] * shape[3], x).view(shape)
+    if scratch is None:
+        buf = x.new_empty(shape)
+    else:
+        buf = scratch.get(key, shape[0] * shape[1] * shape[2] * shape[3], x).view(shape)
     r, c = border + h, border + w  # zeros around (border, border) .. (r, c): four strips
     buf[:, :border].zero_()
     buf[:, r:].zero_()
@@ -140,33 +144,33 @@ class _WinogradConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, pad: int, relu: bool, m: int, wgrad: bool, scratch: Scratch):
         out_hw = (x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2)
-        with torch.no_grad():
-            xp = _padded(x, _tiled(out_hw, m), pad, scratch, "pad")
+        with torch.no_grad():  # wgrad: the padded input is what the backward reads, kept
+            xp = _padded(x, _tiled(out_hw, m), pad, None if wgrad else scratch, "pad")
             y = _wino(xp, kernels.kernel_transform(w, m=m), b, out_hw, relu, m, scratch)
         ctx.pad, ctx.m, ctx.wgrad, ctx.scratch = pad, m, wgrad, scratch
-        _keep(ctx, relu, b, x, w, y=y)
+        ctx.x_shape = x.shape
+        _keep(ctx, relu, b, xp if wgrad else x, w, y=y)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        x, w, y = ctx.saved_tensors
+        x, w, y = ctx.saved_tensors  # x: the padded input when wgrad
         g = _through_relu(ctx, g, y)
         m, pad, scratch = ctx.m, ctx.pad, ctx.scratch
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             U = kernels.kernel_transform(w.flip(2, 3).transpose(0, 1), m=m)  # rotated: (a*a, O, C)
-            hw = tuple(x.shape[2:])
+            hw = tuple(ctx.x_shape[2:])
             dx = _wino(_padded(g, _tiled(hw, m), 2 - pad, scratch, "pad"), U, None, hw, False, m,
                        scratch)  # fmt: skip
         if ctx.wgrad and ctx.needs_input_grad[1]:
             out_hw = tuple(g.shape[2:])
             plan = _plan(x, out_hw, x.shape[1], w.shape[0], m)
-            xp = _padded(x, _tiled(out_hw, m), pad, scratch, "pad")
-            gp = _padded(g, _tiled(out_hw, m, 0), 0, scratch, "padg")
-            dU = kernels.winograd_weight_grad(xp, gp, plan, scratch.arenas(plan, x, "abz"))
+            gp = _padded(g, _tiled(out_hw, m, 0), 0, scratch, "pad")
+            dU = kernels.winograd_weight_grad(x, gp, plan, scratch.arenas(plan, x, "abz"))
             dw = kernels.kernel_transform_grad(dU, m=m)
             db = g.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
-        elif ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        elif not ctx.wgrad and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
             g = g.contiguous(memory_format=layout_of(x))
             _, dw, db = torch.ops.aten.convolution_backward(
                 g, x, w, [w.shape[0]] if ctx.has_bias else None, [1, 1], [pad, pad], [1, 1],
