@@ -14,8 +14,8 @@ ignored); the timing does not depend on their values. The load average is printe
 row (a shared machine: compare rows of one run).
 
 --agreement: FastTrainFCN's loss and per-layer gradients vs the model's (float32, full width,
-500x500, fast8's model) and both vs the exact float64 ones (width 1/4). --profile: the fast
-step's time by op and shape (torch.profiler, forward and backward).
+500x500, fast8's model), and both (and FastTrainFCN without Winograd) vs the exact float64
+ones. --profile: the fast step's time by op and shape (torch.profiler, forward and backward).
 
 Run: python benchmarks/train_step.py [--repeats 3] [--threads 2] [--cases fast8 fast32]
 """
@@ -110,46 +110,33 @@ def child(case: str, channels_last: bool, repeats: int, fast: bool = False) -> N
 
 
 def agreement() -> None:
-    """Per-layer max relative gradient error, fast vs plain (float32, full width) and both
-    vs float64 (width 1/4, the same recipe)."""
-    print("| layer | fast vs plain, fp32 w=1 | plain fp32 vs exact, w=1/4 | fast fp32 vs exact, "
-          "w=1/4 |\n|---|---:|---:|---:|")  # fmt: skip
-    rows: dict[str, list[float]] = {}
+    """Per-layer max relative gradient error (max |diff| / max |exact|) at full width, fast8's
+    model and input: the fast step (default: Winograd F(4x4) on convs with >= 128 inputs) vs
+    the plain one in float32, and each float32 path vs the exact (float64) gradients, with the
+    fast step without Winograd (winograd=None) for comparison."""
     model, x, y = build("fast8")
-    grads, losses = [], []
-    for net in (model, FastTrainFCN(model)):
-        torch.manual_seed(5)
-        model.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x), y, ignore_index=255, reduction="sum")
-        loss.backward()
-        losses.append(loss.item())
-        grads.append({k: p.grad for k, p in model.named_parameters() if p.grad is not None})
-    for k in grads[0]:
-        rows[k] = [_rel(grads[1][k], grads[0][k])]
-    small = fcnseg.build_model("fcn8s_vgg16", num_classes=21, width=0.25).train()
-    with torch.no_grad():  # as build(): score layers non-zero, so the trunk gets gradients
-        for name, p in small.named_parameters():
-            if name.startswith("score"):
-                p.normal_(0, 1e-3)
-    exact = copy.deepcopy(small).double()
-    res = []
-    for m, net, dt in ((small, small, torch.float32), (small, FastTrainFCN(small), torch.float32),
-                       (exact, exact, torch.float64)):  # fmt: skip
-        for name, p in m.named_parameters():
-            p.requires_grad_(not name.startswith("upscore"))
+    exact = copy.deepcopy(model).double()
+    runs = {"plain": (model, model, x), "fast": (model, FastTrainFCN(model), x),
+            "direct": (model, FastTrainFCN(model, winograd=None), x),
+            "exact": (exact, exact, x.double())}  # fmt: skip
+    grads, losses = {}, {}
+    for name, (m, net, inp) in runs.items():
         torch.manual_seed(5)
         m.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x.to(dt)), y, ignore_index=255, reduction="sum").backward()
-        res.append({k: p.grad for k, p in m.named_parameters() if p.grad is not None})
-    for k in rows:
-        if k in res[2]:
-            rows[k] += [_rel(res[0][k], res[2][k]), _rel(res[1][k], res[2][k])]
+        loss = F.cross_entropy(net(inp), y, ignore_index=255, reduction="sum")
+        loss.backward()
+        losses[name] = loss.item()
+        grads[name] = {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
+    cols = [("fast", "plain"), ("plain", "exact"), ("fast", "exact"), ("direct", "exact")]
+    print("| layer | " + " | ".join(f"{a} vs {b}" for a, b in cols) + " |")
+    print("|---|" + "---:|" * len(cols))
+    rows = {k: [_rel(grads[a][k], grads[b][k]) for a, b in cols] for k in grads["exact"]}
     for k, v in rows.items():
         print(f"| {k} | " + " | ".join(f"{e:.1e}" for e in v) + " |")
-    worst = [max(v[i] for v in rows.values() if len(v) > i) for i in range(3)]
+    worst = [max(v[i] for v in rows.values()) for i in range(len(cols))]
     print("| **worst** | " + " | ".join(f"**{e:.1e}**" for e in worst) + " |")
-    print(f"\nloss fp32 w=1: plain {losses[0]:.6e}, fast {losses[1]:.6e}, rel "
-          f"{abs(losses[1] - losses[0]) / abs(losses[0]):.1e}")  # fmt: skip
+    print("\nloss: " + ", ".join(f"{k} {v:.9e}" for k, v in losses.items()) + "; fast vs plain "
+          f"{abs(losses['fast'] - losses['plain']) / abs(losses['plain']):.1e} rel")  # fmt: skip
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -182,7 +182,7 @@ class _WinogradConv(torch.autograd.Function):
 
 
 def winograd_conv3x3(
-    x, w, b, padding: int = 0, *, relu: bool, m: int = 2, wgrad: bool = False,
+    x, w, b, padding: int = 0, *, relu: bool, m: int = 4, wgrad: bool = True,
     scratch: Scratch | None = None,
 ):  # fmt: skip
     """relu(conv2d(x, w, b, padding=padding)) (3x3, stride 1) by Winograd F(m x m, 3x3) for the
