@@ -274,7 +274,7 @@ def winograd_weight_grad(
     At = tuple(zip(*at, strict=True))  # A (a x m)
     A, B, Z = arenas["a"], arenas["b"], arenas["z"]
     xh, gh = x.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1)  # NHWC, contiguous
-    dU = x.new_zeros(a * a, c, o)
+    dU = x.new_empty(a * a, c, o)
     for t0 in range(0, th, plan["band"]):
         tb = min(plan["band"], th - t0)
         V = _input_tiles(xh, t0, tb, m, bt, A, B, tw)  # (a, a, N, tb, tw, C)
@@ -282,5 +282,9 @@ def winograd_weight_grad(
         _apply(At, rows, [gh[:, m * t0 + i : m * (t0 + tb) : m] for i in range(m)])
         z = Z[: a * a * n * tb * tw * o].view(a, a, n, tb, tw, o)  # A dY A^T
         _apply(At, [z[:, j] for j in range(a)], [rows[:, :, :, i::m] for i in range(m)])
-        dU.baddbmm_(V.view(a * a, -1, c).transpose(1, 2), z.view(a * a, -1, o))
+        Vt, zt = V.view(a * a, -1, c).transpose(1, 2), z.view(a * a, -1, o)
+        if t0 == 0:
+            torch.bmm(Vt, zt, out=dU)
+        else:
+            dU.baddbmm_(Vt, zt)
     return dU
