@@ -12,10 +12,11 @@ computes with fewer multiply-adds (fcnseg.winograd; 4x fewer for F(4x4), FastTra
   oneDNN's (torch's convolution_backward with only those outputs)
 
 fc6 / fc7 as im2col + GEMM (FastTrainFCN's gemm_fc): the forward by oneDNN's linear with the
-ReLU fused, the input gradient g @ W by oneDNN's linear too, the weight gradient g^T @ cols by
-torch.mm (oneDNN was no faster there). On AMD Zen 4, 2 threads, FCN-8s at 500x500 (profile):
-fc6's forward + input gradient 0.70 s by MKL, fc6 and fc7's together 0.61 s by oneDNN: ~0.1 s
-of a ~4.8 s step, within the step's run-to-run noise.
+ReLU fused, the input gradient g @ W and the weight gradient g^T @ cols by oneDNN's linear too
+(the other operand a transposed view). On AMD Zen 4, 2 threads, FCN-8s at 500x500: fc6's
+forward + input gradient 0.70 s by MKL, 0.61 s by oneDNN; its weight gradient (4096 x 256 @
+256 x 25088) 0.41-0.44 s by oneDNN, 0.55-0.58 by torch.mm (whole step, 7 interleaved repeats:
+4.37 vs 4.44 s medians).
 
 Exactness: the same function (float64: 1e-12, tests/test_train_ops.py, test_fast_train.py);
 in float32 the transforms round differently: F(2x2) ~2x the direct conv's error, F(4x4) ~12x
@@ -207,8 +208,8 @@ class _GemmFC(torch.autograd.Function):
         dcols = dw = db = None
         if ctx.needs_input_grad[0]:  # (L, O) @ (O, K): oneDNN's linear with W^T as a view
             dcols = kernels.linear(g, w2.t(), None, relu=False)
-        if ctx.needs_input_grad[1]:
-            dw = g.t().mm(cols)
+        if ctx.needs_input_grad[1]:  # (O, L) @ (L, K): oneDNN's linear, cols^T as the view
+            dw = kernels.linear(g.t().contiguous(), cols.t(), None, relu=False)
         if ctx.needs_input_grad[2]:
             db = g.sum(0)
         return dcols, dw, db, None
