@@ -114,12 +114,12 @@ def _padded(x: torch.Tensor, size, border: int, scratch: Scratch | None, key: st
         buf = x.new_empty(shape)
     else:
         buf = scratch.get(key, shape[0] * shape[1] * shape[2] * shape[3], x).view(shape)
-    r, c = border + h, border + w  # zeros around (border, border) .. (r, c): four strips
+    bottom, right = border + h, border + w  # zeros around x: four strips
     buf[:, :border].zero_()
-    buf[:, r:].zero_()
-    buf[:, border:r, :border].zero_()
-    buf[:, border:r, c:].zero_()
-    buf[:, border:r, border:c].copy_(x.permute(0, 2, 3, 1))
+    buf[:, bottom:].zero_()
+    buf[:, border:bottom, :border].zero_()
+    buf[:, border:bottom, right:].zero_()
+    buf[:, border:bottom, border:right].copy_(x.permute(0, 2, 3, 1))
     return buf.permute(0, 3, 1, 2)
 
 
