@@ -51,14 +51,18 @@ def test_winograd_equals_conv_in_float64(m, h, w, relu, budget):
 @pytest.mark.parametrize("h,w", [(3, 3), (7, 10), (15, 11), (33, 18)])
 @pytest.mark.parametrize("budget", [1, 1 << 22])
 def test_winograd_weight_gradient_equals_convs_in_float64(m, h, w, budget):
-    """kernel_transform = winograd_weight, and kernel_transform_grad(winograd_weight_grad) =
-    conv2d's weight gradient, band by band (NaN arenas: nothing read before it is written)."""
+    """kernel_transform = G g G^T (an einsum of the transform's G), and
+    kernel_transform_grad(winograd_weight_grad) = conv2d's weight gradient, band by band (NaN
+    arenas: nothing read before it is written)."""
     g = torch.Generator().manual_seed(h * w + m)
     x = torch.randn(2, 5, h, w, generator=g, dtype=torch.float64)
     wt = torch.randn(7, 5, 3, 3, generator=g, dtype=torch.float64)
     dy = torch.randn(2, 7, h - 2, w - 2, generator=g, dtype=torch.float64)
-    assert rel_err(kernels.kernel_transform(wt, m=m), kernels.winograd_weight(wt, m=m)) < 1e-14
+    G = torch.tensor([[float(v) for v in r] for r in winograd.transforms(m)[1]], dtype=x.dtype)
+    U = torch.einsum("ai,ocij,bj->abco", G, wt, G).reshape((m + 2) ** 2, 5, 7)
+    assert rel_err(kernels.kernel_transform(wt, m=m), U) < 1e-14
     th, tw = kernels.winograd_tiles(h - 2, w - 2, m=m)
+    assert kernels.winograd_work(2, (h - 2, w - 2), 5, 7, m=m)[0] == (m * th + 2, m * tw + 2)
     xp = x.new_zeros(2, 5, m * th + 2, m * tw + 2)
     xp[:, :, :h, :w] = x
     gp = x.new_zeros(2, 7, m * th, m * tw)

@@ -30,12 +30,13 @@ from .winograd import (
     winograd_tiles,
     winograd_weight,
     winograd_weight_grad,
+    winograd_work,
 )
 
 __all__ = [
     "available", "conv_as_gemm", "conv_into", "kernel_transform", "kernel_transform_grad",
     "linear", "winograd_conv", "winograd_plan", "winograd_tiles", "winograd_weight",
-    "winograd_weight_grad",
+    "winograd_weight_grad", "winograd_work",
 ]  # fmt: skip
 
 

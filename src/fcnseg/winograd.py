@@ -14,7 +14,8 @@ The matrices are data (`transforms`): built exactly (fractions) from the interpo
 by Toom-Cook (A^T = the points' powers, G = the same for the kernel, B^T = the inverse
 Vandermonde transposed, each row scaled to small integers, or halves of them where that
 makes an entry +1, the scale moved into G). G is
-applied to the weights once, in float64; B^T and A^T run as a few elementwise torch ops each
+applied to the weights by elementwise ops (kernel_transform: in float64 once for FastFCN,
+in the weights' dtype every step for training); B^T and A^T run as a few elementwise torch ops each
 (out= into the caller's arenas), along H, then along W. Points for F(4x4): 0, +-1, 2, -1/2, inf
 rounded best in float32 (~3e-6 relative, ~10x the direct conv's: see POINTS); F(2x2): 0, +-1, inf.
 """
@@ -29,7 +30,7 @@ import torch
 
 __all__ = [
     "POINTS", "kernel_transform", "kernel_transform_grad", "transforms", "winograd_conv",
-    "winograd_plan", "winograd_tiles", "winograd_weight", "winograd_weight_grad",
+    "winograd_plan", "winograd_tiles", "winograd_weight", "winograd_weight_grad", "winograd_work",
 ]  # fmt: skip
 
 # Finite interpolation points per output tile size m (the point at infinity is implied).
@@ -101,17 +102,21 @@ def _matrix(rows, dtype=torch.float64, device=None) -> torch.Tensor:
 
 
 def winograd_weight(w: torch.Tensor, *, m: int = 2, points: tuple | None = None) -> torch.Tensor:
-    """(O, C, 3, 3) -> U (a*a, C, O) = G g G^T per (o, c) in float64, the a x a components
-    flattened, in w's dtype (a = m + 2)."""
-    G = _matrix(transforms(m, points)[1], device=w.device)
-    U = torch.einsum("ai,ocij,bj->abco", G, w.double(), G)  # (a, a, C, O)
-    a = m + 2
-    return U.reshape(a * a, w.shape[1], w.shape[0]).to(w.dtype).contiguous()
+    """(O, C, 3, 3) -> U (a*a, C, O) = G g G^T per (o, c), the a x a components flattened,
+    computed in float64 (kernel_transform) and given in w's dtype (a = m + 2)."""
+    return kernel_transform(w.double(), m=m, points=points).to(w.dtype).contiguous()
 
 
 def winograd_tiles(out_h: int, out_w: int, *, m: int = 2) -> tuple[int, int]:
     """Tile rows and columns for an output of out_h x out_w: the input must be m*t+2 each way."""
     return -(-out_h // m), -(-out_w // m)
+
+
+def winograd_work(n: int, out_hw: tuple[int, int], c: int, o: int, *, m: int = 2):
+    """For a C -> O conv whose output is out_hw: its padded input's (h, w), m*t+2 rows and
+    columns (zeros past the real input), and its winograd_plan."""
+    th, tw = winograd_tiles(*out_hw, m=m)
+    return (m * th + 2, m * tw + 2), winograd_plan(n, th, tw, c, o, m=m)
 
 
 def winograd_plan(

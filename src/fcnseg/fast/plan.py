@@ -209,6 +209,4 @@ def step_dtypes(steps: list[Step], dtype: torch.dtype | None, fp32: tuple[str, .
 def winograd_work(kind: str, n: int, out_hw: tuple[int, int], c: int, o: int):
     """For a Winograd step (`kind` in WINOGRAD): the input buffer's (h, w), m*t+2 rows and
     columns (zeros past the real input), and its kernels.winograd_plan."""
-    m = WINOGRAD[kind]
-    th, tw = kernels.winograd_tiles(*out_hw, m=m)
-    return (m * th + 2, m * tw + 2), kernels.winograd_plan(n, th, tw, c, o, m=m)
+    return kernels.winograd_work(n, out_hw, c, o, m=WINOGRAD[kind])

@@ -42,9 +42,10 @@ on full maps. Plain PyTorch ops (conv2d, max_pool2d, cat, index_select): CPU and
 float32/float64, autocast, channels_last (follows the input's memory format), plus the CPU
 kernels of train_ops where they apply (each with its own backward, tested against autograd's).
 
-Exactness: the same sums of the same products in another grouping (Winograd: another
-factorisation, ~2x the direct kernels' float32 rounding per conv); tests/test_fast_train.py checks
-loss and every parameter gradient against the model's own, float64 and float32.
+Exactness: the same sums of the same products in another grouping (Winograd F(4x4): another
+factorisation, whose float32 rounding per conv is ~12x the direct kernels' for the output and
+input gradient, ~2x for the weight gradient: train_ops); tests/test_fast_train.py checks loss
+and every parameter gradient against the model's own, float64 and float32.
 """
 
 from __future__ import annotations

@@ -89,14 +89,9 @@ class Scratch:
         return {k: self.get(k, plan[k], like) for k in keys}
 
 
-def _plan(x_or_g: torch.Tensor, out_hw, c: int, o: int, m: int) -> dict:
-    th, tw = kernels.winograd_tiles(*out_hw, m=m)
-    return kernels.winograd_plan(x_or_g.shape[0], th, tw, c, o, m=m)
-
-
-def _wino(x: torch.Tensor, U: torch.Tensor, b, out_hw, relu: bool, m: int, scratch: Scratch):
-    """relu(x * w + b) by F(m x m, 3x3) for x already padded to (m*t+2, m*t'+2), channels_last."""
-    plan = _plan(x, out_hw, x.shape[1], U.shape[2], m)
+def _wino(x: torch.Tensor, U: torch.Tensor, b, plan: dict, out_hw, relu: bool, scratch: Scratch):
+    """relu(x * w + b) by F(m x m, 3x3) for x already padded to the plan's (m*t+2, m*t'+2),
+    channels_last."""
     arenas = scratch.arenas(plan, x)
     arenas["y"] = torch.empty(plan["y"], dtype=x.dtype, device=x.device)  # the output: kept
     return kernels.winograd_conv(x, U, b, plan, arenas, out_hw, relu=relu)
@@ -123,13 +118,6 @@ def _padded(x: torch.Tensor, size, border: int, scratch: Scratch | None, key: st
     return buf.permute(0, 3, 1, 2)
 
 
-def _tiled(out_hw, m: int, extra: int = 2) -> tuple[int, int]:
-    """The (h, w) that F(m x m)'s tiles cover for an output of out_hw, plus `extra` (the
-    kernel's reach: 2 for an input, 0 for the output itself)."""
-    th, tw = kernels.winograd_tiles(*out_hw, m=m)
-    return m * th + extra, m * tw + extra
-
-
 def _keep(ctx, relu: bool, b, *inputs: torch.Tensor, y: torch.Tensor) -> None:
     """Save what the backward needs: the inputs, and the output when a ReLU was fused."""
     ctx.relu, ctx.has_bias = relu, b is not None
@@ -146,9 +134,10 @@ class _WinogradConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, pad: int, relu: bool, m: int, wgrad: bool, scratch: Scratch):
         out_hw = (x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2)
+        size, plan = kernels.winograd_work(x.shape[0], out_hw, x.shape[1], w.shape[0], m=m)
         with torch.no_grad():  # wgrad: the padded input is what the backward reads, kept
-            xp = _padded(x, _tiled(out_hw, m), pad, None if wgrad else scratch, "pad")
-            y = _wino(xp, kernels.kernel_transform(w, m=m), b, out_hw, relu, m, scratch)
+            xp = _padded(x, size, pad, None if wgrad else scratch, "pad")
+            y = _wino(xp, kernels.kernel_transform(w, m=m), b, plan, out_hw, relu, scratch)
         ctx.pad, ctx.m, ctx.wgrad, ctx.scratch = pad, m, wgrad, scratch
         ctx.x_shape = x.shape
         _keep(ctx, relu, b, xp if wgrad else x, w, y=y)
@@ -163,12 +152,13 @@ class _WinogradConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             U = kernels.kernel_transform(w.flip(2, 3).transpose(0, 1), m=m)  # rotated: (a*a, O, C)
             hw = tuple(ctx.x_shape[2:])
-            dx = _wino(_padded(g, _tiled(hw, m), 2 - pad, scratch, "pad"), U, None, hw, False, m,
-                       scratch)  # fmt: skip
+            size, plan = kernels.winograd_work(g.shape[0], hw, w.shape[0], w.shape[1], m=m)
+            gp = _padded(g, size, 2 - pad, scratch, "pad")
+            dx = _wino(gp, U, None, plan, hw, False, scratch)
         if ctx.wgrad and ctx.needs_input_grad[1]:
-            out_hw = tuple(g.shape[2:])
-            plan = _plan(x, out_hw, x.shape[1], w.shape[0], m)
-            gp = _padded(g, _tiled(out_hw, m, 0), 0, scratch, "pad")
+            (h, wd), plan = kernels.winograd_work(x.shape[0], g.shape[2:], w.shape[1], w.shape[0],
+                                                  m=m)  # fmt: skip
+            gp = _padded(g, (h - 2, wd - 2), 0, scratch, "pad")  # the tiles' output blocks
             dU = kernels.winograd_weight_grad(x, gp, plan, scratch.arenas(plan, x, "abz"))
             dw = kernels.kernel_transform_grad(dU, m=m)
             db = g.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
