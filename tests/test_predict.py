@@ -276,7 +276,7 @@ def test_cli_predict_fast_writes_the_same_probabilities(tiny, tmp_path, capsys):
 
 
 def test_fast_is_refused_on_cuda_by_name(tiny):
-    from fcnseg.cli import _fast
+    from fcnseg.cli import fast_model as _fast
 
     with pytest.raises(ValueError, match="--fast is a CPU path; on cuda"):
         _fast(tiny, True, "cuda")

@@ -160,12 +160,12 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 
 
 def test_unexpected_exception_is_not_a_bare_traceback(monkeypatch, capsys):
-    import fcnseg.cli as cli
+    import fcnseg.cli.models as cli
 
     def broken(args):
         raise TypeError("an internal bug")
 
-    monkeypatch.setattr(cli, "cmd_models", broken)
+    monkeypatch.setattr(cli, "run", broken)
     assert main(["models"]) == 1
     err = capsys.readouterr().err
     _no_traceback(err)

@@ -1,0 +1,31 @@
+"""`fcnseg bench`: Time inference paths side by side: eager, FastFCN (exact), bf16 (see
+benchmarks/)."""
+
+from __future__ import annotations
+
+from .common import WIDTH, ranged
+
+
+def add(sub) -> None:
+    s = sub.add_parser("bench", help=run.__doc__, description=run.__doc__)
+    s.add_argument("--model", default="fcn8s_vgg16", help="a VGG16 or AlexNet FCN")
+    s.add_argument("--size", type=ranged(int, 1, 8192), default=500, help="square input side")
+    s.add_argument("--width", type=WIDTH, default=1.0, help="channel multiplier")
+    s.add_argument("--repeats", type=ranged(int, 1, 1000), default=5)
+    s.add_argument("--threads", type=ranged(int, 1, 1024), help="torch threads (default: torch's)")
+    s.add_argument("--retune", action="store_true", help="forget FastFCN's cached kernel "
+                   "measurements (~/.cache/fcnseg/kernels.json) and measure again")  # fmt: skip
+    s.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Time inference paths side by side: eager, FastFCN (exact), bf16 (see benchmarks/)."""
+    from ..bench import bench_inference
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    print(bench_inference(args.model, args.size, repeats=args.repeats, width=args.width,
+                          retune=args.retune))  # fmt: skip
+    return 0

@@ -1,0 +1,55 @@
+"""`fcnseg compare`: The paper's refinement figure: input | FCN-32s | FCN-16s | FCN-8s | ground
+truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import OVERWRITE_HELP, checkpoint_dataset, int_list, ranged
+
+
+def add(sub) -> None:
+    s = sub.add_parser("compare", help=run.__doc__, description=run.__doc__)
+    s.add_argument("checkpoints", nargs="+", help="e.g. the FCN-32s, 16s and 8s checkpoints")
+    s.add_argument("--data", help="dataset (default: the one they were trained on)")
+    s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("--split", default="val")
+    s.add_argument("--n", type=ranged(int, 1, 100), default=4, help="first N items of the split")
+    s.add_argument(
+        "--indices",
+        type=int_list(0, 10**9),
+        help="items to show, e.g. 0,5,9 (instead of --n)",
+    )
+    s.add_argument("--device", default="cpu")
+    s.add_argument("-o", "--out", default="compare.png", help="output PNG")
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    s.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """The paper's refinement figure: input | FCN-32s | FCN-16s | FCN-8s | ground truth."""
+    from ..checkpoint import load_model
+    from ..figures import compare_figure
+    from ..predict import resolve_device
+    from ..safety import check_outputs
+
+    check_outputs([(args.out, "comparison figure")], args.checkpoints, overwrite=args.overwrite)
+    resolve_device(args.device)
+    models, ckpt = {}, {}
+    for path in args.checkpoints:
+        model, ckpt = load_model(path, device=args.device)
+        head = ckpt.get("model_name", Path(path).stem).split("_")[0]  # "fcn32s"
+        title = f"FCN-{head[3:]}" if head.startswith("fcn") else head
+        models[title if title not in models else f"{title} ({Path(path).parent.name})"] = model
+    data, dataset = checkpoint_dataset(args, ckpt)
+    if not dataset:
+        raise ValueError(f"split '{args.split}' of {data} is empty")
+    indices = args.indices or list(range(min(args.n, len(dataset))))
+    bad = [i for i in indices if not 0 <= i < len(dataset)]
+    if bad:
+        raise ValueError(f"--indices {bad} out of range: the split has {len(dataset)} items")
+    names = getattr(dataset, "class_names", None) or ckpt.get("class_names")
+    path = compare_figure(models, dataset, indices, args.out, class_names=names,
+                          device=args.device)  # fmt: skip
+    print(f"comparison of {len(indices)} items written to {path}")
+    return 0

@@ -1,0 +1,110 @@
+"""`fcnseg eval`: score a checkpoint on a dataset split: the paper's four metrics and per-class
+IU, the paper's own rows beside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import (
+    BATCH,
+    FAST_HELP,
+    OVERWRITE_HELP,
+    WORKERS,
+    checkpoint_dataset,
+    counts,
+    fast_model,
+    int_list,
+    ranged,
+    relaunch,
+)
+
+
+def add(sub) -> None:
+    s = sub.add_parser("eval", help=run.__doc__, description=run.__doc__)
+    s.add_argument("checkpoint", help="checkpoint file (last.pt / best.pt)")
+    s.add_argument("--data", help="dataset (default: the one it was trained on)")
+    s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("--split", default="val")
+    s.add_argument("--batch-size", type=BATCH, default=8)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--workers", type=WORKERS, default=0)
+    s.add_argument(
+        "--upper-bound",
+        action="store_true",
+        help="also the mean IU of ground truth down- and upsampled by 32/16/8",
+    )
+    s.add_argument("--factors", type=int_list(1, 1024), default=[32, 16, 8])
+    s.add_argument("--save-confusion", metavar="DIR", help="write confusion.csv and .png")
+    s.add_argument("--fast", action="store_true", help=FAST_HELP)
+    s.add_argument("--nproc", type=ranged(int, 1, 1024), default=1,
+                   help="processes, each scoring a share (torchrun); matrices summed")  # fmt: skip
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    s.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Score a checkpoint on a dataset split: the paper's four metrics and per-class IU, the
+    paper's own rows beside (per head for two-head nets: semantic metrics, geometric accuracy)."""
+    if args.nproc > 1:
+        return relaunch(args)
+    import time
+
+    from ..checkpoint import load_model
+    from ..data.build import make_loader
+    from ..evaluate import compute_metrics, evaluate, format_per_class, format_table, scored_subset
+    from ..feed import Dist
+    from ..paper import paper_rows
+    from ..predict import resolve_device
+    from ..safety import check_outputs
+
+    if args.save_confusion:
+        out = Path(args.save_confusion)
+        check_outputs([(out / "confusion.csv", "confusion CSV"),
+                       (out / "confusion.png", "confusion plot")], [args.checkpoint],
+                      overwrite=args.overwrite, flag="--save-confusion")  # fmt: skip
+    model, ckpt = load_model(args.checkpoint, device=resolve_device(args.device))
+    model = fast_model(model, args.fast, args.device)
+    _, dataset = checkpoint_dataset(args, ckpt)
+    heads = model.num_classes if isinstance(model.num_classes, dict) else {"": model.num_classes}
+    head_names = getattr(dataset, "head_classes", None) or {
+        "": list(getattr(dataset, "class_names", None) or ckpt.get("class_names") or [])
+    }
+    have = {k: len(v) for k, v in head_names.items()}
+    if (have != heads and all(have.values())) or set(have) != set(heads):
+        raise ValueError(f"the data has {counts(have)} classes but checkpoint {args.checkpoint} "
+                         f"scores {counts(heads)} classes: evaluate a checkpoint trained on "
+                         f"this data's classes")  # fmt: skip
+    dist = Dist.from_env(args.device)  # under torchrun (--nproc): each rank scores its share
+    loader = make_loader(dist.shard(scored_subset(dataset)), args.batch_size, model.preprocessing,
+                         args.workers)  # fmt: skip
+    t0 = time.perf_counter()
+    result = evaluate(model, loader, model.num_classes, device=args.device,
+                      progress=dist.rank == 0)  # fmt: skip
+    metrics = compute_metrics(dist.all_reduce(result), dataset)
+    if dist.rank:
+        return 0
+    seconds, n = time.perf_counter() - t0, len(scored_subset(dataset))
+    print(f"scored {n} images in {seconds:.2f} s ({n / seconds:.2f} images/s, "
+          f"{dist.world} process{'es' if dist.world > 1 else ''})")  # fmt: skip
+    result, metrics = ({"": result}, {"": metrics}) if "" in heads else (result, metrics)
+    label = ckpt.get("model_name", str(args.checkpoint))
+    for head, m in metrics.items():
+        title = f"{label} ({head})" if head else label
+        names = head_names[head] or [str(i) for i in range(heads[head])]
+        print(format_table({title: m, **(paper_rows(label) if head in ("", "sem") else {})}))
+        print(format_per_class(m, names))
+    if args.upper_bound and "" in heads:
+        from ..metrics import upper_bound
+
+        targets = (dataset[i][1] for i in range(len(dataset)))
+        bound = upper_bound(targets, model.num_classes, factors=tuple(args.factors))
+        print("upper bound: ground truth downsampled by the output stride and upsampled back")
+        print(format_table({f"stride {f}": m for f, m in bound.items()}))
+    if args.save_confusion:
+        from ..evaluate import plot_confusion, save_confusion
+
+        head, cm = next(iter(result.items()))  # the (first) head's: semantic
+        save_confusion(cm.matrix, head_names[head], out / "confusion.csv")
+        plot_confusion(cm.matrix, head_names[head], out / "confusion.png")
+        print(f"confusion matrix written to {out}/confusion.csv and confusion.png")
+    return 0

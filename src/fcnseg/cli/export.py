@@ -1,0 +1,46 @@
+"""`fcnseg export`: Export a checkpoint or model to ONNX or TorchScript, checked at three input
+sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import CLASSES, OVERWRITE_HELP, ranged
+
+
+def add(sub) -> None:
+    s = sub.add_parser("export", help=run.__doc__, description=run.__doc__)
+    s.add_argument("model", help="checkpoint file or model name")
+    s.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    s.add_argument("-o", "--out", help="output file (default: MODEL.onnx / MODEL.torchscript.pt)")
+    s.add_argument("--opset", type=ranged(int, 9, 21), default=17, help="ONNX opset (default 17)")
+    s.add_argument(
+        "--sizes",
+        default="224x224,2x197x311,500x375",
+        help="check sizes, HxW or NxHxW (default: 224x224,2x197x311,500x375)",
+    )
+    s.add_argument("--num-classes", type=CLASSES, help="for a model name (default 21)")
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    s.add_argument("--net", help="for a release weights file (.caffemodel, the port's .pth): "
+                   "which net, e.g. voc-fcn8s (default: the one its layers fit)")  # fmt: skip
+    s.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Export a checkpoint or model to ONNX or TorchScript, checked at three input sizes."""
+    from ..checkpoint import load_model
+    from ..export import export_onnx, export_torchscript, format_report, parse_sizes
+    from ..safety import check_outputs
+
+    sizes = parse_sizes(args.sizes)
+    suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
+    out = Path(args.out or Path(args.model).stem + suffix)
+    check_outputs([(out, f"{args.format} model")], [args.model], overwrite=args.overwrite)
+    model, _ = load_model(args.model, num_classes=args.num_classes, net=args.net)
+    if args.format == "onnx":
+        rows = export_onnx(model, out, opset=args.opset, verify_sizes=sizes)
+    else:
+        rows = export_torchscript(model, out, verify_sizes=sizes)
+    print(format_report(rows))
+    print(f"{args.format} model written to {out}: batch, height and width are dynamic")
+    return 0
