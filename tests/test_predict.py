@@ -14,7 +14,8 @@ from PIL import Image
 from fcnseg import build_model
 from fcnseg.checkpoint import model_state, save_checkpoint
 from fcnseg.cli import main
-from fcnseg.predict import _regions, _spans, _tile_plan, predict, predict_paths, predict_probs
+from fcnseg.predict import _regions, _spans, _tile_plan, predict, predict_probs
+from fcnseg.predict_folder import predict_paths
 
 NAMES = ["background", "sky", "tree", "road", "car"]
 

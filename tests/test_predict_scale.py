@@ -14,7 +14,7 @@ from PIL import Image
 import fcnseg
 from fcnseg.checkpoint import model_state, save_checkpoint
 from fcnseg.cli import main
-from fcnseg.predict import predict_paths
+from fcnseg.predict_folder import predict_paths
 
 
 @pytest.fixture(scope="module")

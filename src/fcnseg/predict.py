@@ -1,17 +1,40 @@
-"""Segment photos: label maps, class probabilities, overlays; whole or in tiles.
+"""Segment one image with any net: label maps, class probabilities; whole or in tiles.
 
     model, _ = load_model("runs/fcn/best.pt")          # or a registered name
     labels = predict(model, "cat.jpg")                  # (H, W) int64 class indices
     probs = predict_probs(model, image_array)           # (C, H, W) float32, softmax
-    results = predict_paths(model, ["photos/", "*.png"], "out/")
+    labels = predict(nyud_color_d, "rgb.png", depth="depth.png")         # + 16-bit depth (mm)
+    labels = predict(nyud_color_hha, "rgb.png", depth=d, intrinsics="nyud")  # HHA made from d
+    out = predict(siftflow_fcn8s, "street.jpg")         # {"sem": (H, W), "geo": (H, W)}
+
+Files, folders and globs (output names, several processes, continuing a run) are
+`fcnseg.predict_folder.predict_paths`, built on this module.
+
+Inputs (`input_kinds(model)`): a photo net takes one RGB image; the release's NYUDv2 nets take
+"color" and "depth" (nyud-fcn32s-color-d: one 4-channel tensor), "color" and "hha"
+(nyud-fcn32s-color-hha: two streams) or "hha" alone (nyud-fcn32s-hha). Depth is the stored
+16-bit map in millimetres, as NYUDv2's PNGs (0 = no reading); an HHA image is the 8-bit
+3-channel PNG `fcnseg hha` writes. A net that takes HHA and is given depth instead computes
+HHA from it (`fcnseg.data.hha.hha`) with the camera's `intrinsics` (fx, fy, cx, cy) or a
+camera name ("nyud"). The HHA-only net takes its HHA image as `image`, or, given `hha=` or
+`depth=`, treats `image` as the colour photo (checked for size only). Every input must have
+the image's size (registered pixel for pixel); a colour-only net refuses depth or HHA rather
+than ignore them. `input_plan` states these rules once, for this module and the command line.
+
+Outputs: one score map -> (H, W) labels / (C, H, W) probabilities; a two-head net (SIFT Flow's
+"sem" 33 classes and "geo" 3) -> a dict {head: ...}. `class_names(model, head)` names the
+classes: the checkpoint's names where they fit, else the net's dataset's (voc-, nyud-,
+pascalcontext-, siftflow-), VOC's for 21 classes, else indices.
 
 Tiled inference. `tile=T` runs the net on overlapping T x T windows instead of the whole
-image (memory grows with the window, not the image). Window starts are multiples of 32 (the
-nets' output stride), so every window sees the pixel grid the whole image does; neighbouring
-windows overlap by `overlap` pixels (default T // 4, widened so that the step T - overlap is a
-multiple of 32) and each output pixel is taken from the one window whose border is farthest
-from it: the seam sits in the middle of the overlap, >= overlap / 2 pixels from any window
-edge. Windows are not blended: the label map is stitched from each window's own region.
+image (memory grows with the window, not the image); every input of a net is cut into the
+same windows, and every head's scores stitched the same way. Window starts are multiples of 32
+(the nets' output stride), so every window sees the pixel grid the whole image does;
+neighbouring windows overlap by `overlap` pixels (default T // 4, widened so that the step
+T - overlap is a multiple of 32) and each output pixel is taken from the one window whose
+border is farthest from it: the seam sits in the middle of the overlap, >= overlap / 2 pixels
+from any window edge. Windows are not blended: the label map is stitched from each window's
+own region.
 
 How close is it to whole-image inference? The nets' receptive field is large (VGG16 reference
 layout: 404 px), so a window's border changes the logits of pixels near it: the window sees
@@ -34,26 +57,36 @@ has more than `AUTO_TILE_PIXELS` pixels; `tile=0` never tiles.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
+from .categories import VOC_CLASSES
 from .data.io import to_rgb
+from .predict_inputs import (
+    DepthLike,
+    ImageLike,
+    Intrinsics,
+    camera_intrinsics,
+    describe,
+    head_names,
+    input_keys,
+    input_kind,
+    input_plan,
+    load_sample,
+    net_attr,
+    net_name,
+)
 from .safety import check_range
 
 __all__ = [
     "AUTO_TILE",
     "AUTO_TILE_PIXELS",
-    "IMAGE_EXTENSIONS",
-    "blend_overlay",
     "class_names",
-    "expand_inputs",
+    "head_names",
     "predict",
-    "predict_paths",
     "predict_probs",
     "resolve_device",
 ]
@@ -62,8 +95,6 @@ __all__ = [
 AUTO_TILE_PIXELS = 2**21
 AUTO_TILE = 1024
 STRIDE = 32  # output stride of every registered net: window starts are multiples of it
-
-ImageLike = np.ndarray | Image.Image | str | os.PathLike
 
 
 # ---------------------------------------------------------------------------- devices, images
@@ -135,24 +166,34 @@ def _spans(n: int, window: int, step: int) -> list[tuple[int, int, int, int]]:
     ]
 
 
-def _regions(
-    model: nn.Module, x: torch.Tensor, plan: tuple[int, int] | None
-) -> Iterator[tuple[slice, slice, torch.Tensor]]:
-    """(rows, cols, logits (N, C, rows, cols)) covering x's H x W once; one net pass each."""
-    h, w = x.shape[-2:]
+Tensors = torch.Tensor | dict[str, torch.Tensor]
+
+
+def _crop(x: Tensors, rows: slice, cols: slice) -> Tensors:
+    """x[..., rows, cols], for a tensor or each tensor of a dict (two streams, two heads)."""
+    if isinstance(x, Mapping):
+        return {k: v[..., rows, cols] for k, v in x.items()}
+    return x[..., rows, cols]
+
+
+def _regions(model: nn.Module, x: Tensors, plan: tuple[int, int] | None) -> Iterator[tuple]:
+    """(rows, cols, logits) covering x's H x W once, one net pass each; x and logits are
+    (N, C, H, W) tensors or dicts of them (every input cut, every head stitched alike)."""
+    h, w = (next(iter(x.values())) if isinstance(x, Mapping) else x).shape[-2:]
     if plan is None:
         yield slice(0, h), slice(0, w), model(x)
         return
     window, step = plan
     for r0, r1, o0, o1 in _spans(h, window, step):
         for c0, c1, p0, p1 in _spans(w, window, step):
-            logits = model(x[:, :, r0:r1, c0:c1])
-            yield slice(o0, o1), slice(p0, p1), logits[:, :, o0 - r0 : o1 - r0, p0 - c0 : p1 - c0]
+            logits = model(_crop(x, slice(r0, r1), slice(c0, c1)))
+            own = slice(o0 - r0, o1 - r0), slice(p0 - c0, p1 - c0)
+            yield slice(o0, o1), slice(p0, p1), _crop(logits, *own)
 
 
 def check_photo_model(model: nn.Module, what: str = "predict") -> None:
     """Refuse a model that is not photo in, one score map out (the release's two-input and
-    two-head nets), naming what it takes instead."""
+    two-head nets), naming what it takes instead. (predict itself takes every net.)"""
     if (
         getattr(model, "stream_names", None)
         or getattr(model, "head_names", None)
@@ -167,76 +208,156 @@ def check_photo_model(model: nn.Module, what: str = "predict") -> None:
         )
 
 
-def _batch(model: nn.Module, images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
-    if model.preprocessing is None:
-        raise ValueError(f"model {getattr(model, 'name', '?')} has no .preprocessing: set one")
-    check_photo_model(model)
-    return torch.stack([model.preprocessing(im) for im in images]).to(device)
+def _batch(model: nn.Module, samples: Sequence[Mapping[str, np.ndarray]], device) -> Tensors:
+    """Same-sized samples ({kind: array}, `load_sample`) -> the net's input on `device`: one
+    tensor (a photo; colour + depth in 4 channels) or a dict (two streams), prepared."""
+    pre = net_attr(model, "preprocessing")
+    if pre is None:
+        raise ValueError(f"model {net_name(model)} has no .preprocessing: set one")
+    parts = {}
+    for key in input_keys(model):
+        kind = input_kind(key)
+        a = np.stack([s[kind] for s in samples])
+        t = (
+            torch.from_numpy(a)[:, None]
+            if kind == "depth"
+            else torch.from_numpy(a).permute(0, 3, 1, 2)
+        )
+        parts[key] = (pre[key] if isinstance(pre, Mapping) else pre).batch(t).to(device)
+    streams = net_attr(model, "stream_names")
+    if streams:
+        return {k: parts[k] for k in streams}
+    return next(iter(parts.values())) if len(parts) == 1 else torch.cat(list(parts.values()), 1)
 
 
 @torch.inference_mode()
 def _run(
     model: nn.Module,
-    images: Sequence[np.ndarray],
+    samples: Sequence[Mapping[str, np.ndarray]],
     device: torch.device,
     plan: tuple[int, int] | None,
     probs: bool,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Same-sized images -> labels (N, H, W) int64 and, if asked, softmax (N, C, H, W)."""
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """Same-sized samples -> per head ("" for a one-head net) labels (N, H, W) int64 and, if
+    asked, softmax (N, C, H, W) float32."""
     model.eval().to(device)
-    x = _batch(model, images, device)
-    n, _, h, w = x.shape
-    labels = torch.empty((n, h, w), dtype=torch.int64)
-    out = torch.empty((n, model.num_classes, h, w), dtype=torch.float32) if probs else None
+    x = _batch(model, samples, device)
+    n, h, w = len(samples), *samples[0][next(iter(samples[0]))].shape[:2]
+    labels: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] | None = {} if probs else None
     for rows, cols, logits in _regions(model, x, plan):
-        if not torch.isfinite(logits).all():
-            raise ValueError(
-                f"model {getattr(model, 'name', '')} gives NaN or infinite scores on this "
-                f"image: its weights or preprocessing are broken (a diverged checkpoint?); "
-                f"nothing was written for it"
-            )
-        labels[:, rows, cols] = logits.argmax(1).cpu()
-        if out is not None:
-            out[:, :, rows, cols] = logits.float().softmax(1).cpu()
-    return labels.numpy(), None if out is None else out.numpy()
+        for head, scores in (logits if isinstance(logits, Mapping) else {"": logits}).items():
+            if not torch.isfinite(scores).all():
+                raise ValueError(
+                    f"model {net_name(model)} gives NaN or infinite scores on this image: its "
+                    f"weights or preprocessing are broken (a diverged checkpoint?); nothing "
+                    f"was written for it"
+                )
+            if head not in labels:
+                labels[head] = torch.empty((n, h, w), dtype=torch.int64)
+                if out is not None:
+                    out[head] = torch.empty((n, scores.shape[1], h, w), dtype=torch.float32)
+            labels[head][:, rows, cols] = scores.argmax(1).cpu()
+            if out is not None:
+                out[head][:, :, rows, cols] = scores.float().softmax(1).cpu()
+    return (
+        {k: v.numpy() for k, v in labels.items()},
+        None if out is None else {k: v.numpy() for k, v in out.items()},
+    )
+
+
+def _predict(model, image, depth, hha, intrinsics, device, tile, overlap, probs: bool):
+    plan = input_plan(model, depth=None if depth is None else describe(depth, "depth"),
+                      hha=None if hha is None else describe(hha, "hha"),
+                      intrinsics=intrinsics is not None)  # fmt: skip
+    if intrinsics is not None:
+        camera_intrinsics(intrinsics)  # a bad camera fails before the reading
+    _, sample = load_sample(plan, image, depth, hha, intrinsics)
+    h, w = next(iter(sample.values())).shape[:2]
+    labels, p = _run(model, [sample], resolve_device(device, model),
+                     _tile_plan(tile, overlap, h, w), probs=probs)  # fmt: skip
+    result = {k: v[0] for k, v in (p if probs else labels).items()}
+    return result[""] if list(result) == [""] else result
 
 
 def predict(
     model: nn.Module,
     image: ImageLike,
     *,
+    depth: DepthLike | None = None,
+    hha: ImageLike | None = None,
+    intrinsics: Intrinsics | None = None,
     device: str | torch.device | None = None,
     tile: int | None = None,
     overlap: int | None = None,
-) -> np.ndarray:
-    """Class index of every pixel, (H, W) int64, for an RGB uint8 array, PIL image or path.
+) -> np.ndarray | dict[str, np.ndarray]:
+    """Class index of every pixel, (H, W) int64, for an RGB uint8 array, PIL image or path;
+    a dict {head: (H, W)} for a two-head net (SIFT Flow: "sem", "geo").
 
-    tile: window size for tiled inference (module docstring); None: only above
-    AUTO_TILE_PIXELS; 0: never. The model is put in eval mode on `device`.
+    depth: the stored depth map (H, W), millimetres (a 16-bit PNG's path or an array), for
+    the nets that take it or HHA; hha: an HHA image; intrinsics: (fx, fy, cx, cy) or "nyud",
+    to compute HHA from `depth` (module doc). tile: window size for tiled inference (module
+    doc); None: only above AUTO_TILE_PIXELS; 0: never. The model is put in eval mode on `device`.
     """
-    rgb = _as_rgb(image)
-    plan = _tile_plan(tile, overlap, *rgb.shape[:2])
-    return _run(model, [rgb], resolve_device(device, model), plan, probs=False)[0][0]
+    return _predict(model, image, depth, hha, intrinsics, device, tile, overlap, probs=False)
 
 
 def predict_probs(
     model: nn.Module,
     image: ImageLike,
     *,
+    depth: DepthLike | None = None,
+    hha: ImageLike | None = None,
+    intrinsics: Intrinsics | None = None,
     device: str | torch.device | None = None,
     tile: int | None = None,
     overlap: int | None = None,
-) -> np.ndarray:
-    """Softmax class probabilities, (C, H, W) float32; arguments as `predict`."""
-    rgb = _as_rgb(image)
-    plan = _tile_plan(tile, overlap, *rgb.shape[:2])
-    return _run(model, [rgb], resolve_device(device, model), plan, probs=True)[1][0]
+) -> np.ndarray | dict[str, np.ndarray]:
+    """Softmax class probabilities, (C, H, W) float32 (a dict per head for a two-head net);
+    arguments as `predict`."""
+    return _predict(model, image, depth, hha, intrinsics, device, tile, overlap, probs=True)
 
 
-from .predict_folder import (  # noqa: E402  (segmenting files builds on the above)
-    IMAGE_EXTENSIONS,
-    blend_overlay,
-    class_names,
-    expand_inputs,
-    predict_paths,
-)
+# ---------------------------------------------------------------------------- class names
+def _dataset_names(model: nn.Module, head: str) -> list[tuple[str, ...]]:
+    """Class-name lists of the net's dataset, by its name's prefix (the release's folders)."""
+    name = net_name(model)
+    if name.startswith("voc-"):
+        return [VOC_CLASSES]
+    if name.startswith("nyud-"):
+        from .data.nyud import NYUD_CLASSES
+
+        return [NYUD_CLASSES]
+    if name.startswith("pascalcontext-"):
+        from .data.context import CONTEXT_CLASSES
+
+        return [CONTEXT_CLASSES]
+    if name.startswith("siftflow-"):
+        from .data.siftflow import SIFTFLOW_GEOMETRIC_CLASSES, SIFTFLOW_SEMANTIC_CLASSES
+
+        both = {"sem": SIFTFLOW_SEMANTIC_CLASSES, "geo": SIFTFLOW_GEOMETRIC_CLASSES}
+        return [both[head]] if head in both else list(both.values())
+    return []
+
+
+def class_names(model: nn.Module, head: str = "") -> list[str]:
+    """Names of the classes of `head` ("" for a one-head net; "sem" / "geo" for SIFT Flow's):
+    the checkpoint's (`model.class_names`, a list or {head: list}) where they fit, else the
+    net's dataset's (by its name: voc-, nyud-, pascalcontext-, siftflow-), VOC's for 21
+    classes, else '0', '1', ..."""
+    heads = head_names(model)
+    if head not in heads:
+        raise ValueError(f"{net_name(model)} has heads {list(heads)}, not {head!r}")
+    count = net_attr(model, "num_classes")
+    count = count[head] if isinstance(count, Mapping) else count
+    given = net_attr(model, "class_names")
+    if isinstance(given, Mapping):
+        given = given.get(head)
+    elif head != heads[0]:  # a flat list names the first head's classes (a sem checkpoint)
+        given = None
+    candidates = [given] if given else []
+    candidates += [*_dataset_names(model, head), VOC_CLASSES]
+    for names in candidates:
+        if len(names) == count:
+            return list(names)
+    return [str(i) for i in range(count)]

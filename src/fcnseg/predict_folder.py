@@ -2,8 +2,18 @@
 atomic writes, several processes, and runs that continue where they stopped.
 
     predict_paths(model, ["photos/", "*.png"], "out/")        # one process
+    predict_paths(nyud_color_hha, ["rgb/"], "out/", depth=["depth/"], intrinsics="nyud")
     fcnseg predict photos/ --model best.pt -o out --nproc 4   # 4 processes (torchrun)
     fcnseg predict photos/ --model best.pt -o out --skip-existing   # after an interruption
+
+Depth and HHA: each image is paired with the depth / HHA file of the same name
+(`fcnseg.predict_inputs.pair_files`); the rules for which net takes what are
+`fcnseg.predict_inputs.input_plan`. Every pair is checked (present, readable, 16-bit depth,
+RGB HHA, the image's size) before any image is segmented or any file written.
+
+Outputs per input, under its output stem: `<stem>.png` (labels), `<stem>_overlay.jpg|png`,
+`<stem>_probs.npz`; for a two-head net (SIFT Flow) the same per head: `<stem>_sem.png`,
+`<stem>_geo.png`, `<stem>_sem_overlay.png`, ..., `<stem>_geo_probs.npz`.
 
 Several processes: every process lists the same inputs and output names, then takes every N-th
 input (its share); each decodes in its own `workers` processes and batches same-sized images.
@@ -15,7 +25,6 @@ inputs' outputs are written, replacing what an interrupted run left of them.
 from __future__ import annotations
 
 import errno
-import glob
 import os
 import sys
 import tempfile
@@ -28,75 +37,51 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .categories import VOC_CLASSES
 from .data.io import ImageError, colorize, read_image, write_mask
-from .predict import _run, _tile_plan, check_photo_model, resolve_device
+from .predict import _run, _tile_plan, class_names, resolve_device
+from .predict_inputs import (
+    IMAGE_EXTENSIONS,
+    camera_intrinsics,
+    check_pairs,
+    expand_inputs,
+    head_names,
+    input_plan,
+    load_sample,
+    pair_files,
+)
 from .safety import atomic_write, check_outputs, check_range
 
-__all__ = ["IMAGE_EXTENSIONS", "blend_overlay", "class_names", "expand_inputs", "predict_paths"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "blend_overlay",
+    "class_names",
+    "expand_inputs",
+    "predict_paths",
+]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 OVERLAY_ALPHA = 0.5
+_OUTPUT_SUFFIXES = (".png", "_overlay.png", "_overlay.jpg", "_probs.npz")  # per head
 
 
-# ---------------------------------------------------------------------------- inputs
-def _has_magic(text: str) -> bool:
-    return any(c in text for c in "*?[")
+def _suffixes(heads: Sequence[str]) -> list[str]:
+    """Every name ending an input's outputs may have: "_sem.png", ... for a two-head net."""
+    return [(f"_{h}" if h else "") + x for h in heads for x in _OUTPUT_SUFFIXES]
 
 
-def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, Path]]:
-    """Files, folders (recursively, by extension) and globs -> [(file, path relative to its
-    root)], in order, each file once. A path that does not exist raises FileNotFoundError."""
-    found: dict[Path, Path] = {}
-    for item in inputs:
-        text = str(item)
-        p = Path(text)
-        if p.is_file():
-            found.setdefault(p, Path(p.name))
-        elif p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and _is_image(f))
-            if not files:
-                print(f"warning: folder {p} holds no images ({', '.join(IMAGE_EXTENSIONS)})",
-                      file=sys.stderr)  # fmt: skip
-            for f in files:
-                found.setdefault(f, f.relative_to(p))
-        elif _has_magic(text):
-            parts = Path(text).parts
-            root = Path(*[q for q in parts[: next(i for i, q in enumerate(parts) if _has_magic(q))]]
-                        or ["."])  # fmt: skip
-            matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
-            matches = [m for m in matches if m.is_file()]
-            if not matches:
-                raise FileNotFoundError(f"input pattern '{text}' matches no files")
-            for m in matches:
-                found.setdefault(m, m.relative_to(root) if m.is_relative_to(root) else Path(m.name))
-        else:
-            raise FileNotFoundError(
-                f"input '{text}' not found: no such file or folder (cwd is {Path.cwd()})"
-            )
-    return list(found.items())
-
-
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-_OUTPUT_SUFFIXES = (".png", "_overlay.png", "_overlay.jpg", "_probs.npz")
-
-
-def _output_stems(rels: Sequence[Path]) -> list[Path]:
+def _output_stems(rels: Sequence[Path], heads: Sequence[str] = ("",)) -> list[Path]:
     """Relative output stems mirroring the inputs' folders, such that no two inputs' outputs
     share a name: stems that clash get the extension, then a counter appended (photo.jpg and
     photo.png -> photo_jpg, photo_png; x.png and x_overlay.png -> x, x_overlay_2 since x's
-    overlay is x_overlay.png)."""
+    overlay is x_overlay.png; with heads sem and geo, x.png and x_sem.png -> x, x_sem_2)."""
     stems = [r.with_suffix("") for r in rels]
     counts: dict[Path, int] = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
     out, taken = [], set()
+    suffixes = _suffixes(heads)
 
     def names(stem: Path) -> list[Path]:
-        return [stem.with_name(stem.name + x) for x in _OUTPUT_SUFFIXES]
+        return [stem.with_name(stem.name + x) for x in suffixes]
 
     for r, s in zip(rels, stems, strict=True):
         if counts[s] > 1:
@@ -109,14 +94,22 @@ def _output_stems(rels: Sequence[Path]) -> list[Path]:
     return out
 
 
-def _output_paths(path: Path, base: Path, overlay: bool, probs: bool) -> dict[str, Path]:
-    """The files written for input `path` under output stem `base` (labels, overlay, probs)."""
+def _output_paths(
+    path: Path, base: Path, overlay: bool, probs: bool, heads: Sequence[str] = ("",)
+) -> dict[tuple[str, str], Path]:
+    """The files written for input `path` under output stem `base`: {(head, "labels" |
+    "overlay" | "probs"): path}, head "" for a one-head net."""
     jpeg = path.suffix.lower() in (".jpg", ".jpeg")
-    out = {"labels": base.with_name(base.name + ".png")}
-    if overlay:
-        out["overlay"] = base.with_name(base.name + ("_overlay.jpg" if jpeg else "_overlay.png"))
-    if probs:
-        out["probs"] = base.with_name(base.name + "_probs.npz")
+    out = {}
+    for head in heads:
+        stem = base.with_name(base.name + (f"_{head}" if head else ""))
+        out[head, "labels"] = stem.with_name(stem.name + ".png")
+        if overlay:
+            out[head, "overlay"] = stem.with_name(
+                stem.name + ("_overlay.jpg" if jpeg else "_overlay.png")
+            )
+        if probs:
+            out[head, "probs"] = stem.with_name(stem.name + "_probs.npz")
     return out
 
 
@@ -135,29 +128,36 @@ def _check_writable(out_dir: Path) -> None:
 
 # ---------------------------------------------------------------------------- writing
 def blend_overlay(
-    image: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA
+    image: np.ndarray,
+    labels: np.ndarray,
+    alpha: float = OVERLAY_ALPHA,
+    *,
+    background: int | None = 0,
 ) -> np.ndarray:
-    """Photo blended with the VOC colours of `labels`; class 0 (background) left as is."""
+    """Photo blended with the VOC colours of `labels` (256 distinct colours); the class
+    `background` (None: none) left as is."""
     colours = colorize(labels).astype(np.float32)
     blend = (1 - alpha) * image.astype(np.float32) + alpha * colours
-    out = np.where((labels > 0)[..., None], blend, image.astype(np.float32))
+    shown = labels != background if background is not None else np.ones(labels.shape, bool)
+    out = np.where(shown[..., None], blend, image.astype(np.float32))
     return np.rint(out).astype(np.uint8)
 
 
-def _write_outputs(
-    path: Path,
+def _write_head(
     targets: dict[str, Path],
     rgb: np.ndarray,
     labels: np.ndarray,
     probs: np.ndarray | None,
     names: Sequence[str],
 ) -> dict:
-    record = {"input": str(path), "ok": True, "size": tuple(labels.shape)}
+    """One head's files: labels, overlay, probabilities (those in `targets`)."""
+    record = {}
     write_mask(targets["labels"], labels)
     record["labels"] = str(targets["labels"])
     if "overlay" in targets:
         jpeg = targets["overlay"].suffix == ".jpg"
-        im = Image.fromarray(blend_overlay(rgb, labels))
+        background = 0 if names and names[0] == "background" else None
+        im = Image.fromarray(blend_overlay(rgb, labels, background=background))
         atomic_write(targets["overlay"], lambda f: im.save(f, format="JPEG" if jpeg else "PNG",
                                                            quality=90), what="overlay")  # fmt: skip
         record["overlay"] = str(targets["overlay"])
@@ -171,21 +171,42 @@ def _write_outputs(
     return record
 
 
-def class_names(model: nn.Module) -> list[str]:
-    """The model's class names: its checkpoint's, VOC's for 21 classes, else '0', '1', ..."""
-    names = getattr(model, "class_names", None)
-    if names and len(names) == model.num_classes:
-        return list(names)
-    if model.num_classes == len(VOC_CLASSES):
-        return list(VOC_CLASSES)
-    return [str(i) for i in range(model.num_classes)]
+def _write_outputs(
+    path: Path,
+    targets: dict[tuple[str, str], Path],
+    rgb: np.ndarray,
+    labels: dict[str, np.ndarray],
+    probs: dict[str, np.ndarray] | None,
+    names: dict[str, Sequence[str]],
+) -> dict:
+    """Every head's files; the record holds "labels", "overlay", "probs", "classes" as for one
+    head, or each a dict {head: ...} for a two-head net."""
+    heads = list(labels)
+    record = {"input": str(path), "ok": True, "size": tuple(labels[heads[0]].shape)}
+    per = {}
+    for head in heads:
+        mine = {kind: p for (h, kind), p in targets.items() if h == head}
+        p = None if probs is None else probs[head]
+        per[head] = _write_head(mine, rgb, labels[head], p, names[head])
+    if heads == [""]:
+        return {**record, **per[""]}
+    return {**record, **{key: {h: per[h][key] for h in heads} for key in per[heads[0]]}}
 
 
 class _Reader(torch.utils.data.Dataset):
-    """Item k: (input index, RGB array or None, error message or None, seconds to read)."""
+    """Item k: (input index, image (RGB) or None, the net's inputs {kind: array} or None,
+    error message or None, seconds to read)."""
 
-    def __init__(self, files: list[Path], todo: list[int]):
+    def __init__(
+        self,
+        files: list[Path],
+        todo: list[int],
+        plan: dict[str, str],
+        pairs: dict[str, list[Path]],
+        intrinsics,
+    ):
         self.files, self.todo = files, todo
+        self.plan, self.pairs, self.intrinsics = plan, pairs, intrinsics
 
     def __len__(self) -> int:
         return len(self.todo)
@@ -193,9 +214,24 @@ class _Reader(torch.utils.data.Dataset):
     def __getitem__(self, k: int):
         i, t0 = self.todo[k], time.perf_counter()
         try:
-            return i, read_image(self.files[i]), None, time.perf_counter() - t0
+            rgb = read_image(self.files[i])
         except (ImageError, OSError) as e:
-            return i, None, str(e), 0.0
+            return i, None, None, str(e), 0.0
+        try:
+            paired = {kind: files[i] for kind, files in self.pairs.items()}
+            rgb, sample = load_sample(self.plan, rgb, paired.get("depth"), paired.get("hha"),
+                                      self.intrinsics)  # fmt: skip
+        except (ValueError, OSError) as e:
+            return i, None, None, f"{self.files[i]}: {e}", 0.0
+        return i, rgb, sample, None, time.perf_counter() - t0
+
+
+def _sources(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str | os.PathLike):
+        return [os.fspath(value)]
+    return [os.fspath(v) for v in value]
 
 
 def predict_paths(
@@ -203,6 +239,9 @@ def predict_paths(
     inputs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     *,
+    depth: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    hha: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    intrinsics: str | Sequence[float] | None = None,
     device: str | torch.device | None = None,
     save_probs: bool = False,
     overlay: bool = True,
@@ -221,12 +260,21 @@ def predict_paths(
         <stem>_overlay.jpg  photo blended with the colours (.png for non-JPEG inputs)
         <stem>_probs.npz    with save_probs: probs (C, H, W) float16, class_names
 
+    and for a two-head net (SIFT Flow) these per head: <stem>_sem.png, <stem>_geo.png,
+    <stem>_sem_overlay.jpg, ..., <stem>_geo_probs.npz.
+
+    depth / hha: files, folders or globs of the depth maps (16-bit PNGs, millimetres) or HHA
+    images, each paired with the image of the same name, for the nets that take them;
+    intrinsics: (fx, fy, cx, cy) or "nyud", to compute HHA from depth (see
+    `fcnseg.predict_inputs`). A missing or wrong pair stops the run before any work.
+
     Returns one dict per input of this process's share, in order: {"input", "ok": True,
-    "size", "labels", "overlay", "probs", "classes", "seconds"}, {"input", "ok": True,
-    "skipped": True} (skip_existing) or {"input", "ok": False, "error"}. A file that cannot be
-    read or segmented is reported (one line on stderr) and skipped; a full disk stops the run
-    with OSError, leaving the outputs written before complete. Every file is written to a
-    temporary name and renamed, so none is ever half-written.
+    "size", "labels", "overlay", "probs", "classes", "seconds"} (for two heads, "labels" ...
+    "classes" are dicts {head: ...}), {"input", "ok": True, "skipped": True} (skip_existing)
+    or {"input", "ok": False, "error"}. A file that cannot be read or segmented is reported
+    (one line on stderr) and skipped; a full disk stops the run with OSError, leaving the
+    outputs written before complete. Every file is written to a temporary name and renamed,
+    so none is ever half-written.
 
     Before any work, the output names are checked: none may be an input, and none may exist
     already unless `overwrite` (outputs of two inputs never share a name: see _output_stems).
@@ -235,36 +283,45 @@ def predict_paths(
     """
     from tqdm.auto import tqdm
 
-    check_photo_model(model)
     check_range("batch_size", batch_size, 1, 1024, integer=True)
     check_range("workers", workers, 0, 256, integer=True)
     rank, world = shard
     if tile is not None:
         check_range("tile", tile, 0, 65536, integer=True)
+    depth, hha = _sources(depth), _sources(hha)
+    camera = camera_intrinsics(intrinsics)
+    plan = input_plan(model, depth=" ".join(depth) or None, hha=" ".join(hha) or None,
+                      intrinsics=camera is not None)  # fmt: skip
+    heads = head_names(model)
     dev = resolve_device(device, model)
     files = expand_inputs(inputs)
     if not files:
         raise FileNotFoundError(
             f"no images in {', '.join(map(str, inputs))} (looked for {', '.join(IMAGE_EXTENSIONS)})"
         )
+    pairs = {kind: pair_files(files, sources, f"{kind} file", f"--{kind}")
+             for kind, sources in (("depth", depth), ("hha", hha)) if sources}  # fmt: skip
+    check_pairs([f for f, _ in files], pairs)
     out = Path(out_dir)
-    stems = _output_stems([rel for _, rel in files])  # from every input: the same in each process
-    targets = [_output_paths(f, out / s, overlay, save_probs)
+    stems = _output_stems([rel for _, rel in files], heads)  # from every input: in each process
+    targets = [_output_paths(f, out / s, overlay, save_probs, heads)
                for (f, _), s in zip(files, stems, strict=True)]  # fmt: skip
     mine = list(range(rank, len(files), world))
     done = {i for i in mine if skip_existing and all(p.exists() for p in targets[i].values())}
     todo = [i for i in mine if i not in done]
-    check_outputs([(p, f"{kind} of {files[i][0]}") for i in todo for kind, p in
-                   targets[i].items()], [f for f, _ in files],
+    what = {"labels": "labels", "overlay": "overlay", "probs": "probabilities"}
+    inputs_read = [f for f, _ in files] + [p for ps in pairs.values() for p in ps]
+    check_outputs([(p, f"{head + ' ' if head else ''}{what[kind]} of {files[i][0]}")
+                   for i in todo for (head, kind), p in targets[i].items()], inputs_read,
                   overwrite=overwrite or skip_existing)  # fmt: skip
     _check_writable(out)
-    names = class_names(model)
+    names = {head: class_names(model, head) for head in heads}
     results: dict[int, dict] = {i: {"input": str(files[i][0]), "ok": True, "skipped": True}
                                 for i in done}  # fmt: skip
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress,
                dynamic_ncols=True)  # fmt: skip
     bar.update(len(done) * world)  # rank 0's bar: its own share times the processes
-    pending: dict[tuple[int, int], list[tuple[int, np.ndarray, float]]] = {}
+    pending: dict[tuple[int, int], list[tuple[int, np.ndarray, dict, float]]] = {}
 
     def fail(i: int, msg: str) -> None:
         results[i] = {"input": str(files[i][0]), "ok": False, "error": msg.splitlines()[0]}
@@ -274,19 +331,19 @@ def predict_paths(
     def flush(key: tuple[int, int]) -> None:
         group = pending.pop(key)
         t0 = time.perf_counter()
-        images = [rgb for _, rgb, _ in group]
         try:
-            plan = _tile_plan(tile, None, *key)
-            labels, probs = _run(model, images, dev, plan, probs=save_probs)
+            labels, probs = _run(model, [s for _, _, s, _ in group], dev,
+                                 _tile_plan(tile, None, *key), probs=save_probs)  # fmt: skip
         except (RuntimeError, ValueError) as e:  # e.g. out of memory: every image of the group
-            for i, _, _ in group:
+            for i, _, _, _ in group:
                 fail(i, f"{files[i][0]}: inference failed: {e}")
             return
         share = (time.perf_counter() - t0) / len(group)
-        for k, (i, rgb, t_read) in enumerate(group):
+        for k, (i, rgb, _, t_read) in enumerate(group):
             try:
-                p_k = None if probs is None else probs[k]
-                rec = _write_outputs(files[i][0], targets[i], rgb, labels[k], p_k, names)
+                p_k = None if probs is None else {h: v[k] for h, v in probs.items()}
+                rec = _write_outputs(files[i][0], targets[i], rgb,
+                                     {h: v[k] for h, v in labels.items()}, p_k, names)  # fmt: skip
             except OSError as e:
                 if e.errno == errno.ENOSPC:
                     bar.close()
@@ -298,16 +355,17 @@ def predict_paths(
             bar.update(world)
 
     reader = torch.utils.data.DataLoader(
-        _Reader([f for f, _ in files], todo), batch_size=None, num_workers=workers,
-        prefetch_factor=2 * batch_size if workers else None,
+        _Reader([f for f, _ in files], todo, plan, pairs, camera), batch_size=None,
+        num_workers=workers, prefetch_factor=2 * batch_size if workers else None,
     )  # fmt: skip
-    for i, rgb, error, t_read in reader:
+    for i, rgb, sample, error, t_read in reader:
         if error is not None:
             fail(i, error)
             continue
         rgb = np.asarray(rgb)
+        sample = {k: np.asarray(v) for k, v in sample.items()}
         key = rgb.shape[:2]
-        pending.setdefault(key, []).append((i, rgb, t_read))
+        pending.setdefault(key, []).append((i, rgb, sample, t_read))
         if len(pending[key]) >= batch_size:
             flush(key)
         elif sum(len(g) for g in pending.values()) >= 2 * batch_size:  # bound memory
