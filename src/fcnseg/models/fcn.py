@@ -211,7 +211,8 @@ class FCN(nn.Module):
                 what = f"input {s!r}" if s else "input"
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"{what}: expected a float tensor (N, {c}, H, W), got {got}")
-        if len({(t.shape[0], *t.shape[2:]) for t in xs.values()}) > 1:
+        sizes = [(t.shape[0], *t.shape[2:]) for t in xs.values()]
+        if any(s != sizes[0] for s in sizes[1:]):  # not a set: traced sizes are tensors
             shapes = {s: tuple(t.shape) for s, t in xs.items()}
             raise ValueError(f"inputs differ in batch or size: {shapes}")
         return xs
