@@ -22,6 +22,7 @@ from caffemodel_writer import encode_by_hand, write_caffemodel
 import fcnseg
 import fcnseg.weights as W
 from fcnseg.cli import main
+from fcnseg.models.reference import convert_caffemodel
 from fcnseg.weights.caffe import MESSAGES
 
 NSFW = Path(
@@ -260,7 +261,7 @@ def test_convert_reads_the_old_form(tmp_path):
     """The same net's file in the V1 `layers` form with legacy 4-d shapes (files of 2014-15)."""
     layers, want = _release_file("voc-fcn-alexnet", seed=1)
     path = write_caffemodel(tmp_path / "v1.caffemodel", layers, form="layers", legacy_shape=True)
-    got = torch.load(W.convert_caffemodel(path, "voc-fcn-alexnet", tmp_path / "v1.pth"))
+    got = torch.load(convert_caffemodel(path, "voc-fcn-alexnet", tmp_path / "v1.pth"))
     for key, value in want.items():
         assert torch.equal(got[key], value), key
 

@@ -115,6 +115,9 @@ def test_hubconf_local():
     hubconf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hubconf)
     assert all(callable(getattr(hubconf, name, None)) for name in list_models())
+    assert "voc-fcn8s" in list_models() and callable(hubconf.voc_fcn8s)
+    net = torch.hub.load(str(ROOT), "nyud-fcn32s-color-hha", source="local", width=0.0625)
+    assert net.stream_names == ("color", "hha") and net.num_classes == 40
     with pytest.raises(ValueError, match=r"no pretrained VOC weights .* fcn8s_vgg16"):
         hubconf.fcn32s_alexnet(pretrained=True)
     model = torch.hub.load(str(ROOT), "fcn8s_vgg16", source="local", num_classes=3, width=0.125)

@@ -13,8 +13,14 @@ SMALL = {"width": 0.125}  # the paper's topology at 1/8 of the channels: geometr
 
 
 def small(name: str, **kw) -> nn.Module:
+    """A tiny net of any name: 4 classes, or a release net's own (its heads as released)."""
     opts = {} if "googlenet" in name else SMALL
-    return fcnseg.build_model(name, num_classes=kw.pop("num_classes", 4), **opts, **kw)
+    classes = kw.pop("num_classes", None if name in fcnseg.reference_nets() else 4)
+    return fcnseg.build_model(name, num_classes=classes, **opts, **kw)
+
+
+def _classes(model) -> dict:
+    return model.num_classes if isinstance(model.num_classes, dict) else {"": model.num_classes}
 
 
 def test_registry_names():
@@ -34,9 +40,10 @@ def test_registry_names():
 def test_output_matches_input_size(name, size):
     model = small(name).eval()
     with torch.no_grad():
-        y = model(torch.randn(1, 3, *size))
-    assert y.shape == (1, 4, *size)
-    assert torch.isfinite(y).all()
+        ys = model.outputs(model(model.example_input(1, *size)))
+    for head, c in _classes(model).items():
+        assert ys[head].shape == (1, c, *size)
+        assert torch.isfinite(ys[head]).all()
 
 
 @pytest.mark.parametrize("size", [(1, 1), (33, 70), (64, 64), (97, 130)])
@@ -58,12 +65,17 @@ def test_same_layout_has_exact_stride():
 @pytest.mark.parametrize("name", fcnseg.list_models())
 def test_every_parameter_learns(name):
     model = randomize_(small(name)).train()
-    y = model(torch.randn(2, 3, 40, 52))
-    target = torch.randint(0, 4, (2, 40, 52))
-    F.cross_entropy(y, target).backward()
+    ys = model.outputs(model(model.example_input(2, 40, 52)))
+    loss = sum(F.cross_entropy(ys[k], torch.randint(0, c, (2, 40, 52)))
+               for k, c in _classes(model).items())  # fmt: skip
+    loss.backward()
+    release = name in fcnseg.reference_nets()  # the release fixes every deconvolution (lr 0)
     for pname, p in model.named_parameters():
         if not p.requires_grad:
-            assert pname.split(".")[0] == model.head.final, f"{pname} is frozen"
+            layer = pname.split(".")[0]
+            assert layer in {h.final for h in model.heads.values()} or (
+                release and layer.startswith("upscore")
+            ), f"{pname} is frozen"
             continue
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{pname} got no gradient"
         assert torch.isfinite(p.grad).all()

@@ -573,6 +573,12 @@ CLASS_COUNTS = {"imagenet": 1000, "voc": 21}
 @pytest.mark.parametrize("name", sorted(W.WEIGHTS))
 def test_weights_entry_is_complete(name):
     w = W.WEIGHTS[name]
+    if isinstance(w, W.ReferenceWeights):  # a release net's file: the net's own classes, inputs
+        net = fcnseg.build_model(name, width=0.0625)
+        assert w.name == name and w.arch == name and w.license.strip()
+        assert w.num_classes == net.num_classes and w.preprocessing == net.preprocessing
+        assert all(s.url.startswith(("http://", "https://")) for s in w.sources)
+        return
     assert w.name == name
     assert w.url.startswith("https://"), w.url
     assert w.license.strip()
@@ -599,8 +605,16 @@ def test_weights_entry_is_complete(name):
 
 
 def test_weights_files_do_not_collide_in_the_cache():
-    names = [w.file_name for w in W.WEIGHTS.values()]
+    names = [w.file_name for w in W.WEIGHTS.values() if isinstance(w, W.Weights)]
     assert len(names) == len(set(names)), names
+
+
+def test_one_table_holds_both_kinds_and_the_port_entries_follow_the_release():
+    assert set(W.REFERENCE_WEIGHTS) <= set(W.WEIGHTS) and "vgg16_imagenet" in W.WEIGHTS
+    for arch, net in (("fcn8s_vgg16", "voc-fcn8s"), ("fcn32s_vgg16", "voc-fcn32s")):
+        port, release = W.WEIGHTS[f"{arch}_voc"], W.REFERENCE_WEIGHTS[net]
+        assert port.sources[0] == next(s for s in release.sources if s.format == "pth")
+        assert port.metrics == release.metrics and port.preprocessing == release.preprocessing
 
 
 def test_every_backbone_arch_has_a_model():

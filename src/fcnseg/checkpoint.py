@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import build_model, list_models
-from .models.reference import reference_nets
-from .models.registry import load_checked
+from .models.load import load_checked
+from .models.reference import build_reference, nets_fitting
+from .models.registry import build_model, list_models
 from .safety import atomic_write
 from .weights import Preprocessing
 
@@ -158,7 +158,7 @@ def load_model(
     """
     if net is not None or str(source).endswith(".caffemodel"):
         return _release_weights(source, net).to(device).eval(), {}
-    if str(source) in list_models() or str(source) in reference_nets():
+    if str(source) in list_models():
         model = build_model(str(source), num_classes=num_classes)
         return model.to(device).eval(), {}
     if not Path(source).is_file():
@@ -197,7 +197,6 @@ def load_model(
 
 def _release_weights(source, net: str | None, not_ckpt: Exception | None = None) -> nn.Module:
     """One of the release's nets with the weights in `source` (see `load_model`)."""
-    from .models.reference import build_reference, nets_fitting
     from .weights import load_state
 
     if net is None:

@@ -52,7 +52,7 @@ def _cat() -> np.ndarray:
 @torch.no_grad()
 def _models(image: np.ndarray, quick: bool) -> str:
     rows = []
-    for name in list_models():
+    for name in list_models("fcnseg"):  # the release's nets: demo part 2 and fcnseg models
         opts = {"width": 0.125} if quick and "googlenet" not in name else {}
         model = build_model(name, num_classes=21, **opts).eval()
         x = model.preprocessing(image)[None]

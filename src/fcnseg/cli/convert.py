@@ -17,8 +17,8 @@ def add(sub) -> None:
 
 def run(args) -> int:
     """Convert a reference net's .caffemodel into a PyTorch state dict (.pth), without Caffe."""
+    from ..models.reference import convert_caffemodel
     from ..safety import check_outputs
-    from ..weights import convert_caffemodel
 
     check_outputs([(args.out, "state dict")], [args.file], overwrite=args.overwrite)
     out = convert_caffemodel(args.file, args.net, args.out)

@@ -217,6 +217,17 @@ class FCN(nn.Module):
             raise ValueError(f"inputs differ in batch or size: {shapes}")
         return xs
 
+    def example_input(self, n: int = 1, h: int = 64, w: int = 64, *, generator=None, dtype=None):
+        """A random input of the kind `forward` takes: (n, C, h, w) normal noise, or a dict of
+        them, one per stream (for tests, benchmarks and tracing)."""
+        xs = {s: torch.randn((n, c, h, w), generator=generator, dtype=dtype)
+              for s, c in self.in_channels.items()}  # fmt: skip
+        return xs[""] if self.stream_names is None else xs
+
+    def outputs(self, y) -> dict[str, torch.Tensor]:
+        """`forward`'s result as {output: scores}: {"": logits} for one head."""
+        return {"": y} if self.head_names is None else dict(y)
+
     def forward(self, x):
         xs = self._inputs(x)
         H, W = next(iter(xs.values())).shape[-2:]

@@ -37,25 +37,33 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from .. import weights as weights_files
+from ..safety import atomic_write
 from ..weights import (
     CAFFE_BGR,
     NYUD_BGR,
     NYUD_HHA,
     NYUD_LOG_DEPTH,
+    REFERENCE_WEIGHTS,
     SIFTFLOW_BGR,
     LogDepth,
     Preprocessing,
+    load_state,
+    read_caffemodel,
 )
 from .backbones import CAFFENET, VGG16, Arch, build_trunk, scaled
 from .fcn import FCN, HEADS
+from .load import load_checked
 
 __all__ = [
     "REFERENCE_NETS",
     "ReferenceNet",
     "build_reference",
+    "convert_caffemodel",
     "nets_fitting",
     "reference_nets",
     "state_dict_from_caffe",
@@ -168,8 +176,6 @@ def build_reference(name: str, *, weights=None, width: float = 1.0) -> FCN:
     model = _build(spec, width)
     if weights is None:
         return model
-    from ..weights import REFERENCE_WEIGHTS, fetch, load_state
-    from .registry import load_checked
 
     source, label = weights, repr(os.fspath(weights)) if _pathish(weights) else "(state dict)"
     if isinstance(weights, str) and weights == "reference":
@@ -178,7 +184,7 @@ def build_reference(name: str, *, weights=None, width: float = 1.0) -> FCN:
                 f"{name} has no published weights (the release trained it but did not publish "
                 f"a .caffemodel); train it, or pass weights=PATH"
             )
-        source = fetch(REFERENCE_WEIGHTS[name])
+        source = weights_files.fetch(REFERENCE_WEIGHTS[name])  # looked up at call time
         label = f"the release's weights of {name} ({source})"
     state, _ = load_state(source)
     from_caffe = os.fspath(source).endswith(".caffemodel") if _pathish(source) else False
@@ -317,3 +323,14 @@ def state_dict_from_caffe(
         for i, t in enumerate(ts):
             state[f"{layer}.{('weight', 'bias')[i] if i < 2 else f'blob{i}'}"] = t
     return fit_state(name, state, label)
+
+
+def convert_caffemodel(path, net_name: str, out) -> Path:
+    """`fcnseg convert`: a release net's .caffemodel -> a plain state dict file (.pth).
+
+    `read_caffemodel` reads the blobs (fcnseg.weights knows files, not nets);
+    `state_dict_from_caffe` maps them onto the net's layers, every name and shape checked; the
+    file is written atomically (temp file + rename).
+    """
+    state = state_dict_from_caffe(net_name, read_caffemodel(path), label=str(path))
+    return atomic_write(out, lambda f: torch.save(state, f), what="state dict")

@@ -17,14 +17,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..weights import load_state
+from .backbones import VGG16, build_trunk
+from .fcn import FCN, HEADS
+from .load import load_backbone
+
 __all__ = ["init_streams", "reference_backbone"]
 
 
 def _vgg16_state(width: float, source) -> dict[str, torch.Tensor]:
     """An ImageNet VGG16's trunk in fcnseg's names (conv1_1 ... fc7), at `width`."""
-    from .registry import build_model
-
-    donor = build_model("fcn32s_vgg16", width=width, backbone_weights=source)
+    donor = FCN(build_trunk(VGG16, width=width), HEADS["fcn32s"], 21)  # fc8 is not taken
+    load_backbone(donor, VGG16, source)
     return {k: v for k, v in donor.state_dict().items() if not k.startswith(("score", "up"))}
 
 
@@ -62,8 +66,6 @@ def reference_backbone(model: nn.Module, source) -> list[str]:
 
 def init_streams(model: nn.Module, sources: dict[str, object]) -> list[str]:
     """Late fusion from one trained single-input net per stream (see module)."""
-    from .registry import load_state
-
     spec = model.reference
     if not spec.streams or set(sources) != set(spec.inputs):
         raise ValueError(f"{model.name}: init_from per stream needs the streams "

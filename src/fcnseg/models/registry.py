@@ -1,39 +1,75 @@
-"""The model registry: keyword-only builders in one explicit dict, and weight loading.
+"""THE model registry: every name fcnseg builds, in one place, behind `build_model(name, ...)`.
 
-build_model(name, num_classes=21, **options) takes, for every model:
-  weights           a full FCN checkpoint with the reference layer names (name, url or file)
-  backbone_weights  an ImageNet classifier in torchvision's layout: its convs are copied and
-                    fc6/fc7 reshaped into the FCN; the score layers start at zero
-  init_from         a coarser FCN (model, state dict or file) for staged training: shared
-                    layers are copied (FCN-16s from FCN-32s, FCN-8s from FCN-16s), new ones
-                    keep their init (score layers zero, upsamplers bilinear)
+Two families of names, one function:
+
+- fcnseg's architectures (`fcn8s_vgg16`, `fcn32s_alexnet`, ...): keyword-only builders in
+  `_BUILDERS`; they take `num_classes` (default 21) and builder options (VGG16: width, layout,
+  dropout; AlexNet: width, dropout).
+- the reference release's 15 nets by their folder names (`voc-fcn8s`, `nyud-fcn32s-color-hha`,
+  `siftflow-fcn16s`, ...): data in `reference.REFERENCE_NETS` over the same trunk and head
+  (classes, inputs, heads as released); they take `width`, and `num_classes` only to start new
+  score layers.
+
+Every name also takes:
+  weights           the net's whole weights: a registered name (`fcnseg.WEIGHTS`), url or file;
+                    for a release net "reference" means its published file
+  backbone_weights  an ImageNet classifier (torchvision's layout or a Caffe file): its convs are
+                    copied and fc6/fc7 reshaped into the FCN; the score layers start at zero
+  init_from         a coarser FCN (model, state dict or file) for staged training: shared layers
+                    are copied, new ones keep their init (score layers zero, upsamplers
+                    bilinear); late fusion: {"color": ..., "hha": ...}, one net per stream
   preprocessing     override the preprocessing the weights imply
-VGG16 models also take width (channel multiplier), layout ("reference" or "same") and dropout
-(fc6/fc7, 0.5 as the reference; AlexNet takes width and dropout).
+
+Release names and fcnseg names for the same layers (`SAME_LAYERS`): `voc-fcn32s`, `voc-fcn16s`,
+`voc-fcn8s` and `voc-fcn8s-atonce` have exactly the layers, names and shapes of `fcn32s_vgg16`,
+`fcn16s_vgg16`, `fcn8s_vgg16` and `fcn8s_atonce_vgg16` (both are built from the same trunk and
+head data; a test checks it), and load each other's state dicts. They differ in these
+conventions only, stated here and in `RELEASE_CONVENTIONS` (README: "One name per net"):
+
+  preprocessing   release name: its dataset's Caffe input (BGR, 0-255, minus the dataset's
+                  mean), whatever the weights. fcnseg name: follows the weights: ImageNet RGB
+                  mean/std for a fresh net or a torchvision backbone, Caffe BGR for the port's
+                  or the release's files.
+  2x upsamplers   release name: fixed bilinear (lr 0), as the release's solvers. fcnseg name:
+                  learned from bilinear, as the paper's text describes.
+  classes         release name: as released (VOC 21). fcnseg name: num_classes (default 21).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
-
-import torch
-from torch import nn
 
 from ..safety import check_range
 from ..weights import (
     CAFFE_BGR,
-    GOOGLENET_RGB,
     IMAGENET_RGB,
+    WEIGHTS,
+    LogDepth,
     Preprocessing,
-    caffe_backbone,
+    ReferenceWeights,
     load_state,
 )
-from .backbones import ALEXNET, VGG16, Arch, build_trunk, torchvision_to_fcn
+from .backbones import ALEXNET, VGG16, Arch, build_trunk
 from .fcn import FCN, HEADS, Head
 from .googlenet import googlenet_trunk
+from .load import check_finite, label_of, load_backbone, load_checked, transfer
+from .reference import REFERENCE_NETS, ReferenceNet, _build, build_reference
+from .reference_init import init_streams, reference_backbone
 
-__all__ = ["build_model", "list_models", "load_checked"]
+__all__ = [
+    "RELEASE_CONVENTIONS",
+    "SAME_LAYERS",
+    "build_model",
+    "check_finite",
+    "check_model_name",
+    "list_models",
+    "load_checked",
+    "model_table",
+    "stage_names",
+    "transfer",
+]
 
 
 def _vgg16(variant: str) -> Callable[..., FCN]:
@@ -76,42 +112,90 @@ _BUILDERS: dict[str, tuple[Callable[..., FCN], Arch | str]] = {
 }
 
 
-def list_models() -> list[str]:
-    """Names accepted by build_model."""
-    return sorted(_BUILDERS)
+def _same_layers(spec: ReferenceNet) -> str | None:
+    """The fcnseg name with exactly a release net's layers: one VGG16 photo input, one head of
+    21 classes (fcnseg's default; PASCAL-Context's nets are those with num_classes=60)."""
+    one_photo = list(spec.inputs) == ["image"] and spec.classes == 21
+    name = f"{spec.variant}_vgg16"
+    return name if one_photo and spec.arch is VGG16 and name in _BUILDERS else None
 
 
-def _reference_names() -> list[str]:
-    from .reference import reference_nets
+# release name <-> fcnseg name with the same layers (voc-fcn8s <-> fcn8s_vgg16, ...)
+SAME_LAYERS: dict[str, str] = {
+    n: same for n, s in REFERENCE_NETS.items() if (same := _same_layers(s)) is not None
+}
+SAME_LAYERS.update({same: n for n, same in list(SAME_LAYERS.items())})
 
-    return reference_nets()
+RELEASE_CONVENTIONS = {
+    "preprocessing": "release name: the dataset's Caffe input (BGR, 0-255, minus its mean); "
+    "fcnseg name: follows the weights (ImageNet RGB mean/std fresh or from torchvision)",
+    "2x upsamplers": "release name: fixed bilinear (lr 0, the release's solvers); "
+    "fcnseg name: learned from bilinear (the paper's text)",
+    "classes": "release name: as released; fcnseg name: num_classes (default 21)",
+}
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Every name `build_model` takes: fcnseg's architectures, then the release's 15 nets;
+    `family` "fcnseg" or "release" for one of the two."""
+    families = {"fcnseg": sorted(_BUILDERS), "release": list(REFERENCE_NETS)}
+    if family is not None and family not in families:
+        raise ValueError(f"family {family!r}: use 'fcnseg', 'release' or None (both)")
+    return families[family] if family else [*families["fcnseg"], *families["release"]]
 
 
 def check_model_name(name) -> None:
-    """ValueError naming the closest registered name, for a name that is not one.
-
-    Registered names are `list_models()` and the release's nets (`reference_nets()`).
-    """
-    known = [*_BUILDERS, *_reference_names()]
+    """ValueError naming the closest registered name, for a name that is not one."""
+    known = list_models()
     if not isinstance(name, str) or name not in known:
         close = difflib.get_close_matches(str(name), known, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown model '{name}'.{hint} Valid names: {', '.join(list_models())} "
-                         f"and the release's nets ({', '.join(_reference_names())})")  # fmt: skip
+        raise ValueError(f"unknown model '{name}'.{hint} Valid names: {', '.join(known)}")
 
 
-def _reference_model(name, num_classes, weights, backbone_weights, init_from, options) -> FCN:
-    """A release net by its folder name, for training: its inputs are fixed; its classes too,
-    unless `num_classes` asks for new score layers (one int, or a dict with the net's heads)."""
-    import dataclasses
+def stage_names(name: str, stages: list[str]) -> list[str]:
+    """The names of staged training's nets (FCN-32s -> 16s -> 8s) ending at `name`'s family.
 
-    from .reference import REFERENCE_NETS, _build, build_reference
-    from .reference_init import init_streams, reference_backbone
+    fcnseg names: `fcn8s_vgg16` with ["32s", "16s", "8s"] -> fcn32s_vgg16, fcn16s_vgg16,
+    fcn8s_vgg16. Release names: the nets of the same dataset and trunk, e.g. voc-fcn8s ->
+    voc-fcn32s, voc-fcn16s, voc-fcn8s; siftflow-fcn8s -> siftflow-fcn32s, ... A family without
+    a stage (NYUDv2 has FCN-32s only) raises naming what exists.
+    """
+    check_model_name(name)
+    if name in _BUILDERS:
+        backbone = name.split("_", 1)[1]
+        found = {s: f"fcn{s}_{backbone}" for s in ("32s", "16s", "8s")}
+        found = {s: n for s, n in found.items() if n in _BUILDERS}
+    else:
+        spec = REFERENCE_NETS[name]
+        dataset = name.split("-")[0]
+        if spec.variant not in ("fcn32s", "fcn16s", "fcn8s"):  # trained in one go, as released
+            raise ValueError(f"{name} is trained in one stage (the release's {spec.variant}): "
+                             f"drop --stages")  # fmt: skip
+        found = {}
+        for n, s in REFERENCE_NETS.items():
+            same_family = (s.arch, s.inputs, s.classes) == (spec.arch, spec.inputs, spec.classes)
+            if n.split("-")[0] == dataset and same_family and s.variant in ("fcn32s", "fcn16s",
+                                                                            "fcn8s"):  # fmt: skip
+                found[s.variant[3:]] = n
+    missing = [s for s in stages if s not in found]
+    if missing:
+        raise ValueError(f"{name}: no {', '.join(missing)} stage in its family (it has "
+                         f"{', '.join(found.values()) or 'none'}); drop --stages or pick "
+                         f"other stages")  # fmt: skip
+    return [found[s] for s in stages]
 
+
+# ------------------------------------------------------------------------------ building
+def _release_model(name, num_classes, weights, backbone_weights, init_from, options) -> FCN:
+    """A release net by its folder name: its inputs are fixed; its classes too, unless
+    `num_classes` asks for new score layers (one int, or a dict with the net's heads)."""
     spec = REFERENCE_NETS[name]
     unknown = sorted(set(options) - {"width"})
     if unknown:
         raise ValueError(f"bad option for model '{name}': {', '.join(unknown)} (it takes width)")
+    width = options.get("width", 1.0)
+    check_range("width", width, 1 / 64, 8.0)
     if num_classes is not None and num_classes != spec.classes:
         heads = set(spec.classes) if isinstance(spec.classes, dict) else None
         if heads != (set(num_classes) if isinstance(num_classes, dict) else None):
@@ -121,9 +205,9 @@ def _reference_model(name, num_classes, weights, backbone_weights, init_from, op
             raise ValueError(f"{name}'s weights have {spec.classes} classes, not "
                              f"num_classes={num_classes}: drop one of the two")  # fmt: skip
         spec = dataclasses.replace(spec, classes=num_classes)  # the release's layers, new scores
-        model = _build(spec, options.get("width", 1.0))
+        model = _build(spec, width)
     else:
-        model = build_reference(name, weights=weights, width=options.get("width", 1.0))
+        model = build_reference(name, weights=weights, width=width)
     if backbone_weights is not None:
         reference_backbone(model, backbone_weights)
     if isinstance(init_from, dict):
@@ -143,13 +227,13 @@ def build_model(
     preprocessing: Preprocessing | None = None,
     **options,
 ) -> FCN:
-    """Build a registered FCN, or a release net by its folder name (see the module docstring).
+    """Build any registered net: an fcnseg architecture or a release net (module docstring).
 
-    num_classes: None gives 21 for a registered model and a release net's own classes.
+    num_classes: None gives 21 for an fcnseg architecture and a release net's own classes.
     """
     check_model_name(name)
-    if name not in _BUILDERS:
-        model = _reference_model(name, num_classes, weights, backbone_weights, init_from, options)
+    if name in REFERENCE_NETS:
+        model = _release_model(name, num_classes, weights, backbone_weights, init_from, options)
         if preprocessing is not None:
             model.preprocessing = preprocessing
         return model
@@ -164,7 +248,7 @@ def build_model(
     model.options = dict(options)  # what a checkpoint needs to rebuild this model
     model.preprocessing = IMAGENET_RGB
     if backbone_weights is not None:
-        _load_backbone(model, arch, backbone_weights)
+        load_backbone(model, arch, backbone_weights)
     if init_from is not None:
         transfer(model, init_from)
     if weights is not None:
@@ -172,109 +256,59 @@ def build_model(
         classes = state.get("score_fr.weight")
         if classes is not None and classes.shape[0] != num_classes:
             raise ValueError(
-                f"weights {_label(weights)} have {classes.shape[0]} classes but num_classes="
+                f"weights {label_of(weights)} have {classes.shape[0]} classes but num_classes="
                 f"{num_classes}: pass num_classes={classes.shape[0]}, or use init_from= / "
                 f"backbone_weights= to start a new {num_classes}-class head"
             )
-        load_checked(model, state, _label(weights))
-        model.preprocessing = spec.preprocessing if spec else CAFFE_BGR
+        if isinstance(spec, ReferenceWeights):  # a release net's file: its layers as mapped
+            if SAME_LAYERS.get(spec.net) != name:
+                raise ValueError(f"weights '{spec.net}' are the release net {spec.net}'s, which "
+                                 f"has other layers than {name}: build_model('{spec.net}', "
+                                 f"weights='reference')")  # fmt: skip
+            state = build_reference(spec.net, weights=weights).state_dict()
+        load_checked(model, state, label_of(weights))
+        pre = spec.preprocessing if spec else CAFFE_BGR
+        model.preprocessing = pre if isinstance(pre, Preprocessing) else CAFFE_BGR
     if preprocessing is not None:
         model.preprocessing = preprocessing
     return model
 
 
-def _label(source) -> str:
-    return (
-        f"'{source}'"
-        if isinstance(source, str | bytes) or hasattr(source, "__fspath__")
-        else (f"({type(source).__name__})")
+# ------------------------------------------------------------------------------ the table
+def _inputs_text(inputs: dict) -> str:
+    """ "color (3 BGR) + depth (1 log)": each input's channels and kind."""
+    kind = {"BGR": "3 BGR", "RGB": "3 as stored"}
+    return " + ".join(
+        f"{k} ({'1 log' if isinstance(p, LogDepth) else kind[p.channel_order]})"
+        for k, p in inputs.items()
     )
 
 
-def load_checked(model: nn.Module, state: dict[str, torch.Tensor], what: str = "weights") -> None:
-    """load_state_dict(strict=True), with a message that lists what differs."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in own.items() if k in state and state[k].shape != v.shape]  # fmt: skip
-    if missing or extra or shapes:
-        parts = [f"{label} ({len(keys)}): {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", extra),
-                                     ("shape mismatch", shapes)) if keys]  # fmt: skip
-        raise ValueError(
-            f"{what} do not fit {getattr(model, 'name', type(model).__name__)}: "
-            + "; ".join(parts)
-            + ". Is it a checkpoint of another architecture, class count or width?"
-        )
-    check_finite(state, what)
-    model.load_state_dict(state, strict=True)
+def _classes_text(classes) -> str:
+    return str(classes) if isinstance(classes, int) else " + ".join(
+        f"{k} {v}" for k, v in classes.items())  # fmt: skip
 
 
-def check_finite(state: dict[str, torch.Tensor], what: str = "weights") -> None:
-    """Refuse weights holding NaN or infinity: they cannot give a meaningful result."""
-    bad = [f"{k} ({int((~torch.isfinite(v)).sum())} values)" for k, v in state.items()
-           if v.is_floating_point() and not torch.isfinite(v).all()]  # fmt: skip
-    if bad:
-        raise ValueError(f"{what} hold NaN or infinite values in {len(bad)} tensor(s): "
-                         f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}. The file is "
-                         f"damaged or its training diverged: use an earlier one")  # fmt: skip
-
-
-def _load_backbone(model: FCN, arch: Arch | str, source) -> None:
-    state, spec = load_state(source)
-    arch_name = arch if isinstance(arch, str) else arch.name
-    if spec is not None and spec.arch != arch_name:
-        raise ValueError(f"backbone weights '{spec.name}' are for {spec.arch}, not {arch_name}")
-    caffe = str(source).endswith(".caffemodel")  # a path or url
-    if caffe:  # a Caffe classifier: the reference's layer names already; fc6/fc7 reshaped
-        trunk_state = caffe_backbone(state, model.state_dict(), f"backbone {_label(source)}")
-    elif isinstance(arch, Arch):
-        try:
-            trunk_state, _fc8 = torchvision_to_fcn(state, arch)  # fc8 (1000 classes) is replaced
-        except KeyError as e:  # not a torchvision file of this architecture
-            raise ValueError(f"backbone weights {_label(source)}: {e.args[0]}") from None
-    else:  # GoogLeNet: our trunk uses torchvision's names; drop fc and the auxiliary heads
-        trunk_state = {
-            k: v for k, v in state.items() if not k.startswith(("fc.", "aux1.", "aux2."))
-        }
-    own = model.state_dict()
-    head = {k for k in own if k not in trunk_state}
-    # every trunk tensor must come from the file; only the FCN head keeps its own init
-    expected_head = {k for k in own if k.startswith(("score_", "upscore"))}
-    if head != expected_head:
-        raise ValueError(
-            f"backbone weights {_label(source)} miss trunk tensors "
-            f"{sorted(head - expected_head)[:6]}"
-        )
-    load_checked(model, {**{k: own[k] for k in head}, **trunk_state}, f"backbone {_label(source)}")
-    model.preprocessing = (
-        spec.preprocessing
-        if spec
-        else CAFFE_BGR
-        if caffe
-        else (GOOGLENET_RGB if arch_name == "googlenet" else IMAGENET_RGB)
-    )
-
-
-def transfer(model: nn.Module, source) -> list[str]:
-    """Staged initialisation: copy every tensor of `source` that `model` has with the same name.
-
-    Shapes must agree (same trunk, width and class count); layers only `model` has keep their
-    init. Returns the copied keys. Raises if nothing is shared.
-    """
-    state, _ = load_state(source)
-    own = model.state_dict()
-    shared = [k for k in own if k in state]
-    if not shared:
-        raise ValueError("init_from shares no layer names with this model")
-    bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-           for k in shared if state[k].shape != own[k].shape]  # fmt: skip
-    if bad:
-        raise ValueError(f"init_from does not fit (class count or width differ): {bad[:4]}")
-    with torch.no_grad():
-        for k in shared:
-            own[k].copy_(state[k])
-    if isinstance(source, FCN) and source.preprocessing is not None:
-        model.preprocessing = source.preprocessing
-    return shared
+def model_table() -> list[dict[str, str]]:
+    """One row per registered name, for `fcnseg models` and the README's table: family,
+    trunk, head, classes, inputs, outputs, published weights, and the name with the same layers."""
+    rows = []
+    for name, (_, arch) in sorted(_BUILDERS.items()):
+        files = [w.name for w in WEIGHTS.values() if w.arch == name]
+        rows.append({"name": name, "family": "fcnseg",
+                     "trunk": arch if isinstance(arch, str) else arch.name,
+                     "head": name.split("_")[0], "classes": "num_classes (21)",
+                     "inputs": "image (3 RGB/BGR, as the weights)", "outputs": "logits",
+                     "weights": ", ".join(files) or "backbone only",
+                     "same layers as": SAME_LAYERS.get(name, "")})  # fmt: skip
+    for name, spec in REFERENCE_NETS.items():
+        w = WEIGHTS.get(name)
+        files = ", ".join(s.file_name + (" (md5)" if s.md5 else "") for s in w.sources) if w \
+            else "none published (build it, train it)"  # fmt: skip
+        outputs = " + ".join(spec.classes) if isinstance(spec.classes, dict) else "logits"
+        rows.append({"name": name, "family": "release", "trunk": spec.arch.name,
+                     "head": spec.variant.replace("_", "-"),
+                     "classes": _classes_text(spec.classes), "inputs": _inputs_text(spec.inputs),
+                     "outputs": outputs, "weights": files,
+                     "same layers as": SAME_LAYERS.get(name, "")})  # fmt: skip
+    return rows

@@ -11,7 +11,6 @@ from .caffe import (
     CaffeLayer,
     caffe_backbone,
     caffe_state_dict,
-    convert_caffemodel,
     read_caffemodel,
     read_layers,
 )
@@ -53,7 +52,6 @@ __all__ = [
     "cache_dir",
     "caffe_backbone",
     "caffe_state_dict",
-    "convert_caffemodel",
     "fetch",
     "load_state",
     "prepare",

@@ -30,7 +30,6 @@ __all__ = [
     "CaffeLayer",
     "caffe_backbone",
     "caffe_state_dict",
-    "convert_caffemodel",
     "read_caffemodel",
     "read_layers",
 ]
@@ -356,16 +355,3 @@ def caffe_backbone(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
         raise ValueError(f"{label}: layers of another shape: {', '.join(bad)}. Is it a "
                          f"classifier of another architecture or width?")  # fmt: skip
     return out
-
-
-def convert_caffemodel(path, net_name: str, out) -> Path:
-    """`fcnseg convert`: a reference net's .caffemodel -> a plain state dict file (.pth).
-
-    The blobs are mapped onto the net's layers by `fcnseg.models.reference.state_dict_from_caffe`
-    (which checks every name and shape); the file is written atomically (temp file + rename).
-    """
-    from ..models.reference import state_dict_from_caffe  # models import weights: not at top
-    from ..safety import atomic_write
-
-    state = state_dict_from_caffe(net_name, read_caffemodel(path), label=str(path))
-    return atomic_write(out, lambda f: torch.save(state, f), what="state dict")

@@ -1,17 +1,20 @@
 """Pretrained weights described as data: where each file lives, what it fits, how to feed it.
 
-Two tables:
-- `WEIGHTS`: files that fit the `build_model` names (torchvision classifiers, the PyTorch FCN
-  port's VOC nets), one url each.
-- `REFERENCE_WEIGHTS`: the reference release's 14 published nets (FCN.md section 8), keyed by the
-  release's folder name (`build_reference` names). Each lists its `sources` in the order they
-  are tried: the release's .caffemodel on its original host, then (VOC nets) the port's .pth.
-  Checksums are only those that were published (the port's md5); none is invented.
+One table, `WEIGHTS`, of two kinds of entry:
+- `Weights`: a file for an fcnseg architecture (torchvision classifiers for backbones; the
+  PyTorch FCN port's VOC nets, `fcn8s_vgg16_voc`, defined from the release's entry below).
+- `ReferenceWeights`: the reference release's 14 published nets (FCN.md section 8), keyed by the
+  release's folder name (the `build_model` name of the net, e.g. "voc-fcn8s"). Each lists its
+  `sources` in the order they are tried: the release's .caffemodel on its original host, then
+  (VOC nets) the port's .pth. Checksums are only those that were published (the port's md5);
+  none is invented.
+`REFERENCE_WEIGHTS` is the view of the release's entries (reads and writes go to `WEIGHTS`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -25,14 +28,7 @@ from .preprocessing import (
     Preprocessing,
 )
 
-__all__ = [
-    "REFERENCE_WEIGHTS",
-    "WEIGHTS",
-    "ReferenceWeights",
-    "Source",
-    "Weights",
-    "reference_table",
-]
+__all__ = ["REFERENCE_WEIGHTS", "WEIGHTS", "ReferenceWeights", "Source", "Weights"]
 
 
 @dataclass(frozen=True)
@@ -78,48 +74,7 @@ class Weights:
 _TV = "https://download.pytorch.org/models"
 _TV_LICENSE = "BSD-3-Clause (torchvision); trained on ImageNet-1k, whose terms of use apply"
 _PORT = "FCN reference (BSD-2-Clause) converted from Caffe by the PyTorch FCN port (MIT)"
-_GDRIVE = "https://drive.google.com/uc?export=download&id="
 _RELEASE = "http://dl.caffe.berkeleyvision.org"
-
-
-def _release(file: str) -> tuple[Source, ...]:
-    """The release's own .caffemodel of a port's file: the same layer names (FCN.md 11)."""
-    return (Source(f"{_RELEASE}/{file}", file, "caffemodel"),)
-
-
-WEIGHTS: dict[str, Weights] = {
-    w.name: w
-    for w in (
-        Weights("vgg16_imagenet", f"{_TV}/vgg16-397923af.pth", "vgg16", "torchvision",
-                IMAGENET_RGB, "imagenet", 1000, _TV_LICENSE, hash_prefix="397923af",
-                metrics={"imagenet_top1": 71.592}),
-        Weights("alexnet_imagenet", f"{_TV}/alexnet-owt-7be5be79.pth", "alexnet", "torchvision",
-                IMAGENET_RGB, "imagenet", 1000, _TV_LICENSE, hash_prefix="7be5be79",
-                metrics={"imagenet_top1": 56.522}),
-        Weights("googlenet_imagenet", f"{_TV}/googlenet-1378be20.pth", "googlenet",
-                "torchvision", GOOGLENET_RGB, "imagenet", 1000, _TV_LICENSE,
-                hash_prefix="1378be20", metrics={"imagenet_top1": 69.778}),
-        Weights("fcn32s_vgg16_voc", f"{_GDRIVE}11k2Q0bvRQgQbT6-jYWeh6nmAsWlSCY3f", "fcn32s_vgg16",
-                "fcn-reference", CAFFE_BGR, "voc", 21, _PORT,
-                md5="d3eb467a80e7da0468a20dfcbc13e6c8", metrics={"seg11valid_mean_iu": 63.6},
-                source="fcn32s-heavy-pascal.caffemodel",
-                mirrors=_release("fcn32s-heavy-pascal.caffemodel")),
-        Weights("fcn16s_vgg16_voc", f"{_GDRIVE}0B9P1L--7Wd2vVGE3TkRMbWlNRms", "fcn16s_vgg16",
-                "fcn-reference", CAFFE_BGR, "voc", 21, _PORT,
-                md5="991ea45d30d632a01e5ec48002cac617", metrics={"seg11valid_mean_iu": 65.0},
-                source="fcn16s-heavy-pascal.caffemodel",
-                mirrors=_release("fcn16s-heavy-pascal.caffemodel")),
-        Weights("fcn8s_vgg16_voc", f"{_GDRIVE}1ieXWyoG68xqoHJPWdyrDyaIaaWlfmUxI", "fcn8s_vgg16",
-                "fcn-reference", CAFFE_BGR, "voc", 21, _PORT,
-                md5="de93e540ec79512f8770033849c8ae89", metrics={"seg11valid_mean_iu": 65.5},
-                source="fcn8s-heavy-pascal.caffemodel",
-                mirrors=_release("fcn8s-heavy-pascal.caffemodel")),
-        Weights("fcn8s_atonce_vgg16_voc", f"{_GDRIVE}0B9P1L--7Wd2vblE1VUIxV1o2d2M",
-                "fcn8s_atonce_vgg16", "fcn-reference", CAFFE_BGR, "voc", 21, _PORT,
-                md5="bfed4437e941fef58932891217fe6464", metrics={"seg11valid_mean_iu": 65.4},
-                source="fcn8s-atonce-pascal.caffemodel"),
-    )
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -138,6 +93,34 @@ class ReferenceWeights:
     def name(self) -> str:
         return self.net
 
+    # the fields a `Weights` has, so that one table can hold both kinds
+    layout = "fcn-reference"
+
+    @property
+    def arch(self) -> str:
+        return self.net  # the file fits exactly this net
+
+    @property
+    def url(self) -> str:
+        return self.sources[0].url
+
+    @property
+    def file_name(self) -> str:
+        return self.sources[0].file_name
+
+    @property
+    def categories(self) -> str:
+        return self.dataset
+
+    @property
+    def num_classes(self) -> int | dict[str, int]:
+        return self.classes
+
+    @property
+    def preprocessing(self) -> Preprocessing | dict[str, Preprocessing]:
+        one = len(self.inputs) == 1
+        return next(iter(self.inputs.values())) if one else dict(self.inputs)
+
 
 _RELEASE_LICENSE = "BSD-2-Clause (FCN reference release, fcn.berkeleyvision.org); trained on "
 _LICENSE = {
@@ -146,7 +129,7 @@ _LICENSE = {
     "pascalcontext": _RELEASE_LICENSE + "PASCAL-Context (VOC 2010), whose terms of use apply",
     "siftflow": _RELEASE_LICENSE + "SIFT Flow (LabelMe), whose terms of use apply",
 }
-_PORT_SITE = "http://drive.google.com/uc?id="
+_PORT_SITE = "https://drive.google.com/uc?id="
 _CLASSES = {"voc": 21, "nyud": 40, "pascalcontext": 60, "siftflow": {"sem": 33, "geo": 3}}
 _INPUTS = {"voc": {"image": CAFFE_BGR}, "pascalcontext": {"image": CAFFE_BGR},
            "siftflow": {"image": SIFTFLOW_BGR}}  # fmt: skip
@@ -170,7 +153,7 @@ def _reference(net: str, caffe_file: str, *, inputs=None, port=None, **metrics) 
 
 _COLOR, _HHA = {"color": NYUD_BGR}, {"hha": NYUD_HHA}
 
-REFERENCE_WEIGHTS: dict[str, ReferenceWeights] = {
+_RELEASE_ENTRIES: dict[str, ReferenceWeights] = {
     w.net: w
     for w in (
         _reference("voc-fcn32s", "fcn32s-heavy-pascal", seg11valid_mean_iu=63.6,
@@ -203,29 +186,62 @@ REFERENCE_WEIGHTS: dict[str, ReferenceWeights] = {
 }  # fmt: skip
 
 
-_KIND = {"BGR": "3 BGR", "RGB": "3 as stored"}
+def _port(arch: str, release_net: str) -> Weights:
+    """The port's .pth of a VOC net, as a file for the fcnseg architecture with the same layers
+    (`fcn8s_vgg16` for `voc-fcn8s`): defined from the release's entry, so the two cannot
+    disagree on urls, checksums, classes, preprocessing or metrics."""
+    ref = _RELEASE_ENTRIES[release_net]
+    port = next(s for s in ref.sources if s.format == "pth")
+    # the at-once .caffemodel holds fixed Scale blobs that only the release net reads
+    caffe = tuple(s for s in ref.sources if s.format == "caffemodel" and "atonce" not in arch)
+    return Weights(f"{arch}_voc", port.url, arch, "fcn-reference", ref.preprocessing, "voc",
+                   ref.classes, _PORT, md5=port.md5, metrics=dict(ref.metrics),
+                   source=ref.file_name, mirrors=caffe)  # fmt: skip
 
 
-def _inputs(inputs: dict) -> str:
-    """ "color (3 BGR) + depth (1 log)": each input's channels and kind (means: in the entry)."""
-    return " + ".join(
-        f"{name} ({_KIND[p.channel_order] if isinstance(p, Preprocessing) else '1 log'})"
-        for name, p in inputs.items()
+WEIGHTS: dict[str, Weights | ReferenceWeights] = {
+    w.name: w
+    for w in (
+        Weights("vgg16_imagenet", f"{_TV}/vgg16-397923af.pth", "vgg16", "torchvision",
+                IMAGENET_RGB, "imagenet", 1000, _TV_LICENSE, hash_prefix="397923af",
+                metrics={"imagenet_top1": 71.592}),
+        Weights("alexnet_imagenet", f"{_TV}/alexnet-owt-7be5be79.pth", "alexnet", "torchvision",
+                IMAGENET_RGB, "imagenet", 1000, _TV_LICENSE, hash_prefix="7be5be79",
+                metrics={"imagenet_top1": 56.522}),
+        Weights("googlenet_imagenet", f"{_TV}/googlenet-1378be20.pth", "googlenet",
+                "torchvision", GOOGLENET_RGB, "imagenet", 1000, _TV_LICENSE,
+                hash_prefix="1378be20", metrics={"imagenet_top1": 69.778}),
+        *(_port(f"{v}_vgg16", f"voc-{v.replace('_', '-')}")
+          for v in ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")),
+        *_RELEASE_ENTRIES.values(),
     )
+}  # fmt: skip
 
 
-def reference_table() -> list[str]:
-    """Lines of `fcnseg models`: each release net, its classes, inputs and published weights."""
-    from ..models.reference import REFERENCE_NETS  # models import weights: not at the top
+class _ReleaseView(MutableMapping):
+    """`REFERENCE_WEIGHTS`: the release's entries of `WEIGHTS`, by net name (a live view)."""
 
-    rows = [("net", "classes", "inputs", "published weights (tried in order)")]
-    for name, net in REFERENCE_NETS.items():
-        w = REFERENCE_WEIGHTS.get(name)
-        files = ", ".join(s.file_name + (" (md5)" if s.md5 else "") for s in w.sources) if w else (
-            "none published (build it, train it)")  # fmt: skip
-        classes = net.classes if isinstance(net.classes, int) else (
-            " + ".join(f"{k} {v}" for k, v in net.classes.items()))  # fmt: skip
-        rows.append((name, str(classes), _inputs(net.inputs), files))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, [*widths, 0], strict=True)).rstrip()
-            for r in rows]  # fmt: skip
+    def __getitem__(self, name: str) -> ReferenceWeights:
+        w = WEIGHTS[name]
+        if not isinstance(w, ReferenceWeights):
+            raise KeyError(name)
+        return w
+
+    def __setitem__(self, name: str, entry: ReferenceWeights) -> None:
+        WEIGHTS[name] = entry
+
+    def __delitem__(self, name: str) -> None:
+        self[name]  # KeyError for a name that is not a release entry
+        del WEIGHTS[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, w in WEIGHTS.items() if isinstance(w, ReferenceWeights))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"REFERENCE_WEIGHTS({list(self)})"
+
+
+REFERENCE_WEIGHTS: MutableMapping[str, ReferenceWeights] = _ReleaseView()
