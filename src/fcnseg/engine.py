@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, model_state, save_checkpoint
-from .evaluate import compute_metrics, scored_subset, to_device
+from .evaluate import compute_metrics, scored_subset, select_head, to_device
 from .feed import Dist, StepBatches, default_workers, labelled_pixels, step_indices
 from .models import build_model
 from .recipes import Recipe, get_recipe
@@ -52,7 +52,15 @@ from .safety import (
 )
 from .weights import prepare
 
-__all__ = ["TrainConfig", "TrainingDiverged", "make_optimizer", "train", "train_stages"]
+__all__ = [
+    "TrainConfig",
+    "TrainingDiverged",
+    "make_optimizer",
+    "net_data_options",
+    "stage_models",
+    "train",
+    "train_stages",
+]
 
 
 @dataclass
@@ -61,11 +69,12 @@ class TrainConfig:
     num_classes: int | dict | None = None  # None: the dataset's (a release net: its own)
     model_options: dict = field(default_factory=dict)  # width, layout
     recipe: str = "cvpr"
-    data: str = "digits"  # digits | voc:ROOT | sbd:ROOT | folder:ROOT
+    data: str = "digits"  # data.build.DATA_HELP: digits | voc:ROOT | nyud:ROOT | ...
     train_split: str = "train"
     val_data: str | None = None  # None: same as data (e.g. train on sbd:, validate on voc:)
     val_split: str = "val"
-    data_options: dict = field(default_factory=dict)  # e.g. digit scenes' n, size
+    data_options: dict = field(default_factory=dict)  # e.g. digit scenes' n, size (a release
+    # net sets modality and task itself: net_data_options)
     steps: int = 1000
     batch_size: int | None = None  # None: the recipe's (images per step, all processes)
     accumulate: int | None = None  # None: the recipe's
@@ -172,24 +181,73 @@ def _pixel_loss(logits, target, norm: float | dict = 1.0) -> torch.Tensor:
     return F.cross_entropy(logits.float(), target, ignore_index=255, reduction="sum") / norm
 
 
-def _num_classes(config: TrainConfig, data, class_names) -> int | dict[str, int]:
+def _num_classes(config: TrainConfig, data, class_names, head: str | None = None):
     """The run's classes: a release net's own (checked against the data), else the option's
     or the data's. A release net with num_classes given keeps its layers with new score layers
-    of that many classes (a dict by head for two heads), e.g. on the RGB-D digit scenes."""
+    of that many classes (a dict by head for two heads), e.g. on the RGB-D digit scenes.
+    `head`: the one head of a two-head net that the data has targets for (task=sem or geo)."""
     from .models.reference import REFERENCE_NETS
 
     spec = REFERENCE_NETS.get(config.model)
     if spec is None:
         return config.num_classes or len(class_names)
     heads = getattr(data, "head_classes", None)
-    have = {k: len(v) for k, v in heads.items()} if isinstance(spec.classes, dict) and heads \
-        else len(class_names)  # fmt: skip
     want = spec.classes if config.num_classes is None else config.num_classes
+    if head is not None:  # a two-head net on one head's targets: that head is checked
+        have, wanted = len(heads[head]), want[head] if isinstance(want, dict) else want
+        if have != wanted:
+            raise ValueError(f"{config.model}'s {head} head scores {wanted} classes but data "
+                             f"'{config.data}' has {have}: use the data it was made for, or "
+                             f"pass num_classes={{{', '.join(f'{k!r}: ...' for k in want)}}} "
+                             f"with {have} for {head!r}")  # fmt: skip
+        return want
+    if isinstance(spec.classes, dict) and not heads:
+        raise ValueError(f"{config.model} has heads {', '.join(spec.classes)} but data "
+                         f"'{config.data}' has one target per image: use data with each "
+                         f"head's labels (siftflow:ROOT, or digits-rgbd task=both)")  # fmt: skip
+    have = {k: len(v) for k, v in heads.items()} if isinstance(spec.classes, dict) \
+        else len(class_names)  # fmt: skip
     if have != want:
         raise ValueError(f"{config.model} scores {want} classes but data '{config.data}' has "
                          f"{have}: use the data it was made for, or pass num_classes={have} for "
                          f"its layers with new score layers")  # fmt: skip
     return want
+
+
+def _data_head(model_name: str, data) -> str | None:
+    """The head a two-head release net trains and scores alone: the data's one head when the
+    data gives one head's targets (SIFT Flow's task=sem or geo); None: every head."""
+    from .models.reference import REFERENCE_NETS
+
+    spec = REFERENCE_NETS.get(model_name)
+    heads = getattr(data, "head_classes", None) or {}
+    if spec is None or not isinstance(spec.classes, dict) or len(heads) != 1:
+        return None
+    head = next(iter(heads))
+    return head if head in spec.classes else None
+
+
+def net_data_options(model: str, data: str, options: dict) -> dict:
+    """Data options for training or scoring release net `model` (or any fcnseg model) on
+    `data`: its inputs set the modality (nyud-fcn32s-hha reads HHA), its heads the task
+    (siftflow-fcn32s both tasks); a given option that contradicts the net is refused, naming
+    the net made for it (see data.build.net_data_options)."""
+    from .data.build import modality_of
+    from .data.build import net_data_options as for_net
+    from .models.reference import REFERENCE_NETS
+
+    spec = REFERENCE_NETS.get(model)
+    others = {}
+    for s in REFERENCE_NETS.values():
+        if isinstance(s.classes, dict):
+            others.setdefault(("task", "both"), s.name)
+        if spec is not None and s.name.split("-")[0] == spec.name.split("-")[0]:
+            others.setdefault(("modality", modality_of(s.inputs)), s.name)
+    if spec is None:
+        return for_net(data, options, net=model, others=others)
+    heads = tuple(spec.classes) if isinstance(spec.classes, dict) else None
+    return for_net(data, options, net=model, inputs=tuple(spec.inputs), heads=heads,
+                   others=others)  # fmt: skip
 
 
 def _flat(metrics: dict) -> dict:
@@ -246,7 +304,10 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
     dist = Dist.from_env(config.device)
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    recipe = get_recipe(config.recipe)
+    recipe = get_recipe(config.recipe).for_model(config.model)
+    if recipe.name != config.recipe and dist.rank == 0:
+        print(f"note: {config.model} trains with the release's own solver, recipe "
+              f"'{recipe.name}' ({recipe.description})")  # fmt: skip
     out = Path(config.out)
     last, best_path = out / "last.pt", out / "best.pt"
     if not (resume and last.exists()):  # a new run: another run's files are not ours to replace
@@ -257,8 +318,13 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         check_outputs([(out / n, n) for n in RUN_FILES], overwrite=overwrite, flag="--out")
         best_path.unlink(missing_ok=True)  # --overwrite: the old run's best is not this run's
 
-    train_set, val_set, class_names = build_datasets(config)
-    num_classes = _num_classes(config, train_set, class_names)
+    def for_net(spec: str, options: dict) -> dict:
+        return net_data_options(config.model, spec, options)
+
+    data_options = for_net(config.data, config.data_options)
+    train_set, val_set, class_names = build_datasets(config, for_net)
+    head = _data_head(config.model, train_set)  # a two-head net on one head's targets
+    num_classes = _num_classes(config, train_set, class_names, head)
     batch = config.batch_size or recipe.batch_size
     accumulate = config.accumulate or recipe.accumulate
     if batch % (accumulate * dist.world):
@@ -266,7 +332,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
                          f"= {accumulate} x {dist.world}")  # fmt: skip
     lr = config.lr or recipe.lr_for(config.model)  # the release's nets: their own (FCN.md 8)
     resolved = {**dataclasses.asdict(config), "num_classes": num_classes, "batch_size": batch,
-                "accumulate": accumulate, "lr": lr, "world_size": dist.world}  # fmt: skip
+                "accumulate": accumulate, "lr": lr, "world_size": dist.world,
+                "data_options": data_options, "solver": recipe.name}  # fmt: skip
 
     torch.manual_seed(config.seed)
     model = build_model(config.model, num_classes=num_classes,
@@ -307,8 +374,12 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         net = FastTrainFCN(model)
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
-        )
+            net, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=head is not None,  # the other head gets no gradient
+        )  # fmt: skip
+
+    def loss_of(logits, target, norm=1.0):  # one head of two (task=sem or geo): that head's
+        return _pixel_loss(logits[head] if head else logits, target, norm)
 
     def checkpoint(step: int, path: Path = last, **extra) -> None:
         if dist.rank == 0:
@@ -329,7 +400,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
             # two unannotated images)
             scored = dist.shard(scored_subset(val_set))
             loader = make_loader(scored, max(micro, 1), model.preprocessing, workers)
-            result = dist.all_reduce(evaluate(model, loader, num_classes, device=device))
+            scored_net = select_head(model, head)
+            classes = num_classes[head] if head else num_classes
+            result = dist.all_reduce(evaluate(scored_net, loader, classes, device=device))
             return _flat(compute_metrics(result, val_set))
 
     log = Log(out / "log.csv", start, dist.rank == 0)
@@ -345,7 +418,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         x, t = collate_items(train_set, first)  # a micro-batch of the run's shape
         x = to_device(prepare(model.preprocessing, to_device(x, device)), device, fmt)
         log_to = print if dist.rank == 0 else None
-        choice = auto_amp(model, x, to_device(t, device), _pixel_loss, name=config.model,
+        choice = auto_amp(model, x, to_device(t, device), loss_of, name=config.model,
                           options=config.model_options, log=log_to)  # fmt: skip
         amp_name = choice.amp
         amp_name = amp_name if dist.sum(float(amp_name is not None)) == dist.world else None
@@ -373,7 +446,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
                 sync = k == len(chunks) - 1 or dist.world == 1
                 ctx = net.no_sync() if not sync else contextlib.nullcontext()
                 with ctx, torch.autocast(device.type, amp, enabled=amp is not None):
-                    loss = _pixel_loss(net(x), t, norm) * dist.world  # DDP averages grads
+                    loss = loss_of(net(x), t, norm) * dist.world  # DDP averages grads
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(_diverged(step, loss.item(), cur_lr, recipe, last))
                 (scaler.scale(loss) if scaler else loss).backward()
@@ -423,6 +496,47 @@ def _defaults() -> dict:
     """TrainConfig's defaults: what a checkpoint written before an option existed had."""
     return {f.name: f.default for f in dataclasses.fields(TrainConfig)
             if f.default is not dataclasses.MISSING}  # fmt: skip
+
+
+def stage_models(model: str, stages: list[str]) -> list[str]:
+    """The nets of staged training (`stages` e.g. ["32s", "16s", "8s"]) in `model`'s family.
+
+    An fcnseg name: fcn<stage>_<backbone> (fcn8s_vgg16 -> fcn32s_vgg16, ...). A release net:
+    the release's nets of the same data (name prefix), trunk, inputs and classes whose head is
+    FCN-32s, 16s or 8s (voc-fcn8s -> voc-fcn32s, voc-fcn16s, voc-fcn8s; likewise
+    pascalcontext-* and siftflow-*). A release net with no such chain (NYUDv2's, the at-once
+    and AlexNet nets) is refused.
+    """
+    from .models.reference import REFERENCE_NETS
+    from .models.registry import check_model_name
+
+    spec = REFERENCE_NETS.get(model)
+    if spec is None:
+        names = [f"fcn{s}_{model.split('_', 1)[-1]}" for s in stages]
+        for name in names:
+            try:
+                check_model_name(name)
+            except ValueError as e:
+                raise ValueError(f"--stages {','.join(stages)} from {model}: {e}") from None
+        return names
+    staged = {f"fcn{s}" for s in ("32s", "16s", "8s")}
+    family = {s.variant: s.name for s in REFERENCE_NETS.values()
+              if s.variant in staged and s.name.split("-")[0] == spec.name.split("-")[0]
+              and (s.arch, s.inputs, s.classes, s.streams, s.first_conv)
+              == (spec.arch, spec.inputs, spec.classes, spec.streams, spec.first_conv)}  # fmt: skip
+    if spec.variant not in staged or len(family) < 2:
+        chains = sorted({n.name.split("-")[0] for n in REFERENCE_NETS.values()
+                         if n.variant == "fcn16s"})  # fmt: skip
+        alt = f", or train {family['fcn8s']} in stages" if "fcn8s" in family else ""
+        raise ValueError(f"--stages: the release trained {model} in one stage (its head: "
+                         f"{spec.variant}; the staged chains FCN-32s -> 16s -> 8s are "
+                         f"{', '.join(f'{c}-fcn32s/16s/8s' for c in chains)}): drop --stages"
+                         f"{alt}")  # fmt: skip
+    missing = [s for s in stages if f"fcn{s}" not in family]
+    if missing:
+        raise ValueError(f"--stages {','.join(stages)}: the release has no FCN-{missing[0]} of "
+                         f"{model}'s family ({', '.join(family.values())})")  # fmt: skip
+    return [family[f"fcn{s}"] for s in stages]
 
 
 def train_stages(

@@ -24,6 +24,7 @@ __all__ = [
     "plot_confusion",
     "save_confusion",
     "scored_subset",
+    "select_head",
     "to_device",
 ]
 
@@ -84,6 +85,31 @@ def evaluate(
     finally:
         model.train(was_training)
     return cms.get("", cms)
+
+
+class _Head(nn.Module):
+    """One output of a several-head model (SIFT Flow's sem or geo), as a one-head model."""
+
+    def __init__(self, model: nn.Module, head: str):
+        super().__init__()
+        self.model, self.head = model, head
+        self.preprocessing = model.preprocessing
+        self.name = f"{getattr(model, 'name', type(model).__name__)} ({head})"
+        self.num_classes = model.num_classes[head]
+
+    def forward(self, x):
+        return self.model(x)[self.head]
+
+
+def select_head(model: nn.Module, head: str | None) -> nn.Module:
+    """`model` scoring only its output `head` (None: the model as it is)."""
+    if head is None:
+        return model
+    heads = model.num_classes if isinstance(getattr(model, "num_classes", None), dict) else {}
+    if head not in heads:
+        raise ValueError(f"{getattr(model, 'name', 'the model')} has no head {head!r} (heads: "
+                         f"{', '.join(heads) or 'one, unnamed'})")  # fmt: skip
+    return _Head(model, head)
 
 
 def to_device(x, device: torch.device, memory_format=None):

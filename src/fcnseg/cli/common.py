@@ -103,15 +103,21 @@ def relaunch(args) -> int:
     return subprocess.call(cmd)
 
 
-def checkpoint_dataset(args, ckpt: dict):
-    """(data spec, dataset) for --split: --data / --data-option, else what `ckpt` trained on."""
-    from ..data.build import open_dataset
+def checkpoint_dataset(args, ckpt: dict, model=None):
+    """(data spec, dataset) for --split: --data / --data-option, else what `ckpt` trained on;
+    `model` (a release net) sets the modality and task as in training (net_data_options)."""
+    from ..data.build import DATA_HELP, open_dataset
 
     config = ckpt.get("config", {})
     data = args.data or config.get("data")
     if not data:
-        raise ValueError("which data? pass --data digits | voc:ROOT | sbd:ROOT | folder:ROOT")
-    options = key_values(args.data_option) or config.get("data_options", {})
+        raise ValueError(f"which data? pass --data {DATA_HELP}")
+    same = data == config.get("data")  # the training options fit only the training data
+    options = key_values(args.data_option) or (config.get("data_options", {}) if same else {})
+    if model is not None:
+        from ..engine import net_data_options
+
+        options = net_data_options(getattr(model, "name", ""), data, options)
     return data, open_dataset(data, args.split, options)
 
 

@@ -20,10 +20,15 @@ from .common import (
 
 
 def add(sub) -> None:
+    from ..data.build import DATA_HELP
+
     s = sub.add_parser("eval", help=run.__doc__, description=run.__doc__)
-    s.add_argument("checkpoint", help="checkpoint file (last.pt / best.pt)")
-    s.add_argument("--data", help="dataset (default: the one it was trained on)")
-    s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("checkpoint", help="checkpoint file (last.pt / best.pt), or a release "
+                   "weights file (.caffemodel, the port's .pth) with --data")  # fmt: skip
+    s.add_argument("--data", help=f"{DATA_HELP} (default: the data it was trained on)")
+    s.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help="dataset option (default: the training run's); the net sets the "
+                   "modality and task; task=sem or geo: one head of a two-head net")  # fmt: skip
     s.add_argument("--split", default="val")
     s.add_argument("--batch-size", type=BATCH, default=8)
     s.add_argument("--device", default="cpu")
@@ -39,6 +44,8 @@ def add(sub) -> None:
     s.add_argument("--nproc", type=ranged(int, 1, 1024), default=1,
                    help="processes, each scoring a share (torchrun); matrices summed")  # fmt: skip
     s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    s.add_argument("--net", help="for a release weights file (.caffemodel, the port's .pth): "
+                   "which net, e.g. nyud-fcn32s-hha (default: the one its layers fit)")  # fmt: skip
     s.set_defaults(func=run)
 
 
@@ -51,7 +58,14 @@ def run(args) -> int:
 
     from ..checkpoint import load_model
     from ..data.build import make_loader
-    from ..evaluate import compute_metrics, evaluate, format_per_class, format_table, scored_subset
+    from ..evaluate import (
+        compute_metrics,
+        evaluate,
+        format_per_class,
+        format_table,
+        scored_subset,
+        select_head,
+    )
     from ..feed import Dist
     from ..paper import paper_rows
     from ..predict import resolve_device
@@ -62,13 +76,19 @@ def run(args) -> int:
         check_outputs([(out / "confusion.csv", "confusion CSV"),
                        (out / "confusion.png", "confusion plot")], [args.checkpoint],
                       overwrite=args.overwrite, flag="--save-confusion")  # fmt: skip
-    model, ckpt = load_model(args.checkpoint, device=resolve_device(args.device))
+    model, ckpt = load_model(args.checkpoint, device=resolve_device(args.device), net=args.net)
+    _, dataset = checkpoint_dataset(args, ckpt, model)
+    label = ckpt.get("model_name") or getattr(model, "name", None) or str(args.checkpoint)
     model = fast_model(model, args.fast, args.device)
-    _, dataset = checkpoint_dataset(args, ckpt)
     heads = model.num_classes if isinstance(model.num_classes, dict) else {"": model.num_classes}
     head_names = getattr(dataset, "head_classes", None) or {
         "": list(getattr(dataset, "class_names", None) or ckpt.get("class_names") or [])
     }
+    if len(head_names) == 1 and len(heads) > 1 and set(head_names) <= set(heads):
+        head = next(iter(head_names))  # task=sem or geo: that head of the two alone
+        model, heads = select_head(model, head), {head: heads[head]}
+    elif len(head_names) == 1 and set(heads) == {""}:  # a one-head net on one named head's data
+        heads = {next(iter(head_names)): heads[""]}
     have = {k: len(v) for k, v in head_names.items()}
     if (have != heads and all(have.values())) or set(have) != set(heads):
         raise ValueError(f"the data has {counts(have)} classes but checkpoint {args.checkpoint} "
@@ -86,14 +106,14 @@ def run(args) -> int:
     seconds, n = time.perf_counter() - t0, len(scored_subset(dataset))
     print(f"scored {n} images in {seconds:.2f} s ({n / seconds:.2f} images/s, "
           f"{dist.world} process{'es' if dist.world > 1 else ''})")  # fmt: skip
-    result, metrics = ({"": result}, {"": metrics}) if "" in heads else (result, metrics)
-    label = ckpt.get("model_name", str(args.checkpoint))
+    if not isinstance(result, dict):  # one head: unnamed, or one of two (task=sem or geo)
+        result, metrics = {next(iter(heads)): result}, {next(iter(heads)): metrics}
     for head, m in metrics.items():
         title = f"{label} ({head})" if head else label
         names = head_names[head] or [str(i) for i in range(heads[head])]
         print(format_table({title: m, **(paper_rows(label) if head in ("", "sem") else {})}))
         print(format_per_class(m, names))
-    if args.upper_bound and "" in heads:
+    if args.upper_bound and len(heads) == 1:
         from ..metrics import upper_bound
 
         targets = (dataset[i][1] for i in range(len(dataset)))

@@ -20,6 +20,7 @@ from .common import (
 
 
 def add(sub) -> None:
+    from ..data.build import DATA_HELP
     from ..recipes import RECIPES
 
     s = sub.add_parser("train", help=run.__doc__, description=run.__doc__)
@@ -27,13 +28,15 @@ def add(sub) -> None:
     s.add_argument(
         "--data",
         default="digits",
-        help="digits | voc:ROOT | sbd:ROOT | folder:ROOT (default: digits)",
+        help=f"{DATA_HELP} (default: digits). A release net sets the modality (nyud:, "
+        "digits-rgbd) and the task (siftflow:, digits-rgbd) itself",
     )
     s.add_argument(
         "--data-option",
         action="append",
         metavar="KEY=VALUE",
-        help="dataset option, e.g. n_train=3000 size=128 (repeatable)",
+        help="dataset option, e.g. n_train=3000 size=128; task=sem with a two-head net trains "
+        "and scores that head alone (repeatable)",
     )
     s.add_argument("--train-split", default="train")
     s.add_argument("--val-data", help="validation dataset if not --data, e.g. voc:ROOT")
@@ -48,7 +51,8 @@ def add(sub) -> None:
     s.add_argument(
         "--stages",
         type=_stages,
-        help="staged training, e.g. 32s,16s,8s: each stage starts from the last",
+        help="staged training, e.g. 32s,16s,8s: each stage starts from the last; the nets of "
+        "--model's family (fcn8s_vgg16: fcn32s_vgg16 ...; voc-fcn8s: voc-fcn32s ...)",
     )
     s.add_argument(
         "--stage-steps",
@@ -113,16 +117,16 @@ def run(args) -> int:
     """Train an FCN (or FCN-32s -> 16s -> 8s in stages with --stages); resumable."""
     if args.nproc > 1:
         return relaunch(args)
-    from ..engine import train, train_stages
+    from ..engine import stage_models, train, train_stages
 
     config = _train_config(args)
     if args.stages:
-        backbone = args.model.split("_", 1)[-1]
         steps = args.stage_steps or [args.steps] * len(args.stages)
         if len(steps) != len(args.stages):
             raise ValueError(f"--stage-steps gives {len(steps)} numbers for "
                              f"{len(args.stages)} stages")  # fmt: skip
-        stages = [(f"fcn{s}_{backbone}", n) for s, n in zip(args.stages, steps, strict=True)]
+        names = stage_models(args.model, args.stages)
+        stages = list(zip(names, steps, strict=True))
         results = train_stages(config, stages, resume=args.resume, overwrite=args.overwrite)
     else:
         results = [{"model": args.model,

@@ -20,13 +20,94 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["build_datasets", "collate_items", "make_loader", "open_dataset"]
+__all__ = [
+    "DATA_HELP",
+    "build_datasets",
+    "collate_items",
+    "make_loader",
+    "modality_of",
+    "net_data_options",
+    "open_dataset",
+]
 
 # the built-in scene sets: module, class, default train and val sizes (imported on first use)
 _SYNTHETIC = {
     "digits": (".digits", "DigitScenes", 3000, 300),
     "digits-rgbd": (".digits_rgbd", "DigitScenesRGBD", 2000, 200),
 }
+
+
+# what --data takes (the help of train, eval and compare)
+DATA_HELP = (
+    "digits | digits-rgbd | voc:ROOT | sbd:ROOT | folder:ROOT | nyud:ROOT | siftflow:ROOT | "
+    "context:ROOT (PASCAL-Context 59)"
+)
+# the data sets whose items a net shapes: kind -> {option: its default}; the net's inputs set
+# "modality", its heads set "task" (e.g. nyud-fcn32s-hha reads HHA, siftflow-fcn32s both tasks)
+_NET_OPTIONS = {
+    "nyud": {"modality": "color"},
+    "digits-rgbd": {"modality": "color", "task": "sem"},
+    "siftflow": {"task": "both"},
+}
+
+
+def modality_of(inputs) -> str:
+    """A net's input names -> the data option that gives them: ("color", "hha") -> "color-hha",
+    ("color", "depth") -> "color-depth", ("image",) -> "color" (one colour photo)."""
+    return "-".join("color" if k == "image" else k for k in inputs)
+
+
+def net_data_options(
+    spec: str,
+    options: dict,
+    *,
+    net: str,
+    inputs=None,
+    heads=None,
+    others: dict | None = None,
+) -> dict:
+    """`options` for data `spec` with what the net decides filled in: its inputs set the
+    modality (nyud:, digits-rgbd), its heads the task (siftflow:, digits-rgbd).
+
+    inputs: the net's input names in order (None: a plain net, one image of any modality);
+    heads: its output heads (None: one). A given option that contradicts the net is refused;
+    `others` ({(option, value): net name}) names the net made for the value given, for the
+    error. A two-head net given task=sem or geo trains and scores that head alone (the caller
+    picks it from the task); a one-head net needs task=sem or task=geo.
+    """
+    options = dict(options)
+    kind = spec.partition(":")[0]
+    takes = _NET_OPTIONS.get(kind, {})
+    others = others or {}
+    if inputs is not None:
+        want = modality_of(inputs)
+        given = options.get("modality")
+        if "modality" not in takes and want != "color":
+            raise ValueError(f"{net} takes {' + '.join(inputs)} input, but data '{spec}' "
+                             f"gives colour images only: use nyud:ROOT or digits-rgbd")  # fmt: skip
+        if given is not None and given != want:
+            alt = others.get(("modality", given))
+            alt = f", or use --model {alt}, made for modality={given}" if alt else ""
+            raise ValueError(f"data option modality={given} contradicts {net}, which takes "
+                             f"{' + '.join(inputs)} input (modality={want}): drop the option "
+                             f"(the net sets it){alt}")  # fmt: skip
+        if "modality" in takes:
+            options["modality"] = want
+    if "task" in takes:
+        given = options.get("task", takes["task"] if heads is None else "both")
+        if heads is None and given == "both":
+            alt = others.get(("task", "both"))
+            alt = f", or use a two-head net (e.g. --model {alt})" if alt else ""
+            how = "gives" if "task" in options else "gives by default"
+            raise ValueError(f"{net} has one output, and data '{spec}' {how} two targets "
+                             f"(task=both): pass --data-option task=sem or task=geo (the "
+                             f"classes of one head){alt}")  # fmt: skip
+        if heads is not None and given not in (*heads, "both"):
+            raise ValueError(f"data option task={given} is not a head of {net} (heads: "
+                             f"{', '.join(heads)}): drop the option to train and score both "
+                             f"heads, or pass task={' or task='.join(heads)} for one")  # fmt: skip
+        options["task"] = given
+    return options
 
 
 def open_dataset(spec: str, split: str, options: dict | None = None, transforms=None):
@@ -109,16 +190,21 @@ def _open_release_set(kind: str, root: str, split: str, options: dict, transform
     return dataset(root, split, transforms=transforms, **options)
 
 
-def build_datasets(config) -> tuple:
-    """(train set, val set, class names) for a TrainConfig."""
+def build_datasets(config, for_net=None) -> tuple:
+    """(train set, val set, class names) for a TrainConfig.
+
+    for_net: (spec, options) -> options, what the net decides (`net_data_options`), applied to
+    the validation data too."""
     train_tf = None
     if config.crop:
         from .transforms import RandomCrop
 
         train_tf = RandomCrop(config.crop)
-    train = open_dataset(config.data, config.train_split, config.data_options, train_tf)
+    for_net = for_net or (lambda spec, options: options)
+    options = for_net(config.data, config.data_options)
+    train = open_dataset(config.data, config.train_split, options, train_tf)
     val_spec = config.val_data or config.data
-    val_options = config.data_options if val_spec == config.data else {}
+    val_options = options if val_spec == config.data else for_net(val_spec, {})
     val = open_dataset(val_spec, config.val_split, val_options)
     names = list(getattr(train, "class_names", None) or range(config.num_classes or 0))
     if not names:

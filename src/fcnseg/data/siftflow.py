@@ -19,7 +19,7 @@ Scoring as the paper (for evaluation code to honour; the dataset itself drops no
 
 - `excluded_classes` = ("cow", "desert", "moon"): semantic classes absent from the test set,
   left out of the mean accuracy / mean IU; `excluded_class_indices` are their indices (8, 10,
-  15 in 0..32).
+  15 in 0..32). With task "geo" both are empty (the geometric classes are all scored).
 - `unannotated_ids` = ("highway_bost181", "street_urb506"): images with no annotation, not
   scored. The shipped lists (2,686 of SIFT Flow's 2,688 images) already leave them out; a
   split file of your own may list them, and `scored(index)` says whether an item counts.
@@ -122,6 +122,8 @@ class SIFTFlowSegmentation(ReleaseSet):
         heads = {"sem": SIFTFLOW_SEMANTIC_CLASSES, "geo": SIFTFLOW_GEOMETRIC_CLASSES}
         self.head_classes = heads if task == "both" else {task: heads[task]}
         self.class_names = heads["geo" if task == "geo" else "sem"]
+        if task == "geo":  # the exclusions are semantic classes: none of the geometric three
+            self.excluded_classes, self.excluded_class_indices = (), ()
         self.root, self.split = Path(root), split
         if not self.root.is_dir():
             raise DatasetError(f"SIFT Flow root {self.root} is not a folder: {_LAYOUT}")
