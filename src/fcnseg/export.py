@@ -79,6 +79,7 @@ import io
 import json
 import os
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -241,8 +242,8 @@ def describe(model: nn.Module, *, with_preprocessing: bool = False) -> dict:
         if with_preprocessing:
             entry.update(dtype="uint8", layout="NHWC", shape=["N", "H", "W", 3],
                          in_graph=specs, parts=[{"source": specs[0]["source"], "kind": "uint8_rgb",
-                         "channels": [0, 3], "text": "uint8 RGB as read, (N, H, W, 3); the graph "
-                         f"does the rest: {specs[0]['text']}"}])  # fmt: skip
+                         "channels": [0, 3], "text": "RGB as read; in the graph: "
+                         f"{specs[0]['text']}"}])  # fmt: skip
         inputs.append(entry)
     names = _class_names(model)
     outputs = [{"name": k, "shape": ["N", c, "H", "W"], "classes": c, "class_names": names[k]}
@@ -587,12 +588,11 @@ def export_torchscript(
 
 
 def read_torchscript_metadata(path: str | os.PathLike) -> dict:
-    """`describe(...)` as written into an exported TorchScript file ({} if it has none)."""
-    extra = {f"{METADATA_KEY}.json": ""}
-    with _quiet():
-        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    text = extra[f"{METADATA_KEY}.json"]
-    return json.loads(text) if text else {}
+    """`describe(...)` as written into an exported TorchScript file ({} if it has none); read
+    from the archive without loading the model (as `torch.jit.load(path, _extra_files=...)`)."""
+    with zipfile.ZipFile(path) as z:
+        names = [n for n in z.namelist() if n.endswith(f"/extra/{METADATA_KEY}.json")]
+        return json.loads(z.read(names[0])) if names else {}
 
 
 def format_report(rows: Sequence[dict]) -> str:

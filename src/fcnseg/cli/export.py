@@ -20,7 +20,7 @@ def add(sub) -> None:
         default="224x224,2x197x311,500x375",
         help="check sizes, HxW or NxHxW (default: 224x224,2x197x311,500x375)",
     )
-    s.add_argument("--num-classes", type=CLASSES, help="for a model name (default 21)")
+    s.add_argument("--num-classes", type=CLASSES, help="for an fcnseg model name (default 21)")
     s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     s.add_argument("--net", help="for a release weights file (.caffemodel, the port's .pth): "
                    "which net, e.g. voc-fcn8s (default: the one its layers fit)")  # fmt: skip
