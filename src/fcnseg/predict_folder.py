@@ -72,7 +72,8 @@ def _output_stems(rels: Sequence[Path], heads: Sequence[str] = ("",)) -> list[Pa
     """Relative output stems mirroring the inputs' folders, such that no two inputs' outputs
     share a name: stems that clash get the extension, then a counter appended (photo.jpg and
     photo.png -> photo_jpg, photo_png; x.png and x_overlay.png -> x, x_overlay_2 since x's
-    overlay is x_overlay.png; with heads sem and geo, x.png and x_sem.png -> x, x_sem_2)."""
+    overlay is x_overlay.png). A two-head net's stems are checked against every head's names
+    (x_sem.png, x_geo_overlay.png, ...)."""
     stems = [r.with_suffix("") for r in rels]
     counts: dict[Path, int] = {}
     for s in stems:
