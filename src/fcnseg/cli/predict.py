@@ -28,7 +28,11 @@ def add(sub) -> None:
     s.add_argument("--model", required=True, help="checkpoint file or model name")
     s.add_argument("-o", "--out", default="predictions", help="output folder")
     s.add_argument("--device", help="cpu or cuda (default: cpu)")
-    s.add_argument("--save-probs", action="store_true", help="also write <stem>_probs.npz")
+    s.add_argument(
+        "--save-probs",
+        action="store_true",
+        help="also write <stem>_probs.npz (SIFT Flow: <stem>_sem_probs.npz, <stem>_geo_probs.npz)",
+    )
     s.add_argument("--no-overlay", action="store_true", help="skip <stem>_overlay images")
     s.add_argument("--batch-size", type=ranged(int, 1, 1024), default=4, help="images per pass")
     s.add_argument("--tile", type=ranged(int, 0, 65536),
@@ -65,7 +69,9 @@ def _by_head(record: dict) -> dict[str, tuple[str, list[str]]]:
 
 
 def run(args) -> int:
-    """Segment images (files, folders, globs): label PNGs, overlays and probabilities."""
+    """Segment images (files, folders, globs): label PNGs, overlays and probabilities; RGB-D
+    nets pair each image with its depth or HHA file by name, two-head nets (SIFT Flow) write
+    <stem>_sem.png and <stem>_geo.png."""
     import time
     from collections import Counter
 
