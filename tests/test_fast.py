@@ -186,7 +186,7 @@ def test_background_from_a_smaller_black_image_is_the_full_one(name, monkeypatch
         fast = FastFCN(model, measure=False)
         fast(x)
         small = next(iter(fast._cache.values()))
-        monkeypatch.setattr(FastFCN, "_small_length", lambda self, length, axis: length)
+        monkeypatch.setattr(FastFCN, "_small_length", lambda self, length, axis, steps: length)
         full_fast = FastFCN(model, measure=False)
         full_fast(x)
         full = next(iter(full_fast._cache.values()))

@@ -70,16 +70,23 @@ def available(x: torch.Tensor) -> bool:
 
 
 def conv_into(
-    out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, *, relu: bool
+    out: torch.Tensor,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    *,
+    relu: bool,
+    groups: int = 1,
 ) -> torch.Tensor:
-    """out = relu(conv2d(x, w, b)), stride 1, no padding, written into `out` (channels_last).
+    """out = relu(conv2d(x, w, b, groups=groups)), stride 1, no padding, written into `out`
+    (channels_last).
 
     (N, C, H, W) -> (N, O, H-kh+1, W-kw+1); `out` must have that shape, dense.
     """
     conv, _ = _ops()
     out.zero_()  # the op adds the conv to what `out` holds
     return conv(
-        out, x, w, b, [0, 0], [1, 1], [1, 1], 1, "add", None,
+        out, x, w, b, [0, 0], [1, 1], [1, 1], groups, "add", None,
         "relu" if relu else None, [], "" if relu else None,
     )  # fmt: skip
 

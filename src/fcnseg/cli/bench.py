@@ -8,7 +8,10 @@ from .common import WIDTH, ranged
 
 def add(sub) -> None:
     s = sub.add_parser("bench", help=run.__doc__, description=run.__doc__)
-    s.add_argument("--model", default="fcn8s_vgg16", help="a VGG16 or AlexNet FCN")
+    s.add_argument("--model", default="fcn8s_vgg16",
+                   help="a net of `fcnseg models` (the release's 15 included: the input is "
+                   "built as the net takes it, 4 channels or colour + HHA; two heads get a "
+                   "column each)")  # fmt: skip
     s.add_argument("--size", type=ranged(int, 1, 8192), default=500, help="square input side")
     s.add_argument("--width", type=WIDTH, default=1.0, help="channel multiplier")
     s.add_argument("--repeats", type=ranged(int, 1, 1000), default=5)

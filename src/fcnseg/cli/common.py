@@ -123,7 +123,9 @@ def checkpoint_dataset(args, ckpt: dict, model=None):
 
 def fast_model(model, fast: bool, device):
     """--fast: FastFCN, the exact CPU path (a background pass per distinct input size, about
-    one ordinary pass at 500x500: it pays from the second image of a size)."""
+    one ordinary pass at 500x500: it pays from the second image of a size). Every VGG16,
+    AlexNet and CaffeNet FCN, the release's two-stream and two-head nets included; not the
+    GoogLeNet FCN (it pads its input)."""
     if not fast:
         return model
     import torch
@@ -132,9 +134,6 @@ def fast_model(model, fast: bool, device):
 
     if torch.device(device).type != "cpu":
         raise ValueError(f"--fast is a CPU path; on {device} drop --fast (use --amp there)")
-    if getattr(model, "stream_names", None) or getattr(model, "head_names", None):
-        raise ValueError(f"--fast runs single-input, single-head nets; {model.name} has several "
-                         f"inputs or heads: run without --fast")  # fmt: skip
     try:
         return FastFCN(model, max_cached=8)
     except (TypeError, ValueError) as e:

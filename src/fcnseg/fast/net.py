@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -12,19 +13,28 @@ from .. import kernels
 from ..models.fcn import FCN
 from . import plan, prepare
 from .buffers import carve
-from .plan import WINOGRAD, Geom, Step, pair, parse_trunk
+from .plan import WINOGRAD, Geom, Step, Stream, pair, parse_trunk
 
 __all__ = ["FastFCN", "bf16_forward"]
 
 
 class FastFCN(nn.Module):
-    """Wraps an FCN (reference or "same" layout, VGG16 or AlexNet trunk) for inference.
+    """Wraps an FCN (reference or "same" layout; VGG16, AlexNet or CaffeNet trunk) for inference.
 
-    Same forward signature and outputs as ``model`` in eval mode. Reads the model's parameters
-    at every call (``bfloat16=True`` snapshots bf16 copies instead). Per input shape it keeps
-    the background rims (``max_cached`` shapes, least recent dropped; 25 MB at 500x500, 60 MB
-    at 1024x1024), rebuilt when the model's weights change; the work arenas (0.2 GB at 500x500,
-    0.65 GB at 1024x1024) are shared by all shapes and sized for the largest.
+    Same forward signature and outputs as ``model`` in eval mode: every input the model takes
+    (3 channels, NYUDv2's 4-channel colour + depth, a dict of streams) and every output it gives
+    (a tensor, or a dict per head, as SIFT Flow's {"sem", "geo"}). Each stream's trunk is
+    planned and run by the fast path; the head (score layers, the streams' weighted sum of
+    score maps, skips, upsamplers) is the model's own. CaffeNet's LRN layers run as the model
+    runs them (torch's local_response_norm), on the positions that depend on the image; its
+    grouped convs by torch's or oneDNN's grouped conv (never Winograd or the GEMM).
+
+    Reads the model's parameters at every call (``bfloat16=True`` snapshots bf16 copies
+    instead). Per input shape and stream it keeps the background rims (``max_cached`` shapes,
+    least recent dropped; 25 MB at 500x500, 60 MB at 1024x1024, per stream), rebuilt when the
+    model's weights change; the work arenas (0.2 GB at 500x500, 0.65 GB at 1024x1024) are
+    shared by all shapes and streams (which run one after the other) and sized for the
+    largest.
     ``clear_cache()`` frees both. One call at a time: use one FastFCN per thread.
 
     Kernels: ``winograd``: 3x3 stride-1 convs with at least this many input channels may run
@@ -57,17 +67,30 @@ class FastFCN(nn.Module):
         if not isinstance(model, FCN):
             raise TypeError(f"FastFCN wraps an fcnseg FCN, got {type(model).__name__}")
         if model.pad_to != 1:
-            raise ValueError("FastFCN does not handle models that pad their input (pad_to > 1)")
+            raise ValueError(
+                f"FastFCN does not handle models that pad their input (pad_to={model.pad_to}, "
+                "as the GoogLeNet FCN does): run the model itself"
+            )
         self.model = model
-        self.steps = parse_trunk(model)
+        # per stream: its trunk's steps, and those whose outputs the head reads (the skips'
+        # taps, which only the first stream has, and the trunk's last layer)
+        self.streams: dict[str, Stream] = {}
+        for stream, names in model.streams.items():
+            steps = parse_trunk(model, names, lrn=True, groups=True)
+            step_of = {m: i for i, s in enumerate(steps) for m in s.modules}
+            read = [n for n in names if n in model.taps] + [names[-1]]
+            taps = {step_of[n]: n for n in read}
+            self.streams[stream] = Stream(stream, steps, taps, model.in_channels[stream])
+        self.steps = [s for st in self.streams.values() for s in st.steps]  # every stream's
         self.channels_last = channels_last
         self.matmul_fc = matmul_fc
         self.dtype = torch.bfloat16 if bfloat16 else None
         self.max_cached = max_cached
         self.winograd = winograd
         self.measure = measure
-        if fp32 is None:  # the conv that reads the image: see the package doc
-            fp32 = tuple(s.modules[0] for s in self.steps[:1]) if bfloat16 else ()
+        if fp32 is None:  # the convs that read the image (one per stream): see the package doc
+            firsts = [st.steps[0] for st in self.streams.values()]
+            fp32 = tuple(s.modules[0] for s in firsts if s.kind == "conv") if bfloat16 else ()
         self.fp32 = tuple(fp32)
         self._dt_of = plan.step_dtypes(self.steps, self.dtype, self.fp32)  # None: the input's
         self._cache: OrderedDict[tuple, dict] = OrderedDict()
@@ -82,10 +105,6 @@ class FastFCN(nn.Module):
                         w.to(torch.bfloat16),
                         None if b is None else b.detach().to(torch.bfloat16),
                     )
-        # the step whose output carries each name the head reads (taps and the trunk's end)
-        self._step_of = {m: i for i, s in enumerate(self.steps) for m in s.modules}
-        needed = set(model.taps) | {model.trunk_names[-1]}
-        self._tap_steps = {self._step_of[n]: n for n in needed}
 
     # what fcnseg's predict and evaluate read from a model
     @property
@@ -99,6 +118,22 @@ class FastFCN(nn.Module):
     @property
     def class_names(self):
         return getattr(self.model, "class_names", None)
+
+    @property
+    def in_channels(self) -> dict[str, int]:
+        return self.model.in_channels
+
+    @property
+    def stream_names(self) -> tuple[str, ...] | None:
+        return self.model.stream_names
+
+    @property
+    def head_names(self) -> tuple[str, ...] | None:
+        return self.model.head_names
+
+    @property
+    def reference(self):
+        return getattr(self.model, "reference", None)
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -117,20 +152,31 @@ class FastFCN(nn.Module):
         return tuple(0 if p.is_inference() else p._version for p in self.model.parameters())
 
     # ------------------------------------------------------------------ planning
-    def _geometry(self, H: int, W: int) -> list[Geom]:
-        return plan.geometry(self.steps, H, W)
+    def _stream(self, name: str | None) -> Stream:
+        if name is None:
+            return next(iter(self.streams.values()))
+        if name not in self.streams:
+            raise ValueError(f"no stream {name!r}: this FCN's streams are {list(self.streams)}")
+        return self.streams[name]
 
-    def _small_length(self, length: int, axis: int) -> int:
-        return plan.small_length(self.steps, length, axis)
+    def _small_length(self, length: int, axis: int, steps: list[Step]) -> int:
+        return plan.small_length(steps, length, axis)
 
     def trunk_macs(self, height: int, width: int) -> int:
         """Multiply-accumulates the trunk's convs actually perform per image at this size
         (float32 on this machine: Winograd's (m+2)^2 products per m x m output block where it
         runs, 36 per 4x4 block for F(4x4, 3x3); the direct count else)."""
         total = 0
-        geoms = self._geometry(height, width)
-        kinds = self._kinds(1, geoms, torch.float32)
-        for s, g, kind in zip(self.steps, geoms, kinds, strict=True):
+        for st in self.streams.values():
+            geoms = plan.geometry(st.steps, height, width)
+            kinds = prepare.kinds(self, st, 1, geoms, torch.float32)
+            total += self._stream_macs(st, geoms, kinds)
+        return total
+
+    @staticmethod
+    def _stream_macs(st: Stream, geoms: list[Geom], kinds: list[str]) -> int:
+        total = 0
+        for s, g, kind in zip(st.steps, geoms, kinds, strict=True):
             if s.kind == "conv":
                 (a0, a1), (b0, b1) = g.out_core
                 w = s.layer.weight
@@ -146,14 +192,15 @@ class FastFCN(nn.Module):
         """The dtype step `s` runs in, for an input of `dtype`."""
         return self._dt_of[s.name] or dtype
 
-    def _kinds(self, n: int, geoms: list[Geom], dtype: torch.dtype) -> list[str]:
-        return prepare.kinds(self, n, geoms, dtype)
-
     def choices(self, height: int, width: int, batch: int = 1, dtype=torch.float32) -> dict:
-        """The kernel each conv step runs at this input size: {step name: kind}."""
-        geoms = self._geometry(height, width)
-        kinds = self._kinds(batch, geoms, dtype)
-        return {s.name: k for s, k in zip(self.steps, kinds, strict=True) if s.kind == "conv"}
+        """The kernel each conv step runs at this input size: {step name: kind} (every
+        stream's steps: their names carry the stream's suffix)."""
+        found = {}
+        for st in self.streams.values():
+            kinds = prepare.kinds(self, st, batch, plan.geometry(st.steps, height, width), dtype)
+            found.update({s.name: k for s, k in zip(st.steps, kinds, strict=True)
+                          if s.kind == "conv"})  # fmt: skip
+        return found
 
     def _weights(self, s: Step) -> tuple[torch.Tensor, torch.Tensor | None]:
         if s.name in self._bf16_weights:
@@ -200,7 +247,11 @@ class FastFCN(nn.Module):
         kh, kw = pair(s.layer.kernel_size)
         small = kh * kw >= 25 or kh * kw == 1
         return (
-            self.matmul_fc and s.layer.stride == (1, 1) and small and out_hw[0] * out_hw[1] <= 4096
+            self.matmul_fc
+            and s.layer.stride == (1, 1)
+            and s.layer.groups == 1
+            and small
+            and out_hw[0] * out_hw[1] <= 4096
         )
 
     def _conv(self, s: Step, x: torch.Tensor, padding, out=None, gemm=False) -> torch.Tensor:
@@ -214,31 +265,38 @@ class FastFCN(nn.Module):
             wt = None if kernels.available(x) else self._fc_weight(s, w)  # for MKL's GEMM
             y = kernels.conv_as_gemm(x, w, b, relu=s.relu, weight_t=wt)
             return y if self.channels_last else y.contiguous()
+        groups = s.layer.groups
         if out is not None:  # stride 1, no padding: the caller pasted the padding in
-            return kernels.conv_into(out, x, self._conv_weight(s, w), b, relu=s.relu)
-        y = F.conv2d(x, self._conv_weight(s, w), b, s.layer.stride, padding)
+            return kernels.conv_into(out, x, self._conv_weight(s, w), b, relu=s.relu, groups=groups)
+        y = F.conv2d(x, self._conv_weight(s, w), b, s.layer.stride, padding, groups=groups)
         return y.relu_() if s.relu else y
 
     def _step(self, s: Step, x: torch.Tensor, padding=None, out=None, gemm=False):
         if s.kind == "conv":
             return self._conv(s, x, s.layer.padding if padding is None else padding, out, gemm)
+        if s.kind == "lrn":  # across channels, per position: the model's own function
+            if x.dtype == torch.bfloat16:  # torch's CPU LRN has no bf16 kernel: fp32, one rounding
+                return s.layer(x.float()).to(x.dtype)
+            return s.layer(x)
         p = s.layer
         return F.max_pool2d(x, p.kernel_size, p.stride, 0, ceil_mode=p.ceil_mode)
 
     @torch.no_grad()
-    def trunk(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The trunk's tapped features (full maps, as the model computes them) by name."""
+    def trunk(self, x: torch.Tensor, stream: str | None = None) -> dict[str, torch.Tensor]:
+        """The trunk's tapped features (full maps, as the model computes them) by name: the
+        trunk of `stream` (default: the first, the only one of a one-stream net)."""
+        st = self._stream(stream)
         n, _, H, W = x.shape
         dtype = x.dtype
-        key = (n, H, W, dtype, x.device)
+        key = (st.name, n, H, W, dtype, x.device)
         state = self._cache.get(key)
         if state is not None and state["versions"] != self._versions():
             state = None  # the weights changed since: the background is stale
         if state is None:
-            state = prepare.prepare(self, n, H, W, dtype)
+            state = prepare.prepare(self, st, n, H, W, dtype)
             state["versions"] = self._versions()
             self._cache[key] = state
-            while len(self._cache) > self.max_cached:
+            while len(self._cache) > self.max_cached * len(self.streams):  # shapes x streams
                 self._cache.popitem(last=False)
         self._cache.move_to_end(key)
         if self.channels_last:
@@ -247,7 +305,7 @@ class FastFCN(nn.Module):
         cur = x  # the current map's core (the full map once the core covers it)
         by_dtype = {dt: self._arena(need, dt) for dt, need in state["need"].items()}
         for i, (s, g, inp, kind, work) in enumerate(
-            zip(self.steps, state["geoms"], state["inputs"], state["kinds"], state["work"],
+            zip(st.steps, state["geoms"], state["inputs"], state["kinds"], state["work"],
                 strict=True)
         ):  # fmt: skip
             arenas = by_dtype[self._dt(s, dtype)]
@@ -268,7 +326,7 @@ class FastFCN(nn.Module):
                 else:
                     y = self._step(s, buf, padding=(0, 0), gemm=kind == "gemm")
             cur = y
-            name = self._tap_steps.get(i)
+            name = st.taps.get(i)
             if name is not None:
                 if i in state["taps"]:  # core only: paste it into the background map
                     full = state["taps"][i].clone()
@@ -280,21 +338,37 @@ class FastFCN(nn.Module):
         return feats
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Mapping[str, torch.Tensor]):
+        """As the model's forward: (N, C, H, W) -> (N, classes, H, W); a dict of streams
+        {stream: (N, C_s, H, W)} for a several-stream net; a dict per head out of a
+        several-head net."""
         m = self.model
         if m.training:
             raise RuntimeError("FastFCN is for inference: call model.eval() first")
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected a float tensor (N, 3, H, W), got shape {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        feats = {k: v.to(x.dtype) for k, v in self.trunk(x).items()}
+        xs = m._inputs(x)  # the model's own checks: stream names, channels, equal sizes
+        H, W = next(iter(xs.values())).shape[-2:]
+        feats: dict[str, torch.Tensor] = {}
+        tops: dict[str, torch.Tensor] = {}
+        for name in self.streams:
+            found = {k: v.to(xs[name].dtype) for k, v in self.trunk(xs[name], name).items()}
+            tops[name] = found[m.streams[name][-1]]  # fc7's output, 1/32
+            feats.update(found)
+        top = tops[""] if m.stream_names is None else tops  # streams: summed by the head
         # the upsamplers are ClassUpsample: per class (grouped) under no_grad when diagonal
-        return m.forward_head(feats, feats[m.trunk_names[-1]], H, W)
+        if m.head_names is None:
+            return m.forward_head(feats, top, H, W)
+        return {k: m.forward_head(feats, top, H, W, output=k) for k in m.head_names}
+
+
+def _each(fn, x):
+    """fn on a tensor, or on each value of a dict of them (streams, heads)."""
+    return {k: fn(v) for k, v in x.items()} if isinstance(x, Mapping) else fn(x)
 
 
 @torch.no_grad()
-def bf16_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Plain bf16 inference: autocast + channels_last (not exact: ~1e-2 relative)."""
+def bf16_forward(model: nn.Module, x):
+    """Plain bf16 inference: autocast + channels_last (not exact: ~1e-2 relative). `x` and
+    the result as the model takes and gives them (a tensor, or a dict of them)."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = model(x.contiguous(memory_format=torch.channels_last))
-    return y.float()
+        y = model(_each(lambda t: t.contiguous(memory_format=torch.channels_last), x))
+    return _each(lambda t: t.float(), y)

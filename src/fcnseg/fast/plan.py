@@ -8,6 +8,7 @@ smaller black image with the same edges.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +20,8 @@ from ..models.fcn import FCN
 WINOGRAD = {"winograd4": 4, "winograd": 2}  # kernel kind -> output tile size m of F(m x m, 3x3)
 
 __all__ = [
-    "WINOGRAD", "Geom", "Step", "core_interval", "geometry", "lengths", "out_len", "pair",
-    "parse_trunk", "small_length", "step_dtypes", "winograd_work", "zones",
+    "WINOGRAD", "Geom", "Step", "Stream", "core_interval", "geometry", "lengths", "out_len", "pair",
+    "parse_trunk", "small_length", "step_dtypes", "window_of", "winograd_work", "zones",
 ]  # fmt: skip
 
 
@@ -44,13 +45,24 @@ def out_len(length: int, kernel: int, stride: int, padding: int, ceil: bool) -> 
 
 @dataclass
 class Step:
-    """One conv (with its ReLU fused) or max pool of the trunk."""
+    """One conv (with its ReLU fused), max pool or local response norm of the trunk."""
 
     name: str  # the name of the last module it covers (e.g. "relu1_1", "pool1")
     layer: nn.Module
-    kind: str  # "conv" | "pool"
+    kind: str  # "conv" | "pool" | "lrn"
     relu: bool = False
     modules: tuple[str, ...] = ()
+
+
+@dataclass
+class Stream:
+    """One input stream's trunk: its steps, the steps whose outputs the heads read (step index
+    -> feature name: the skips' taps and the trunk's last layer) and its input channels."""
+
+    name: str  # "" for a one-stream net; "color", "hha" for NYUDv2's late fusion
+    steps: list[Step]
+    taps: dict[int, str]
+    in_channels: int
 
 
 @dataclass
@@ -71,18 +83,27 @@ class Geom:
         return whole_in and whole_out
 
 
-def parse_trunk(model: FCN) -> list[Step]:
+def parse_trunk(
+    model: FCN, names: Sequence[str] | None = None, *, lrn: bool = False, groups: bool = False
+) -> list[Step]:
+    """The steps of the trunk layers `names` (default: all of the model's trunk layers, in
+    order). `lrn`: accept LocalResponseNorm (CaffeNet's norm1/norm2) as a step of its own;
+    `groups`: accept grouped convs (CaffeNet's conv2/4/5). Callers that cannot run those
+    leave them False and get the refusal."""
     steps: list[Step] = []
-    for name in model.trunk_names:
+    for name in model.trunk_names if names is None else names:
         layer = getattr(model, name)
         if isinstance(layer, nn.Conv2d):
-            if layer.groups != 1 or layer.dilation != (1, 1) or layer.padding_mode != "zeros":
+            grouped = layer.groups != 1 and not groups
+            if grouped or layer.dilation != (1, 1) or layer.padding_mode != "zeros":
                 raise ValueError(f"FastFCN: unsupported conv {name}: {layer}")
             steps.append(Step(name, layer, "conv", modules=(name,)))
         elif isinstance(layer, nn.MaxPool2d):
             if layer.padding not in (0, (0, 0)) or layer.dilation not in (1, (1, 1)):
                 raise ValueError(f"FastFCN: unsupported pool {name}: {layer}")
             steps.append(Step(name, layer, "pool", modules=(name,)))
+        elif isinstance(layer, nn.LocalResponseNorm) and lrn:
+            steps.append(Step(name, layer, "lrn", modules=(name,)))
         elif isinstance(layer, nn.ReLU) and steps and steps[-1].kind == "conv":
             if steps[-1].relu:
                 raise ValueError(f"FastFCN: two ReLUs in a row at {name}")
@@ -94,10 +115,19 @@ def parse_trunk(model: FCN) -> list[Step]:
             steps[-1].name = name
         else:
             raise ValueError(
-                f"FastFCN handles plain conv/ReLU/pool trunks (VGG16, AlexNet); "
-                f"{name} is {type(layer).__name__}"
+                f"FastFCN handles plain conv/ReLU/pool trunks (VGG16, AlexNet"
+                f"{', CaffeNet' if lrn else ''}); {name} is {type(layer).__name__}"
             )
     return steps
+
+
+def window_of(s: Step, axis: int) -> tuple[int, int, int]:
+    """(kernel, stride, padding) of step `s` along `axis`. LRN normalizes across channels at
+    each position: spatially a 1x1 window (its core is its input's, it reads no padding)."""
+    if s.kind == "lrn":
+        return 1, 1, 0
+    layer = s.layer
+    return (pair(layer.kernel_size)[axis], pair(layer.stride)[axis], pair(layer.padding)[axis])
 
 
 def pair(v) -> tuple[int, int]:
@@ -109,8 +139,7 @@ def geometry(steps: list[Step], H: int, W: int) -> list[Geom]:
     geoms = []
     length, core = (H, W), ((0, H), (0, W))
     for s in steps:
-        k, st = pair(s.layer.kernel_size), pair(s.layer.stride)
-        p = pair(s.layer.padding)
+        k, st, p = zip(window_of(s, 0), window_of(s, 1), strict=True)
         ceil = s.kind == "pool" and s.layer.ceil_mode
         out = tuple(out_len(length[a], k[a], st[a], p[a], ceil) for a in (0, 1))
         out_core = tuple(
@@ -138,8 +167,7 @@ def zones(steps: list[Step], length: int, axis: int) -> Zones:
     The black input itself equals its padding, so the first step has no zones."""
     found, zl, zr, uniform_zero = [], 0, 0, True
     for s in steps:
-        k, st = pair(s.layer.kernel_size)[axis], pair(s.layer.stride)[axis]
-        p = pair(s.layer.padding)[axis]
+        k, st, p = window_of(s, axis)
         ceil = s.kind == "pool" and s.layer.ceil_mode
         out = out_len(length, k, st, p, ceil)
         if uniform_zero and s.kind == "conv":  # zeros everywhere, padding included
@@ -150,7 +178,7 @@ def zones(steps: list[Step], length: int, axis: int) -> Zones:
             orr = out - min(out, max(0, first))
         found.append(((zl, zr), (ol, orr)))
         zl, zr, length = ol, orr, out
-        uniform_zero = uniform_zero and s.kind == "pool"
+        uniform_zero = uniform_zero and s.kind in ("pool", "lrn")  # they keep zeros zero
     return found
 
 
@@ -161,7 +189,7 @@ def small_length(steps: list[Step], length: int, axis: int, period: int = 32) ->
     leave an interior. `length` itself if there is none."""
     big = zones(steps, length, axis)
     big_len = lengths(steps, length, axis)
-    strides = [pair(s.layer.stride)[axis] for s in steps]
+    strides = [window_of(s, axis)[1] for s in steps]
     for cand in range(length % period or period, length, period):
         lens = lengths(steps, cand, axis)
         aligned = all((b - c) % st == 0 for b, c, st in zip(big_len, lens, strides, strict=True))
@@ -181,9 +209,8 @@ def lengths(steps: list[Step], length: int, axis: int) -> list[int]:
     out = []
     for s in steps:
         out.append(length)
-        k, st = pair(s.layer.kernel_size)[axis], pair(s.layer.stride)[axis]
-        ceil = s.kind == "pool" and s.layer.ceil_mode
-        length = out_len(length, k, st, pair(s.layer.padding)[axis], ceil)
+        k, st, p = window_of(s, axis)
+        length = out_len(length, k, st, p, s.kind == "pool" and s.layer.ceil_mode)
     return out
 
 
