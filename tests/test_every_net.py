@@ -134,10 +134,9 @@ def test_build_model_builds_every_release_net_at_full_size():
         assert (list(pre) if isinstance(pre, dict) else ["one"]) == (
             list(spec.inputs) if len(spec.inputs) > 1 else ["one"]
         )
-        with torch.no_grad():
-            ys = model.outputs(model.eval()(model.example_input(1, 33, 47)))
-        assert all(y.shape[-2:] == (33, 47) and torch.isfinite(y).all() for y in ys.values())
-        del model
+        fc6 = [v for k, v in model.state_dict().items() if k.startswith("fc6") and v.dim() == 4]
+        assert fc6 and all(w.shape[0] == 4096 for w in fc6), name  # full size, every stream
+        del model  # its forward, at any size: test_models.py at small widths
 
 
 def test_release_names_and_fcnseg_names_differ_only_as_stated():
