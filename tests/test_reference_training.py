@@ -142,23 +142,6 @@ def test_early_fusion_batches_are_prepared_per_channel_group():
     assert y[0, 3, 0, 1] == pytest.approx(np.log(2554.0) - 7.844, abs=1e-5)
 
 
-@pytest.mark.parametrize("net", ["siftflow-fcn16s", "nyud-fcn32s-color-d", "nyud-fcn32s-color-hha"])
-def test_predict_and_export_refuse_nets_that_are_not_photo_in_map_out(tmp_path, capsys, net):
-    from fcnseg.checkpoint import model_state, save_checkpoint
-
-    save_checkpoint(tmp_path / "n.pt", model_state(fcnseg.build_model(net, **TINY)))
-    from PIL import Image
-
-    Image.new("RGB", (9, 7)).save(tmp_path / "p.png")
-    ckpt = tmp_path / "n.pt"
-    for args in (["predict", tmp_path / "p.png", "--model", ckpt, "-o", tmp_path / "o"],
-                 ["export", ckpt, "-o", tmp_path / "n.onnx"]):  # fmt: skip
-        assert main([str(a) for a in args]) == 1
-        err = capsys.readouterr().err
-        assert net in err and "use fcnseg eval" in err and "Traceback" not in err
-    assert not (tmp_path / "n.onnx").exists()
-
-
 def test_a_release_weights_file_names_its_net_or_says_which_could_be():
     from fcnseg.models.reference import nets_fitting
 
