@@ -42,6 +42,18 @@ weights and image) vs the plain model: F(4x4) on every 3x3 conv 9.3e-7, F(2x2) o
 7.2e-7, no Winograd 1.4e-6, fcnseg's own eager model 3.3e-7; same argmax everywhere.
 tests/test_fast.py compares with the model's own forward, in float64 to 1e-12.
 
+The reference release's other shapes (all 15 of fcnseg.reference_nets()): each input stream of
+a late-fusion net (NYUDv2 colour + HHA) has its own trunk planned and run this way (its own
+background and cache entries; the work arenas are shared, the streams run one after the other),
+and the model's own head sums the streams' score maps with its stream weights; two heads (SIFT
+Flow's "sem" and "geo") read the same trunk features and give the model's dict; the first conv
+takes any channel count (colour + depth: 4). CaffeNet (voc-fcn-alexnet): its LRN normalizes
+across channels at each position, so it runs (torch's local_response_norm, the model's own
+function) on its input's image-dependent core only, in float32 inside a bf16 trunk (torch has
+no bf16 CPU kernel for it); its grouped conv2/4/5 run by torch's or oneDNN's grouped conv,
+never Winograd or the GEMM. tests/test_fast_release.py checks all 15 against the model: float64
+to 1e-10, float32 to 1e-5 relative.
+
 At 500x500 the model's forward performs 181.5 GMAC (the "same" layout: 108.3); FastFCN's trunk
 computes 124.6 GMAC of it: as products, 54.7 GMAC with F(4x4) on every 3x3 conv, 72.6 with
 F(2x2) on every one (88.9 with F(2x2) from 256 input channels). At 1024 the padding's share,
