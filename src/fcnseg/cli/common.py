@@ -156,15 +156,7 @@ OVERWRITE_HELP = (
     "are refused before any work"
 )
 FAST_HELP = (
-    "exact faster CPU path (FastFCN) for VGG16/AlexNet FCNs: ~2.3x at 500x500 once a size "
-    "has been seen (the first image of each size costs about one ordinary pass)"
-)
-
-OVERWRITE_HELP = (
-    "replace output files that exist already (never the inputs); without it such outputs "
-    "are refused before any work"
-)
-FAST_HELP = (
-    "exact faster CPU path (FastFCN) for VGG16/AlexNet FCNs: ~2.3x at 500x500 once a size "
+    "exact faster CPU path (FastFCN) for every VGG16/AlexNet/CaffeNet FCN, the release's "
+    "two-input and two-head nets included: ~2.3x at 500x500 once a size "
     "has been seen (the first image of each size costs about one ordinary pass)"
 )
