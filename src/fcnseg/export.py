@@ -86,6 +86,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .models.reference import release_class_names
 from .safety import write_bytes
 from .weights import LogDepth, Preprocessing
 
@@ -176,19 +177,8 @@ def _class_names(model: nn.Module) -> dict[str, list[str] | None]:
         known = dict(own)
     elif own:
         known = {outputs[0][0]: own}
-    name = str(getattr(model, "name", ""))
-    if name.startswith("siftflow"):
-        from .data.siftflow import SIFTFLOW_GEOMETRIC_CLASSES, SIFTFLOW_SEMANTIC_CLASSES
-
-        known = {"sem": SIFTFLOW_SEMANTIC_CLASSES, "geo": SIFTFLOW_GEOMETRIC_CLASSES, **known}
-    elif name.startswith("nyud"):
-        from .data.nyud import NYUD_CLASSES
-
-        known = {"logits": NYUD_CLASSES, **known}
-    elif name.startswith("pascalcontext"):
-        from .data.context import CONTEXT_CLASSES
-
-        known = {"logits": CONTEXT_CLASSES, **known}
+    release = release_class_names(str(getattr(model, "name", "")))  # by the net's dataset
+    known = {("logits" if k == "" else k): v for k, v in release.items()} | known
     known.setdefault("logits", VOC_CLASSES)
     out = {}
     for k, c in outputs:

@@ -65,6 +65,7 @@ from torch import nn
 
 from .categories import VOC_CLASSES
 from .data.io import to_rgb
+from .models.reference import release_class_names
 from .predict_inputs import (
     DepthLike,
     ImageLike,
@@ -320,24 +321,9 @@ def predict_probs(
 
 # ---------------------------------------------------------------------------- class names
 def _dataset_names(model: nn.Module, head: str) -> list[tuple[str, ...]]:
-    """Class-name lists of the net's dataset, by its name's prefix (the release's folders)."""
-    name = net_name(model)
-    if name.startswith("voc-"):
-        return [VOC_CLASSES]
-    if name.startswith("nyud-"):
-        from .data.nyud import NYUD_CLASSES
-
-        return [NYUD_CLASSES]
-    if name.startswith("pascalcontext-"):
-        from .data.context import CONTEXT_CLASSES
-
-        return [CONTEXT_CLASSES]
-    if name.startswith("siftflow-"):
-        from .data.siftflow import SIFTFLOW_GEOMETRIC_CLASSES, SIFTFLOW_SEMANTIC_CLASSES
-
-        both = {"sem": SIFTFLOW_SEMANTIC_CLASSES, "geo": SIFTFLOW_GEOMETRIC_CLASSES}
-        return [both[head]] if head in both else list(both.values())
-    return []
+    """Class-name lists of the net's dataset (a release net's: `release_class_names`)."""
+    known = release_class_names(net_name(model))
+    return [known[head]] if head in known else list(known.values())
 
 
 def class_names(model: nn.Module, head: str = "") -> list[str]:

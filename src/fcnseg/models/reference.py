@@ -66,6 +66,7 @@ __all__ = [
     "convert_caffemodel",
     "nets_fitting",
     "reference_nets",
+    "release_class_names",
     "state_dict_from_caffe",
 ]
 
@@ -128,6 +129,26 @@ REFERENCE_NETS: dict[str, ReferenceNet] = {n.name: n for n in _nets()}
 def reference_nets() -> list[str]:
     """The release's 15 folder names, in the release's order (VOC, NYUDv2, Context, SIFT Flow)."""
     return list(REFERENCE_NETS)
+
+
+def release_class_names(name: str) -> dict[str, tuple[str, ...]]:
+    """The class names of a release net's outputs, from its dataset (the folder name's prefix):
+    {"": VOC's 21 | NYUD's 40 | Context's 59 + background}, or SIFT Flow's {"sem": 33, "geo": 3}.
+    A name that is not a release net's gives {}."""
+    if name not in REFERENCE_NETS:
+        return {}
+    dataset = name.split("-")[0]
+    if dataset == "siftflow":
+        from ..data.siftflow import SIFTFLOW_GEOMETRIC_CLASSES, SIFTFLOW_SEMANTIC_CLASSES
+
+        return {"sem": SIFTFLOW_SEMANTIC_CLASSES, "geo": SIFTFLOW_GEOMETRIC_CLASSES}
+    if dataset == "nyud":
+        from ..data.nyud import NYUD_CLASSES as names
+    elif dataset == "pascalcontext":
+        from ..data.context import CONTEXT_CLASSES as names
+    else:
+        from ..categories import VOC_CLASSES as names
+    return {"": tuple(names)}
 
 
 def _spec(name: str) -> ReferenceNet:
