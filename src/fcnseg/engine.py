@@ -57,7 +57,6 @@ __all__ = [
     "TrainingDiverged",
     "make_optimizer",
     "net_data_options",
-    "stage_models",
     "train",
     "train_stages",
 ]
@@ -496,47 +495,6 @@ def _defaults() -> dict:
     """TrainConfig's defaults: what a checkpoint written before an option existed had."""
     return {f.name: f.default for f in dataclasses.fields(TrainConfig)
             if f.default is not dataclasses.MISSING}  # fmt: skip
-
-
-def stage_models(model: str, stages: list[str]) -> list[str]:
-    """The nets of staged training (`stages` e.g. ["32s", "16s", "8s"]) in `model`'s family.
-
-    An fcnseg name: fcn<stage>_<backbone> (fcn8s_vgg16 -> fcn32s_vgg16, ...). A release net:
-    the release's nets of the same data (name prefix), trunk, inputs and classes whose head is
-    FCN-32s, 16s or 8s (voc-fcn8s -> voc-fcn32s, voc-fcn16s, voc-fcn8s; likewise
-    pascalcontext-* and siftflow-*). A release net with no such chain (NYUDv2's, the at-once
-    and AlexNet nets) is refused.
-    """
-    from .models.reference import REFERENCE_NETS
-    from .models.registry import check_model_name
-
-    spec = REFERENCE_NETS.get(model)
-    if spec is None:
-        names = [f"fcn{s}_{model.split('_', 1)[-1]}" for s in stages]
-        for name in names:
-            try:
-                check_model_name(name)
-            except ValueError as e:
-                raise ValueError(f"--stages {','.join(stages)} from {model}: {e}") from None
-        return names
-    staged = {f"fcn{s}" for s in ("32s", "16s", "8s")}
-    family = {s.variant: s.name for s in REFERENCE_NETS.values()
-              if s.variant in staged and s.name.split("-")[0] == spec.name.split("-")[0]
-              and (s.arch, s.inputs, s.classes, s.streams, s.first_conv)
-              == (spec.arch, spec.inputs, spec.classes, spec.streams, spec.first_conv)}  # fmt: skip
-    if spec.variant not in staged or len(family) < 2:
-        chains = sorted({n.name.split("-")[0] for n in REFERENCE_NETS.values()
-                         if n.variant == "fcn16s"})  # fmt: skip
-        alt = f", or train {family['fcn8s']} in stages" if "fcn8s" in family else ""
-        raise ValueError(f"--stages: the release trained {model} in one stage (its head: "
-                         f"{spec.variant}; the staged chains FCN-32s -> 16s -> 8s are "
-                         f"{', '.join(f'{c}-fcn32s/16s/8s' for c in chains)}): drop --stages"
-                         f"{alt}")  # fmt: skip
-    missing = [s for s in stages if f"fcn{s}" not in family]
-    if missing:
-        raise ValueError(f"--stages {','.join(stages)}: the release has no FCN-{missing[0]} of "
-                         f"{model}'s family ({', '.join(family.values())})")  # fmt: skip
-    return [family[f"fcn{s}"] for s in stages]
 
 
 def train_stages(

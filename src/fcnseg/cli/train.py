@@ -117,7 +117,8 @@ def run(args) -> int:
     """Train an FCN (or FCN-32s -> 16s -> 8s in stages with --stages); resumable."""
     if args.nproc > 1:
         return relaunch(args)
-    from ..engine import stage_models, train, train_stages
+    from ..engine import train, train_stages
+    from ..models.registry import stage_names
 
     config = _train_config(args)
     if args.stages:
@@ -125,7 +126,7 @@ def run(args) -> int:
         if len(steps) != len(args.stages):
             raise ValueError(f"--stage-steps gives {len(steps)} numbers for "
                              f"{len(args.stages)} stages")  # fmt: skip
-        names = stage_models(args.model, args.stages)
+        names = stage_names(args.model, args.stages)
         stages = list(zip(names, steps, strict=True))
         results = train_stages(config, stages, resume=args.resume, overwrite=args.overwrite)
     else:

@@ -153,37 +153,42 @@ def check_model_name(name) -> None:
         raise ValueError(f"unknown model '{name}'.{hint} Valid names: {', '.join(known)}")
 
 
-def stage_names(name: str, stages: list[str]) -> list[str]:
-    """The names of staged training's nets (FCN-32s -> 16s -> 8s) ending at `name`'s family.
+def stage_names(model: str, stages: list[str]) -> list[str]:
+    """The nets of staged training (`stages` e.g. ["32s", "16s", "8s"]) in `model`'s family.
 
-    fcnseg names: `fcn8s_vgg16` with ["32s", "16s", "8s"] -> fcn32s_vgg16, fcn16s_vgg16,
-    fcn8s_vgg16. Release names: the nets of the same dataset and trunk, e.g. voc-fcn8s ->
-    voc-fcn32s, voc-fcn16s, voc-fcn8s; siftflow-fcn8s -> siftflow-fcn32s, ... A family without
-    a stage (NYUDv2 has FCN-32s only) raises naming what exists.
+    An fcnseg name: fcn<stage>_<backbone> (fcn8s_vgg16 -> fcn32s_vgg16, ...). A release net:
+    the release's nets of the same data (name prefix), trunk, inputs and classes whose head is
+    FCN-32s, 16s or 8s (voc-fcn8s -> voc-fcn32s, voc-fcn16s, voc-fcn8s; likewise
+    pascalcontext-* and siftflow-*). A release net with no such chain (NYUDv2's, the at-once
+    and AlexNet nets) is refused.
     """
-    check_model_name(name)
-    if name in _BUILDERS:
-        backbone = name.split("_", 1)[1]
-        found = {s: f"fcn{s}_{backbone}" for s in ("32s", "16s", "8s")}
-        found = {s: n for s, n in found.items() if n in _BUILDERS}
-    else:
-        spec = REFERENCE_NETS[name]
-        dataset = name.split("-")[0]
-        if spec.variant not in ("fcn32s", "fcn16s", "fcn8s"):  # trained in one go, as released
-            raise ValueError(f"{name} is trained in one stage (the release's {spec.variant}): "
-                             f"drop --stages")  # fmt: skip
-        found = {}
-        for n, s in REFERENCE_NETS.items():
-            same_family = (s.arch, s.inputs, s.classes) == (spec.arch, spec.inputs, spec.classes)
-            if n.split("-")[0] == dataset and same_family and s.variant in ("fcn32s", "fcn16s",
-                                                                            "fcn8s"):  # fmt: skip
-                found[s.variant[3:]] = n
-    missing = [s for s in stages if s not in found]
+    spec = REFERENCE_NETS.get(model)
+    if spec is None:
+        names = [f"fcn{s}_{model.split('_', 1)[-1]}" for s in stages]
+        for name in names:
+            try:
+                check_model_name(name)
+            except ValueError as e:
+                raise ValueError(f"--stages {','.join(stages)} from {model}: {e}") from None
+        return names
+    staged = {f"fcn{s}" for s in ("32s", "16s", "8s")}
+    family = {s.variant: s.name for s in REFERENCE_NETS.values()
+              if s.variant in staged and s.name.split("-")[0] == spec.name.split("-")[0]
+              and (s.arch, s.inputs, s.classes, s.streams, s.first_conv)
+              == (spec.arch, spec.inputs, spec.classes, spec.streams, spec.first_conv)}  # fmt: skip
+    if spec.variant not in staged or len(family) < 2:
+        chains = sorted({n.name.split("-")[0] for n in REFERENCE_NETS.values()
+                         if n.variant == "fcn16s"})  # fmt: skip
+        alt = f", or train {family['fcn8s']} in stages" if "fcn8s" in family else ""
+        raise ValueError(f"--stages: the release trained {model} in one stage (its head: "
+                         f"{spec.variant}; the staged chains FCN-32s -> 16s -> 8s are "
+                         f"{', '.join(f'{c}-fcn32s/16s/8s' for c in chains)}): drop --stages"
+                         f"{alt}")  # fmt: skip
+    missing = [s for s in stages if f"fcn{s}" not in family]
     if missing:
-        raise ValueError(f"{name}: no {', '.join(missing)} stage in its family (it has "
-                         f"{', '.join(found.values()) or 'none'}); drop --stages or pick "
-                         f"other stages")  # fmt: skip
-    return [found[s] for s in stages]
+        raise ValueError(f"--stages {','.join(stages)}: the release has no FCN-{missing[0]} of "
+                         f"{model}'s family ({', '.join(family.values())})")  # fmt: skip
+    return [family[f"fcn{s}"] for s in stages]
 
 
 # ------------------------------------------------------------------------------ building
