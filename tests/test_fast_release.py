@@ -7,7 +7,6 @@ from conftest import randomize_
 
 import fcnseg
 from fcnseg import kernels
-from fcnseg.bench import bench_input
 from fcnseg.cli import fast_model, main
 from fcnseg.fast import FastFCN
 
@@ -35,7 +34,7 @@ def rel_errs(out, ref) -> dict[str, float]:
 
 
 def release_input(model, n: int, dtype) -> torch.Tensor | dict[str, torch.Tensor]:
-    x = bench_input(model, n, H, W, generator=torch.Generator().manual_seed(3))
+    x = model.example_input(n, H, W, generator=torch.Generator().manual_seed(3))
     return {k: v.to(dtype) for k, v in x.items()} if isinstance(x, dict) else x.to(dtype)
 
 

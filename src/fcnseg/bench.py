@@ -28,21 +28,11 @@ from .flops import count_macs
 from .models import build_model
 from .timing import median_time
 
-__all__ = ["bench_inference", "bench_input"]
-
-
-def bench_input(model: nn.Module, n: int, h: int, w: int, *, device=None, generator=None):
-    """Normal noise of the kind `model`'s forward takes: (n, C, h, w) with the model's input
-    channels (3; 4 for NYUDv2's colour + depth), or a dict {stream: (n, C_s, h, w)} for a net
-    with several input streams (NYUDv2's colour + HHA)."""
-    channels = getattr(model, "in_channels", {"": 3})
-    xs = {s: torch.randn(n, c, h, w, device=device, generator=generator)
-          for s, c in channels.items()}  # fmt: skip
-    return xs if getattr(model, "stream_names", None) else next(iter(xs.values()))
+__all__ = ["bench_inference"]
 
 
 class _Fed(nn.Module):
-    """The model fed `bench_input` of the size of a (N, 3, H, W) tensor: count_macs passes a
+    """The model fed its `example_input` of the size of a (N, 3, H, W) tensor: count_macs passes a
     3-channel image, whatever the net takes."""
 
     def __init__(self, model: nn.Module):
@@ -50,7 +40,7 @@ class _Fed(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor):
-        return self.model(bench_input(self.model, x.shape[0], *x.shape[-2:], device=x.device))
+        return self.model(self.model.example_input(x.shape[0], *x.shape[-2:], device=x.device))
 
 
 def _num(v: float) -> str:
@@ -84,7 +74,7 @@ def bench_inference(name: str = "fcn8s_vgg16", size: int = 500, *, repeats: int 
     for p in model.parameters():  # score layers start at zero: give every layer real values
         if p.dim() > 1 and not p.abs().sum():
             torch.nn.init.normal_(p, std=0.01)
-    x = bench_input(model, 1, size, size)
+    x = model.example_input(1, size, size)
     gflop = 2 * sum(count_macs(_Fed(model), size, size).values()) / 1e9
     paths = {"eager fp32 (baseline)": lambda: model(x)}
     try:

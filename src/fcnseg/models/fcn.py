@@ -217,10 +217,13 @@ class FCN(nn.Module):
             raise ValueError(f"inputs differ in batch or size: {shapes}")
         return xs
 
-    def example_input(self, n: int = 1, h: int = 64, w: int = 64, *, generator=None, dtype=None):
-        """A random input of the kind `forward` takes: (n, C, h, w) normal noise, or a dict of
-        them, one per stream (for tests, benchmarks and tracing)."""
-        xs = {s: torch.randn((n, c, h, w), generator=generator, dtype=dtype)
+    def example_input(
+        self, n: int = 1, h: int = 64, w: int = 64, *, generator=None, dtype=None, device=None
+    ):
+        """A random input of the kind `forward` takes: (n, C, h, w) normal noise with the net's
+        input channels (3; 4 for NYUDv2's colour + depth), or a dict {stream: (n, C_s, h, w)}
+        for several streams (NYUDv2's colour + HHA): for tests, benchmarks and tracing."""
+        xs = {s: torch.randn((n, c, h, w), generator=generator, dtype=dtype, device=device)
               for s, c in self.in_channels.items()}  # fmt: skip
         return xs[""] if self.stream_names is None else xs
 
