@@ -59,10 +59,16 @@ _SIXTEEN = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _GRAVITY_SCHEDULE = ((45.0, 5), (15.0, 5))
 
 
-def read_depth(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS):
-    """The 16-bit single-channel depth PNG at `path` as uint16 (H, W), values as stored."""
+def read_depth(
+    path: str | os.PathLike,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    data: bytes | None = None,
+):
+    """The 16-bit single-channel depth PNG at `path` as uint16 (H, W), values as stored;
+    `data`: the file's bytes already in memory (an upload; `path` then only names it)."""
     p = Path(path)
-    with _open(p, max_pixels, "depth image") as im:
+    with _open(p, max_pixels, "depth image", data) as im:
         if im.mode not in _SIXTEEN:
             raise ImageError(
                 f"depth image {p} has pixel mode {im.mode!r}; depth must be a 16-bit "

@@ -25,6 +25,7 @@ values are the classes, or an RGB picture whose colours are looked up in a palet
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
     "ImageError",
     "check_labels",
     "colorize",
+    "mask_png",
     "read_image",
     "read_mask",
     "to_rgb",
@@ -58,14 +60,17 @@ class ImageError(ValueError):
     """An image or mask file that cannot be read as asked; the message names the file."""
 
 
-def _open(path: str | os.PathLike, max_pixels: int | None, what: str) -> Image.Image:
-    """Open and fully decode the first frame of `path`, or raise ImageError saying why."""
+def _open(
+    path: str | os.PathLike, max_pixels: int | None, what: str, data: bytes | None = None
+) -> Image.Image:
+    """Open and fully decode the first frame of `path`, or raise ImageError saying why.
+    `data`: the file's bytes, already in memory (an upload); `path` then only names it."""
     p = Path(path)
-    if not p.exists():
+    if data is None and not p.exists():
         raise ImageError(f"{what} {p}: no such file. Check the path (cwd is {Path.cwd()})")
-    if p.is_dir():
+    if data is None and p.is_dir():
         raise ImageError(f"{what} {p} is a folder, not a file: give the path of one {what}")
-    if p.stat().st_size == 0:
+    if (len(data) if data is not None else p.stat().st_size) == 0:
         raise ImageError(
             f"{what} {p} is empty (0 bytes): the copy or download that made it failed; "
             f"copy it again"
@@ -74,10 +79,13 @@ def _open(path: str | os.PathLike, max_pixels: int | None, what: str) -> Image.I
         with warnings.catch_warnings():
             # our own max_pixels check below replaces Pillow's DecompressionBombWarning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(p)
+            im = Image.open(p if data is None else io.BytesIO(data))
     except UnidentifiedImageError as e:
-        with open(p, "rb") as f:
-            head = f.read(16)
+        if data is not None:
+            head = data[:16]
+        else:
+            with open(p, "rb") as f:
+                head = f.read(16)
         raise ImageError(
             f"{what} {p} is not an image Pillow can read (it starts with {head!r}); "
             f"convert it to PNG or JPEG, or remove it from the data set"
@@ -248,14 +256,19 @@ def _array_to_rgb(image) -> np.ndarray:
 
 
 def read_image(
-    path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    path: str | os.PathLike,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    data: bytes | None = None,
 ) -> np.ndarray:
     """The image at `path` as uint8 RGB (H, W, 3), upright (EXIF applied); see the module doc.
 
     `max_pixels`: refuse images with more pixels than this (None: no limit of ours).
+    `data`: the file's bytes, already in memory (an upload: nothing is read from disk, and
+    `path` only names it in messages).
     """
     p = Path(path)
-    with _open(p, max_pixels, "image") as im:
+    with _open(p, max_pixels, "image", data) as im:
         a = _to_rgb(im, p)
     assert a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3, (p, a.dtype, a.shape)
     return a
@@ -397,14 +410,22 @@ def write_mask(path: str | os.PathLike, labels, palette=None) -> None:
     p = Path(path)
     if p.suffix.lower() != ".png":
         raise ImageError(f"mask {p}: masks are written as PNG (lossless); name it *.png")
+    png = mask_png(labels, palette, source=f"mask {p}")
+    atomic_write(p, lambda f: f.write(png), what="mask")
+
+
+def mask_png(labels, palette=None, *, source: str = "mask") -> bytes:
+    """The bytes `write_mask` writes: class indices (H, W) 0..255 as a palette PNG."""
     a = _labels_array(labels)
     if a.size and (a.min() < 0 or a.max() > 255):
         raise ImageError(
-            f"mask {p}: labels {a.min()}..{a.max()} do not fit in a palette PNG (0..255)"
+            f"{source}: labels {a.min()}..{a.max()} do not fit in a palette PNG (0..255)"
         )
     pal = np.zeros((256, 3), dtype=np.uint8)
     given = _as_palette(palette)
     pal[: len(given)] = given
     im = Image.fromarray(a.astype(np.uint8))  # mode L; putpalette makes it P
     im.putpalette(pal.tobytes())
-    atomic_write(p, lambda f: im.save(f, format="PNG"), what="mask")
+    buffer = io.BytesIO()
+    im.save(buffer, format="PNG")
+    return buffer.getvalue()
