@@ -74,19 +74,26 @@ def key_values(pairs: list[str] | None, flag: str = "--data-option") -> dict:
         key, sep, text = pair.partition("=")
         if not sep:
             raise ValueError(f"{flag} '{pair}': write KEY=VALUE, e.g. n_train=3000")
-        values = [_number_or_text(v) for v in text.split(",")]
+        # ids are file stems: always text (2008_000008 and 05005 are no numbers)
+        values = text.split(",") if key == "ids" else [_number_or_text(v) for v in text.split(",")]
         out[key] = values[0] if len(values) == 1 else tuple(values)
     return out
 
 
 def _number_or_text(text: str):
-    """'3' -> 3, '2.5' -> 2.5, 'same' -> 'same'."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+    """'3' -> 3, '2.5' -> 2.5, 'same' -> 'same'; text that a number would not write back as
+    given ('05005', '2008_000008', ' 3') stays text."""
+    if "_" in text or text != text.strip():
+        return text
+    try:
+        value = int(text)
+        return value if str(value) == text.lstrip("+") else text
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def relaunch(args) -> int:

@@ -114,6 +114,12 @@ def open_dataset(spec: str, split: str, options: dict | None = None, transforms=
     """One split of the dataset named by `spec`."""
     options = dict(options or {})
     kind, _, root = spec.partition(":")
+    if "ids" in options:  # file stems, as written: one (the command line's) or a list
+        from .voc import check_ids
+
+        ids = options["ids"]
+        options["ids"] = [ids] if isinstance(ids, str) else list(ids)
+        check_ids(options["ids"], f"data '{spec}' option ids")
     if kind in _SYNTHETIC:
         module, name, n_train, n_val = _SYNTHETIC[kind]
         cls = getattr(importlib.import_module(module, __package__), name)
@@ -184,8 +190,6 @@ def _open_release_set(kind: str, root: str, split: str, options: dict, transform
 
     module, cls, valid = _RELEASE_SETS[kind]
     check_options(f"{kind}:{root}", options, valid)
-    if isinstance(options.get("ids"), str | int):  # one id from the command line
-        options["ids"] = [options["ids"]]
     dataset = getattr(importlib.import_module(f".{module}", __package__), cls)
     return dataset(root, split, transforms=transforms, **options)
 

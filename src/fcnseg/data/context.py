@@ -60,7 +60,7 @@ def read_context_labels(path: str | os.PathLike | None) -> dict[int, str]:
     else:
         p = Path(path)
         try:
-            lines, where = p.read_text("utf-8").splitlines(), str(p)
+            lines, where = p.read_text("utf-8-sig").splitlines(), str(p)
         except (OSError, UnicodeDecodeError) as e:
             raise DatasetError(f"cannot read PASCAL-Context labels {p}: {e}") from e
     out: dict[int, str] = {}
@@ -143,7 +143,6 @@ class ContextSegmentation(ReleaseSet):
             ids = read_split(where)
         else:
             ids, where = list(ids), f"the {len(ids)} ids given"
-        ids = [str(i) for i in ids]
         check_ids(ids, str(where))
         check_files(ids, self.root / "JPEGImages", ".jpg", "image", str(where))
         check_files(ids, self.annotations / "trainval", ".mat", "label file", str(where))

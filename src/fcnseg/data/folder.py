@@ -37,7 +37,7 @@ def read_classes(path: str | os.PathLike, ignore_index: int = 255) -> tuple[str,
             f"{p} is missing: write one class name per line (line 1 = class 0, usually "
             f"'background'); the number of lines is the number of classes. {_LAYOUT}"
         )
-    lines = p.read_text("utf-8").rstrip().splitlines()
+    lines = p.read_text("utf-8-sig").rstrip().splitlines()  # a BOM is no class name
     names = tuple(line.strip() for line in lines)
     if not names or not names[0]:
         raise DatasetError(f"{p} names no classes: write one class name per line")

@@ -134,7 +134,6 @@ class NYUDSegmentation(ReleaseSet):
             ids, where = split_ids(self.root, "nyud", split, _SHIPPED, "NYUDv2")
         else:
             ids, where = list(ids), f"the {len(ids)} ids given"
-        ids = [str(i) for i in ids]
         check_ids(ids, where)
         for folder in [*folders, self.root / "segmentation"]:
             what = "label file" if folder.name == "segmentation" else f"{folder.name} file"

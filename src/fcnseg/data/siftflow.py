@@ -142,7 +142,6 @@ class SIFTFlowSegmentation(ReleaseSet):
             ids, where = split_ids(self.root, "sift-flow", split, _SHIPPED, "SIFT Flow")
         else:
             ids, where = list(ids), f"the {len(ids)} ids given"
-        ids = [str(i) for i in ids]
         check_ids(ids, where)
         for key, folder in self.folders.items():
             names = {"image": "image", "sem": "semantic label file", "geo": "geometric label file"}

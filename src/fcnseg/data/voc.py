@@ -52,7 +52,7 @@ def read_split(path: str | os.PathLike) -> list[str]:
     """The ids in a split file: the first word of each non-empty line, in order."""
     p = Path(path)
     try:
-        text = p.read_text("utf-8")
+        text = p.read_text("utf-8-sig")  # a UTF-8 BOM (Windows editors) is not part of an id
     except FileNotFoundError:
         raise DatasetError(f"split file {p} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -88,7 +88,17 @@ def seg11valid_ids(voc2011_val_ids: Iterable[str], sbd_train_ids: Iterable[str])
 
 
 def check_ids(ids: Sequence[str], where: str) -> None:
-    """Raise DatasetError for an empty id list or one with duplicates; `where` names its source."""
+    """Raise DatasetError for an empty id list, one with duplicates, or ids that are not text;
+    `where` names its source. Ids are file stems, kept as written: 2008_000008 and 05005 are
+    not the numbers 2008000008 and 5005, so a number is refused rather than turned back into
+    a string that names another file."""
+    not_text = [repr(i) for i in ids if not isinstance(i, str)]
+    if not_text:
+        raise DatasetError(
+            f"{where}: ids must be text (file stems as written), got {_listing(not_text)}; "
+            f"a number loses its leading zeros and underscores (05005 -> 5005): pass "
+            f"strings, e.g. ids=['2008_000008']"
+        )
     if not ids:
         raise DatasetError(f"{where} lists no ids: add one image id per line")
     dups = sorted(i for i, n in Counter(ids).items() if n > 1)

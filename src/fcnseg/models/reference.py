@@ -57,7 +57,7 @@ from ..weights import (
 )
 from .backbones import CAFFENET, VGG16, Arch, build_trunk, scaled
 from .fcn import FCN, HEADS
-from .load import load_checked
+from .load import check_finite, load_checked
 
 __all__ = [
     "REFERENCE_NETS",
@@ -353,5 +353,9 @@ def convert_caffemodel(path, net_name: str, out) -> Path:
     `state_dict_from_caffe` maps them onto the net's layers, every name and shape checked; the
     file is written atomically (temp file + rename).
     """
-    state = state_dict_from_caffe(net_name, read_caffemodel(path), label=str(path))
+    blobs = read_caffemodel(path)
+    # what every loader refuses is not written: NaN / inf, named by layer and blob
+    check_finite({f"{layer} blob {i}": t for layer, ts in blobs.items()
+                  for i, t in enumerate(ts)}, f"{path}'s layers")  # fmt: skip
+    state = state_dict_from_caffe(net_name, blobs, label=str(path))
     return atomic_write(out, lambda f: torch.save(state, f), what="state dict")

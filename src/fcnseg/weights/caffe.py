@@ -13,6 +13,7 @@ of the weights in memory (benchmarks/caffemodel_read.py).
 
 from __future__ import annotations
 
+import math
 import mmap
 import re
 import sys
@@ -170,13 +171,49 @@ def _fields(buf, start: int, end: int, allowed=None):
         yield number, wtype, value
 
 
+def _signed(v: int) -> int:
+    """A varint as the int64 / int32 it encodes (negative numbers take 10 bytes, two's
+    complement of 64 bits)."""
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _blob_shape(buf, start: int, end: int, where: str) -> list[int]:
+    """BlobShape.dim (field 1: packed or not), decoded here, with the reader's own checks."""
+    dims = []
+    for number, wtype, value in _fields(buf, start, end):
+        if number != 1:
+            continue
+        if wtype == _VARINT:
+            dims.append(_signed(value))
+        elif wtype == _DELIMITED:
+            pos, stop = value
+            while pos < stop:
+                d, pos = _varint(buf, pos, stop)
+                dims.append(_signed(d))
+        else:
+            raise _Corrupt(f"{where}: its shape's dim field has wire type {wtype}", start)
+    return dims
+
+
+def _check_dims(dims: list[int], count: int, where: str, start: int) -> None:
+    """The declared shape against the values the file holds, before anything is allocated."""
+    negative = [d for d in dims if d < 0]
+    if negative:
+        raise _Corrupt(f"{where}: shape {tuple(dims)} has a negative dimension", start)
+    declared = math.prod(dims)  # Python ints: no int64 overflow to wrap around to a match
+    if declared != count:
+        big = " (more than an int64 holds)" if declared >= 1 << 63 else ""
+        raise _Corrupt(f"{where}: shape {tuple(dims)} declares {declared} values{big} but "
+                       f"the file holds {count}", start)  # fmt: skip
+
+
 def _read_blob(buf, f, start: int, end: int, where: str) -> torch.Tensor:
     legacy, dims, spans, dtype = {}, None, [], None
     for number, wtype, value in _fields(buf, start, end):
         if number in (1, 2, 3, 4) and wtype == _VARINT:
-            legacy[number] = value
+            legacy[number] = _signed(value)
         elif number == 7 and wtype == _DELIMITED:
-            dims = list(MESSAGES["BlobShape"].FromString(bytes(buf[value[0] : value[1]])).dim)
+            dims = _blob_shape(buf, *value, where)
         elif number in (5, 8) and wtype in (_DELIMITED, _FIXED32, _FIXED64):
             kind = np.dtype("<f4") if number == 5 else np.dtype("<f8")
             if wtype != _DELIMITED and wtype != (_FIXED32 if number == 5 else _FIXED64):
@@ -193,8 +230,7 @@ def _read_blob(buf, f, start: int, end: int, where: str) -> torch.Tensor:
     count //= dtype.itemsize
     if dims is None:
         dims = [legacy.get(i, 0) for i in (1, 2, 3, 4)] if legacy else [count]
-    if int(np.prod(dims)) != count:
-        raise _Corrupt(f"{where}: shape {tuple(dims)} but {count} values", start)
+    _check_dims(dims, count, where, start)
     # each packed run straight from the file into its place in the result: no other copy
     out = np.empty(count, dtype=dtype)
     raw = out.view(np.uint8)
@@ -226,7 +262,12 @@ def _read_layer(buf, f, start: int, end: int, v1: bool, index: int) -> CaffeLaye
             spans.append(value)
     name = name if name is not None else f"<layer {index}>"
     where = f"layer '{name}' ({kind or 'no type'})"
-    blobs = [_read_blob(buf, f, a, b, f"{where} blob {i}") for i, (a, b) in enumerate(spans)]
+    try:
+        blobs = [_read_blob(buf, f, a, b, f"{where} blob {i}") for i, (a, b) in enumerate(spans)]
+    except _Corrupt as e:  # every message names the layer
+        if str(e).startswith(where):
+            raise
+        raise _Corrupt(f"{where}: {e}", e.pos, e.truncated) from None
     return CaffeLayer(name, kind, blobs)
 
 
@@ -274,6 +315,8 @@ def read_layers(path) -> list[CaffeLayer]:
                 for number, _, value in _fields(buf, 0, size, _NET_FIELDS):
                     if number in (2, 100):
                         layers.append(_read_layer(buf, f, *value, number == 2, len(layers)))
+            except (DecodeError, OverflowError, RuntimeError, MemoryError) as e:
+                raise ValueError(f"{path} is not a .caffemodel, or is corrupt: {e}") from None
             except _Corrupt as e:
                 if e.truncated:
                     raise ValueError(
@@ -284,12 +327,31 @@ def read_layers(path) -> list[CaffeLayer]:
                     f"{path} is not a .caffemodel (a binary Caffe NetParameter), or is corrupt: "
                     f"{e} at byte {e.pos}"
                 ) from None
+    _check_unique(path, layers)
     if not layers:
         raise ValueError(
             f"{path} holds no Caffe layers ({size} bytes): not a .caffemodel (a binary "
             f"Caffe NetParameter with weights)"
         )
     return layers
+
+
+def _check_unique(path: Path, layers: list[CaffeLayer]) -> None:
+    """Two layers of one name that both hold weights: which is meant? Caffe's copy by name
+    would keep the last silently; every reader here refuses the file instead."""
+    seen: dict[str, list[int]] = {}
+    for k, layer in enumerate(layers):
+        if layer.blobs:
+            seen.setdefault(layer.name, []).append(k)
+    twice = {name: ks for name, ks in seen.items() if len(ks) > 1}
+    if twice:
+        shown = "; ".join(f"'{n}' (layers {', '.join(f'#{k}' for k in ks)})"
+                          for n, ks in list(twice.items())[:5])  # fmt: skip
+        raise ValueError(
+            f"{path}: {len(twice)} layer name(s) hold weights more than once: {shown}. A net's "
+            f"weights name each layer once; which copy is meant is unknowable, so the file is "
+            f"refused (was it concatenated or edited?)"
+        )
 
 
 def read_caffemodel(path) -> dict[str, list[torch.Tensor]]:
@@ -300,9 +362,7 @@ def read_caffemodel(path) -> dict[str, list[torch.Tensor]]:
     height, width), e.g. (1, 1, out, in) for an old InnerProduct weight.
     """
     out: dict[str, list[torch.Tensor]] = {}
-    for layer in read_layers(path):
-        if layer.name in out and (out[layer.name] or layer.blobs):
-            raise ValueError(f"{path}: two layers named '{layer.name}' hold weights")
+    for layer in read_layers(path):  # a name holds weights once at most (_check_unique)
         out[layer.name] = out.get(layer.name) or layer.blobs
     return out
 

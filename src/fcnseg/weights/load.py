@@ -23,13 +23,35 @@ __all__ = ["load_state"]
 
 
 def _torch_load(path: Path) -> dict:
-    if path.suffix == ".caffemodel":
+    if path.suffix == ".caffemodel":  # caffe.read_layers checks the content as well
         return caffe_state_dict(path)
+    _check_not_caffe(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle error, not a torch file
         raise ValueError(f"cannot read weights file {path}: {e}. Is it complete?") from e
     return _unwrap(obj, str(path))
+
+
+def _check_not_caffe(path: Path) -> None:
+    """A Caffe file under another name (.bin, no suffix) is not read as a PyTorch one: the
+    name decides how fc6/fc7 and the Scale blobs are fitted, so the message asks for it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return  # torch.load says what is wrong
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # a zip or a pickle: PyTorch's forms
+        return
+    try:
+        caffe_state_dict(path)
+    except ValueError:
+        return  # neither: torch.load's own error follows
+    raise ValueError(
+        f"{path} is a Caffe .caffemodel by its content, but its name does not say so: "
+        f"rename it to {path.with_suffix('.caffemodel').name} (fcnseg reads Caffe weights "
+        f"from .caffemodel files) or convert it with `fcnseg convert`"
+    )
 
 
 def _unwrap(obj, where: str) -> dict[str, torch.Tensor]:
