@@ -91,6 +91,7 @@ class TrainConfig:
     backbone_weights: str | None = None
     workers: int | None = None  # data loader processes; None: 0 on a CPU, some per GPU
     crop: int | None = None  # random crop for variable-size data (None: pad in batch)
+    tensorboard: bool | str = False  # True: events in out/tb; a folder: there (fcnseg[tb])
 
     def check(self) -> None:
         """Types and ranges: fail before any work, naming the value and the allowed range."""
@@ -116,6 +117,9 @@ class TrainConfig:
         for name in ("model_options", "data_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a dict, got {getattr(self, name)!r}")
+        if not isinstance(self.tensorboard, bool | str) or self.tensorboard == "":
+            raise ValueError(f"tensorboard must be True, False or a folder, got "
+                             f"{self.tensorboard!r}")  # fmt: skip
         if self.amp not in (None, "bf16", "fp16", "auto"):
             raise ValueError(f"amp must be bf16, fp16 or auto, got '{self.amp}'")
         if self.amp == "fp16" and not self.device.startswith("cuda"):
@@ -277,6 +281,10 @@ def train(
     config.check()
     resolve_device(config.device)  # mistakes found before any folder is made
     check_model_name(config.model)
+    if config.tensorboard:  # missing: one line saying what to install, before any work
+        from .report.tensorboard import require_tensorboard
+
+        require_tensorboard()
     out = Path(config.out)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 holds the folder's lock
         return _train(config, resume, progress, overwrite)
@@ -390,8 +398,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
                                    "optimizer": optimizer.state_dict(), "step": step,
                                    "config": resolved, "rng": rng, "best_mean_iu": best_iu,
                                    **extra})  # fmt: skip
+            tb.flush()  # a killed run keeps every event up to its checkpoint
 
-    def validate() -> dict:
+    def validate(step: int) -> dict:
         # fork_rng: validating (DataLoader seeds) must not change the training run's RNG
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -402,9 +411,13 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
             scored_net = select_head(model, head)
             classes = num_classes[head] if head else num_classes
             result = dist.all_reduce(evaluate(scored_net, loader, classes, device=device))
-            return _flat(compute_metrics(result, val_set))
+            metrics = _flat(compute_metrics(result, val_set))
+            tb.validation(step, metrics, result, class_names, getattr(val_set, "head_classes", {}))
+            tb.predictions(step, model, val_set, head, device)
+            return metrics
 
     log = Log(out / "log.csv", start, dist.rank == 0)
+    tb = _tensorboard(config, out, start, resolved, dist.rank == 0)
     stop = Interrupt()
     per_epoch = max(len(train_set) // batch, 1)
     micro = batch // accumulate // dist.world
@@ -429,7 +442,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
     metrics, t0, seen, waited = {}, time.perf_counter(), 0, 0.0
     model.train()
     batches = iter(feed)
-    with stop:
+    with stop, contextlib.closing(tb):
         for step in bar:
             t_wait = time.perf_counter()
             fed, chunks = next(batches)  # ready, unless the workers fall behind
@@ -462,7 +475,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
             bar.set_postfix(loss=f"{total:.4g}", img_s=f"{ips:.1f}")
             row = {}
             if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
-                metrics = validate()
+                metrics = validate(done)
                 row = {k: f"{metrics[k]:.5f}" for k in ("pixel_acc", "mean_acc", "mean_iu",
                                                         "fw_iu")}  # fmt: skip
                 if metrics["mean_iu"] > best_iu:
@@ -471,6 +484,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
             if row or done % config.log_every == 0:
                 log.add(step=done, epoch=f"{done / per_epoch:.3f}", loss=f"{total:.6g}",
                         lr=f"{cur_lr:.3g}", images_per_s=f"{ips:.2f}", **row)  # fmt: skip
+                tb.step(done, loss=total, lrs=[g["lr"] for g in optimizer.param_groups],
+                        images_per_s=ips, data_wait=waited)  # fmt: skip
             if done % config.ckpt_every == 0 or done == config.steps or stop.requested:
                 checkpoint(done, metrics=_plain(metrics))
             if stop.requested:
@@ -489,6 +504,18 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         "amp": amp_name,  # what ran (config "auto": the measured choice, its times in amp_choice)
         "amp_choice": choice,
     }
+
+
+def _tensorboard(config: TrainConfig, out: Path, start: int, resolved: dict, rank0: bool):
+    """The run's TensorBoard stream (a no-op without --tensorboard or off rank 0); a resumed run
+    purges what the killed one wrote past its checkpoint, a new one what was there before."""
+    from .report.tensorboard import TensorBoardLog
+
+    folder = Path(config.tensorboard) if isinstance(config.tensorboard, str) else out / "tb"
+    tb = TensorBoardLog(folder, start=start, enabled=bool(config.tensorboard) and rank0)
+    if start == 0:
+        tb.config(resolved)
+    return tb
 
 
 def _defaults() -> dict:
@@ -511,6 +538,9 @@ def train_stages(
         out = Path(config.out) / name
         stage = dataclasses.replace(config, model=name, steps=steps, out=str(out),
                                     init_from=previous)  # fmt: skip
+        if config.tensorboard:  # one stream per stage under the run's tb/
+            root = config.tensorboard if isinstance(config.tensorboard, str) else None
+            stage.tensorboard = str(Path(root or Path(config.out) / "tb") / name)
         last = out / "last.pt"
         done = last.exists() and load_checkpoint(last)["step"] >= steps
         if done:

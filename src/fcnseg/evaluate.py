@@ -17,6 +17,7 @@ from .safety import atomic_write, save_figure
 
 __all__ = [
     "compute_metrics",
+    "confusion_figure",
     "evaluate",
     "format_per_class",
     "format_table",
@@ -46,6 +47,7 @@ def evaluate(
     ignore_index: int = 255,
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
+    per_image=None,
 ) -> ConfusionMatrix | dict[str, ConfusionMatrix]:
     """Run `model` over `loader` and accumulate its argmax predictions in a ConfusionMatrix.
 
@@ -59,6 +61,10 @@ def evaluate(
 
     The matrix is this process's only: under torch.distributed with a sharded loader, call
     `.all_reduce()` on the result before `.compute()`.
+
+    `per_image` (e.g. fcnseg.report.PerImageScores): its `update(head, pred, target)` gets each
+    batch's argmax predictions as they are scored (head "" for one head), in loader order, so
+    per-image scores come from this pass, not a second one.
     """
     device = torch.device(device)
     heads = dict(num_classes) if isinstance(num_classes, dict) else {"": num_classes}
@@ -81,7 +87,10 @@ def evaluate(
                 for k, cm in cms.items():
                     t = targets[k].to(device, non_blocking=True)
                     _check_scores(scores[k], t, heads[k], ignore_index)
-                    cm.update(scores[k].argmax(1), t)
+                    pred = scores[k].argmax(1)
+                    cm.update(pred, t)
+                    if per_image is not None:
+                        per_image.update(k, pred, t)
     finally:
         model.train(was_training)
     return cms.get("", cms)
@@ -193,6 +202,17 @@ def plot_confusion(
     classes get a number in each cell (percent, or counts with normalize=None). Drawing uses
     matplotlib's Agg canvas directly, so no display is needed and pyplot is untouched.
     """
+    fig = confusion_figure(matrix, class_names, normalize=normalize)
+    return save_figure(fig, path, what="confusion matrix plot", dpi=100)
+
+
+def confusion_figure(
+    matrix: np.ndarray | torch.Tensor | ConfusionMatrix,
+    class_names: Sequence[str] | None,
+    *,
+    normalize: str | None = "true",
+):
+    """plot_confusion's heat map as a matplotlib Figure (for TensorBoard, or saving elsewhere)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -229,7 +249,7 @@ def plot_confusion(
                 ax.text(j, i, text, ha="center", va="center", fontsize=7,
                         color="white" if dark else "black")  # fmt: skip
     fig.tight_layout()
-    return save_figure(fig, path, what="confusion matrix plot", dpi=100)
+    return fig
 
 
 def save_confusion(

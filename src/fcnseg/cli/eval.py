@@ -40,6 +40,13 @@ def add(sub) -> None:
     )
     s.add_argument("--factors", type=int_list(1, 1024), default=[32, 16, 8])
     s.add_argument("--save-confusion", metavar="DIR", help="write confusion.csv and .png")
+    s.add_argument("--report", metavar="DIR", help="write DIR/index.html: metrics, per-class "
+                   "IU chart, confusion heat map, every image's IU, the worst and best images "
+                   "(a self-contained folder: no server, no network)")  # fmt: skip
+    s.add_argument("--save-per-image", metavar="CSV", help="write every image's IU and pixel "
+                   "accuracy, worst first (two heads: CSV_<head>.csv each)")  # fmt: skip
+    s.add_argument("--gallery", type=ranged(int, 0, 200), default=8,
+                   help="worst and best images shown by --report (default 8 each)")  # fmt: skip
     s.add_argument("--fast", action="store_true", help=FAST_HELP)
     s.add_argument("--nproc", type=ranged(int, 1, 1024), default=1,
                    help="processes, each scoring a share (torchrun); matrices summed")  # fmt: skip
@@ -76,6 +83,16 @@ def run(args) -> int:
         check_outputs([(out / "confusion.csv", "confusion CSV"),
                        (out / "confusion.png", "confusion plot")], [args.checkpoint],
                       overwrite=args.overwrite, flag="--save-confusion")  # fmt: skip
+    report = getattr(args, "report", None), getattr(args, "save_per_image", None)
+    if any(report) and args.nproc > 1:
+        raise ValueError("--report and --save-per-image score each image in one process: drop "
+                         "--nproc")  # fmt: skip
+    if report[0]:
+        check_outputs([(Path(report[0]) / "index.html", "report page")], [args.checkpoint],
+                      overwrite=args.overwrite, flag="--report")  # fmt: skip
+    if report[1]:
+        check_outputs([(report[1], "per-image CSV")], [args.checkpoint],
+                      overwrite=args.overwrite, flag="--save-per-image")  # fmt: skip
     model, ckpt = load_model(args.checkpoint, device=resolve_device(args.device), net=args.net)
     _, dataset = checkpoint_dataset(args, ckpt, model)
     label = ckpt.get("model_name") or getattr(model, "name", None) or str(args.checkpoint)
@@ -98,8 +115,13 @@ def run(args) -> int:
     loader = make_loader(dist.shard(scored_subset(dataset)), args.batch_size, model.preprocessing,
                          args.workers)  # fmt: skip
     t0 = time.perf_counter()
+    per_image = None
+    if any(report):
+        from ..report import PerImageScores
+
+        per_image = PerImageScores(model.num_classes, keep=args.gallery if report[0] else 0)
     result = evaluate(model, loader, model.num_classes, device=args.device,
-                      progress=dist.rank == 0)  # fmt: skip
+                      progress=dist.rank == 0, per_image=per_image)  # fmt: skip
     metrics = compute_metrics(dist.all_reduce(result), dataset)
     if dist.rank:
         return 0
@@ -127,4 +149,11 @@ def run(args) -> int:
         save_confusion(cm.matrix, head_names[head], out / "confusion.csv")
         plot_confusion(cm.matrix, head_names[head], out / "confusion.png")
         print(f"confusion matrix written to {out}/confusion.csv and confusion.png")
+    if per_image is not None:
+        from ..report.evaluation import eval_outputs
+
+        eval_outputs(report, label=label, checkpoint=args.checkpoint, split=args.split,
+                     dataset=scored_subset(dataset), results=result, metrics=metrics,
+                     names={h: head_names[h] or [str(i) for i in range(heads[h])] for h in heads},
+                     per_image=per_image, seconds=seconds)  # fmt: skip
     return 0

@@ -103,6 +103,11 @@ def add(sub) -> None:
     s.add_argument("--workers", type=WORKERS,
                    help="data loader processes (default: 0 on a CPU, up to 8 per GPU)")  # fmt: skip
     s.add_argument("--crop", type=ranged(int, 1, 16384), help="random crop size for training")
+    s.add_argument("--tensorboard", action="store_true",
+                   help="TensorBoard events in OUT/tb (staged: OUT/tb/<stage>): loss, lr, "
+                   "images/s, data wait, validation metrics, per-class IU, predictions, "
+                   "confusion matrix; `tensorboard --logdir OUT/tb` (pip install "
+                   "'fcnseg[tb]')")  # fmt: skip
     s.add_argument(
         "--nproc",
         type=ranged(int, 1, 1024),
@@ -170,6 +175,7 @@ def _train_config(args):
         log_every=args.log_every, device=args.device, amp=args.amp,
         channels_last=args.channels_last, init_from=_init_from(args.init_from), fast=args.fast,
         backbone_weights=args.backbone_weights, workers=args.workers, crop=args.crop,
+        tensorboard=args.tensorboard,
     )  # fmt: skip
 
 
