@@ -16,6 +16,7 @@ from . import (
     hha,
     models,
     predict,
+    serve,
     train,
 )
 from . import eval as eval_
@@ -24,7 +25,8 @@ from .common import _Parser, fast_model
 __all__ = ["SUBCOMMANDS", "fast_model", "main"]
 
 # in the order `fcnseg --help` lists them
-SUBCOMMANDS = (models, convert, demo, heatmap, train, eval_, bench, compare, predict, hha, export)
+SUBCOMMANDS = (models, convert, demo, heatmap, train, eval_, bench, compare, predict, hha, export,
+               serve)  # fmt: skip
 
 
 def _parser() -> _Parser:
