@@ -193,3 +193,36 @@ def test_caffemodel_under_another_name_is_recognised_by_content(tmp_path):
         fcnseg.weights.load_state(path)
     torch.save({"a": torch.zeros(1)}, tmp_path / "plain.bin")  # a PyTorch file stays one
     assert list(fcnseg.weights.load_state(tmp_path / "plain.bin")[0]) == ["a"]
+
+
+# ------------------------------------------------- 8. sizes from files and arguments are bounded
+
+
+def test_huge_label_number_is_refused_before_allocating(tmp_path):
+    """'99999999999: cat' once built a 93 GiB lookup table (MemoryError)."""
+    from fcnseg.data.context import context_lookup, read_context_labels
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("1: accordion\n99999999999: aeroplane\n")
+    with pytest.raises(DatasetError, match=r"labels\.txt, line 2: label 99999999999 is beyond "
+                       r"65535, the largest a LabelMap \(uint16\) holds"):  # fmt: skip
+        read_context_labels(labels)
+    with pytest.raises(DatasetError, match=r"label 70000 is outside 0\.\.65535"):
+        context_lookup({1: "accordion", 70000: "cat"}, "a table")
+
+
+@pytest.mark.parametrize("width", [float("nan"), float("inf"), 100, 0, -0.5, 1e-9])
+@pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn32s_alexnet", "voc-fcn8s"])
+def test_width_out_of_range_is_refused_with_the_range(name, width):
+    with pytest.raises(ValueError, match=r"width must be in 0\.015625\.\.8\.0, got"):
+        fcnseg.build_model(name, width=width)
+
+
+def test_width_whose_fc_layers_exceed_memory_is_refused(monkeypatch):
+    from fcnseg.models import backbones
+
+    monkeypatch.setattr(backbones, "_physical_memory", lambda: 2 * 2**30)
+    with pytest.raises(ValueError, match=r"width=2 makes fc6 and fc7 alone 1\.8 GiB .* half of "
+                       r"this machine's 2 GiB"):  # fmt: skip
+        fcnseg.build_model("fcn32s_vgg16", width=2.0)
+    assert fcnseg.build_model("fcn32s_vgg16", width=0.0625) is not None  # small ones build

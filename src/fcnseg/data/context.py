@@ -45,6 +45,7 @@ CONTEXT_CLASSES: tuple[str, ...] = tuple(
 )  # background, then the 59
 # the 59 list's name -> the full list's name (the release's "inconsistencies")
 CONTEXT_RENAMED = {"diningtable": "table", "bedcloth": "bedclothes", "clothes": "cloth"}
+MAX_LABEL = 65535  # LabelMap values are uint16 (the dataset's go to 459)
 _LINE = re.compile(r"^\s*(\d+)\s*:\s*(.+?)\s*$")
 _LAYOUT = (
     "the PASCAL-Context layout is root/JPEGImages/<id>.jpg and root/ImageSets/Main/<split>.txt "
@@ -73,6 +74,12 @@ def read_context_labels(path: str | os.PathLike | None) -> dict[int, str]:
                 f"PASCAL-Context labels {where}, line {k}: {line!r} is not 'n: name'"
             )
         n = int(m.group(1))
+        if n > MAX_LABEL:  # the table context_lookup builds has max label + 1 entries
+            raise DatasetError(
+                f"PASCAL-Context labels {where}, line {k}: label {m.group(1)} is beyond "
+                f"{MAX_LABEL}, the largest a LabelMap (uint16) holds; the dataset's labels.txt "
+                f"numbers its 459 labels 1..459"
+            )
         if n in out:
             raise DatasetError(f"PASCAL-Context labels {where}: label {n} is listed twice")
         out[n] = m.group(2)
@@ -82,6 +89,9 @@ def read_context_labels(path: str | os.PathLike | None) -> dict[int, str]:
 def context_lookup(labels: dict[int, str], where: str = "labels.txt") -> np.ndarray:
     """A table, full label n -> 59-class index (0 background), built by name as the release."""
     by_name = {name.replace(" ", ""): n for n, name in labels.items()}
+    if labels and not 0 <= max(labels) <= MAX_LABEL:
+        raise DatasetError(f"PASCAL-Context labels {where}: label {max(labels)} is outside "
+                           f"0..{MAX_LABEL}, the values a LabelMap (uint16) holds")  # fmt: skip
     lut = np.zeros(max(labels) + 1, dtype=np.uint8)
     missing = []
     for k, name in enumerate(CONTEXT_CLASSES[1:], 1):

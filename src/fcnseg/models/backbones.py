@@ -13,11 +13,14 @@ reference names and reshapes fc6/fc7 from matrices into convolutions (a pure fun
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..safety import check_range
 
 __all__ = [
     "ALEXNET",
@@ -136,10 +139,32 @@ CAFFENET = Arch(
 )
 
 
+WIDTH_RANGE = (1 / 64, 8.0)  # the width multipliers every builder takes (as the CLI's --width)
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fc_memory(c_in: int, fc: int, kernel: int, width: float) -> None:
+    """fc6 + fc7 grow with width squared (width 8: ~28 GB of VGG16 parameters): refuse a width
+    whose fc layers alone would take more than half this machine's memory, before allocating."""
+    need = 4 * (c_in * fc * kernel * kernel + fc * fc)  # float32 weights
+    have = _physical_memory()
+    if have and need > have // 2:
+        raise ValueError(
+            f"width={width:g} makes fc6 and fc7 alone {need / 2**30:.1f} GiB of float32 "
+            f"parameters, more than half of this machine's {have / 2**30:.0f} GiB of memory: "
+            f"use a smaller width (1 is the paper's nets)"
+        )
+
+
 def scaled(channels: int, width: float) -> int:
     """Channel count under the `width` multiplier (keeps the topology, shrinks the compute)."""
-    if width <= 0:
-        raise ValueError(f"width must be > 0, got {width}")
+    check_range("width", width, *WIDTH_RANGE)  # nan, 0, 100 (a 4 TB fc6) refused here
     return max(1, round(channels * width))
 
 
@@ -212,6 +237,7 @@ def build_trunk(
             layers[final(spec.name)] = nn.MaxPool2d(spec.kernel, spec.stride, ceil_mode=True)
         channels[final(spec.name)] = c_in
     fc = scaled(arch.fc_width, width)
+    check_fc_memory(c_in, fc, arch.fc_kernel, width)
     fc6_pad = arch.fc_kernel // 2 if layout == "same" else 0
     layers[final("fc6")] = nn.Conv2d(c_in, fc, arch.fc_kernel, padding=fc6_pad)
     layers[final("relu6")] = nn.ReLU(inplace=True)
