@@ -16,6 +16,7 @@ from . import (
     hha,
     models,
     predict,
+    report,
     serve,
     train,
 )
@@ -26,7 +27,7 @@ __all__ = ["SUBCOMMANDS", "fast_model", "main"]
 
 # in the order `fcnseg --help` lists them
 SUBCOMMANDS = (models, convert, demo, heatmap, train, eval_, bench, compare, predict, hha, export,
-               serve)  # fmt: skip
+               serve, report)  # fmt: skip
 
 
 def _parser() -> _Parser:

@@ -24,7 +24,14 @@ from .charts import class_bars, iu_histogram, palette, save_png, shown_input, st
 from .html import render_page
 from .scores import PerImageScores, sort_scores, write_per_image
 
-__all__ = ["image_ids", "per_image_path", "render_again", "write_report"]
+__all__ = [
+    "eval_outputs",
+    "image_ids",
+    "per_image_path",
+    "render_again",
+    "write_report",
+    "write_stages_page",
+]
 
 PAGE, SUMMARY = "index.html", "report.json"
 
@@ -72,6 +79,17 @@ def write_report(
         summary["curves"].append(name)
     summary["seconds_to_write"] = round(time.perf_counter() - t0, 3)
     text = json.dumps(summary, indent=1, default=_plain, allow_nan=True)
+    atomic_write(out / SUMMARY, lambda f: f.write(text.encode()), what="report summary")
+    return _write_page(out, summary)
+
+
+def write_stages_page(out: Path, *, title: str, facts: list, rows: list[dict],
+                      figure: str | None) -> Path:  # fmt: skip
+    """A staged run's page: each stage's metrics (rows with "page": its own report), the same
+    images through every stage (`figure`, relative to `out`)."""
+    summary = {"title": title, "facts": [list(f) for f in facts], "rows": [], "heads": [],
+               "stages": {"rows": rows, "figure": figure}}  # fmt: skip
+    text = json.dumps(summary, indent=1, default=_plain)
     atomic_write(out / SUMMARY, lambda f: f.write(text.encode()), what="report summary")
     return _write_page(out, summary)
 
