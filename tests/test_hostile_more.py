@@ -226,3 +226,37 @@ def test_width_whose_fc_layers_exceed_memory_is_refused(monkeypatch):
                        r"this machine's 2 GiB"):  # fmt: skip
         fcnseg.build_model("fcn32s_vgg16", width=2.0)
     assert fcnseg.build_model("fcn32s_vgg16", width=0.0625) is not None  # small ones build
+
+
+# ------------------------------------------- 12. data options inherit per key, same dataset only
+
+
+def test_data_options_inherit_per_key_and_only_for_the_same_data(tmp_path):
+    import argparse
+
+    from fcnseg.cli.common import checkpoint_dataset
+
+    ckpt = {
+        "config": {
+            "data": "digits",
+            "data_options": {"n_val": 2, "size": 48, "scale": (1.0, 1.5), "seed": 5},
+        }
+    }
+
+    def opened(*options, data=None, split="val"):
+        args = argparse.Namespace(data=data, data_option=list(options), split=split)
+        return checkpoint_dataset(args, ckpt)[1]
+
+    ds = opened("n_val=3")  # one key overridden; size and seed still the training run's
+    assert len(ds) == 3 and ds[0][0].shape[-1] == 48 and ds.seed == 5
+    assert ds.scale == (1.0, 1.5)
+    folder = tmp_path / "mine"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    (folder / "classes.txt").write_text("background\ncat\n")
+    Image.new("RGB", (9, 7)).save(folder / "images" / "a.png")
+    Image.fromarray(np.zeros((7, 9), np.uint8)).save(folder / "masks" / "a.png")
+    other = opened(data=f"folder:{folder}", split="all")  # digits' n_val / size / seed are not folder's
+    assert len(other) == 1
+    with pytest.raises(ValueError, match=r"unknown option 'size'"):
+        opened("size=48", data=f"folder:{folder}", split="all")  # given ones are still checked

@@ -119,13 +119,29 @@ def checkpoint_dataset(args, ckpt: dict, model=None):
     data = args.data or config.get("data")
     if not data:
         raise ValueError(f"which data? pass --data {DATA_HELP}")
-    same = data == config.get("data")  # the training options fit only the training data
-    options = key_values(args.data_option) or (config.get("data_options", {}) if same else {})
+    # the training options fit only the training data; given ones override them key by key
+    inherited = config.get("data_options", {}) if _same_data(data, config.get("data")) else {}
+    options = {**inherited, **key_values(args.data_option)}
     if model is not None:
         from ..engine import net_data_options
 
         options = net_data_options(getattr(model, "name", ""), data, options)
     return data, open_dataset(data, args.split, options)
+
+
+def _same_data(a: str | None, b: str | None) -> bool:
+    """Two data specs name one dataset: the same kind, and roots that are one folder
+    (voc:/d/VOC2012 and voc:/d/VOC2012/ are)."""
+    if not a or not b:
+        return False
+    (ka, _, ra), (kb, _, rb) = a.partition(":"), b.partition(":")
+    if ka != kb:
+        return False
+    if ra == rb:
+        return True
+    import os
+
+    return bool(ra and rb) and os.path.realpath(ra) == os.path.realpath(rb)
 
 
 def fast_model(model, fast: bool, device):
