@@ -52,6 +52,7 @@ import fcnseg
 from fcnseg.amp import machine_name
 from fcnseg.fast import FastFCN, bf16_forward
 from fcnseg.flops import count_macs
+from fcnseg.threads import busy_cores, usable_cpus
 from fcnseg.timing import median_time, peak_rss_gb
 
 # ---------------------------------------------------------------- (a) the plain eager baseline
@@ -358,7 +359,14 @@ def part2(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (median)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=min(torch.get_num_threads(), usable_cpus()))
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N single-thread busy processes beside every measurement",
+    )
     parser.add_argument("--sizes", type=int, nargs="*", default=[224, 500, 1024, 2048])
     parser.add_argument("--skip-part1", action="store_true", help="only the sizes table")
     parser.add_argument("--bf16-layers", action="store_true",
@@ -372,13 +380,14 @@ def main() -> None:
         return
     now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.machine()}, "
-          f"{os.cpu_count()} CPUs, {now}")  # fmt: skip
-    if not args.skip_part1:
-        part1(args)
-    if args.bf16_layers:
-        bf16_layers(args)
-    if args.sizes:
-        part2(args)
+          f"{os.cpu_count()} CPUs, {now}, {args.busy} busy processes beside")  # fmt: skip
+    with busy_cores(args.busy):
+        if not args.skip_part1:
+            part1(args)
+        if args.bf16_layers:
+            bf16_layers(args)
+        if args.sizes:
+            part2(args)
 
 
 if __name__ == "__main__":

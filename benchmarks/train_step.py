@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 import fcnseg
 from fcnseg.fast.train import FastTrainFCN
+from fcnseg.threads import busy_cores, usable_cpus
 from fcnseg.timing import peak_rss_gb
 
 CASES = {
@@ -170,7 +171,14 @@ def profile(case: str = "fast8") -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per case (median)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=min(torch.get_num_threads(), usable_cpus()))
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N single-thread busy processes beside every measurement",
+    )
     parser.add_argument("--cases", nargs="*", choices=list(CASES), default=list(FAST))
     parser.add_argument("--agreement", action="store_true", help="gradient agreement table")
     parser.add_argument("--profile", action="store_true", help="the fast step's profile")
@@ -185,7 +193,14 @@ def main() -> None:
     if args.profile:
         return profile()
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.machine()}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, fp32\n")  # fmt: skip
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, fp32, "
+          f"{args.busy} busy processes beside\n")  # fmt: skip
+    with busy_cores(args.busy):
+        step_table(args)
+
+
+def step_table(args) -> None:
+    """One row per case, memory format and step (plain, fast), each in a fresh process."""
     print("| case | model | input | batch | optimizer | memory format | forward | s/step "
           "| CPU s/step | images/s | peak RSS GB | fast/plain | load |")  # fmt: skip
     print("|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|")

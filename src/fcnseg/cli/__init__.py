@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import traceback
 
+from ..threads import limit_threads
 from . import (
     bench,
     compare,
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     args.argv = argv
+    limit_threads()  # no more torch threads than the CPUs this process may use
     ok = False
     try:
         code = args.func(args)

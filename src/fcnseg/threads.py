@@ -1,0 +1,112 @@
+"""How many cores this process may really use, and load beside a measurement.
+
+`usable_cpus()`: the CPUs the process may run on (its affinity mask, as `taskset` or a
+container's cpuset set it), capped by a cgroup CPU quota (a container given "1 CPU" on a
+16-core host: cgroup v2 `cpu.max` "100000 100000", v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`),
+never below 1. `os.cpu_count()` and torch's default thread count see the host's cores instead:
+16 threads on 1 CPU of quota take turns on it, each waiting for the others at every parallel
+region.
+
+`limit_threads()`: lowers torch's intra-op threads to `usable_cpus()` when torch would use
+more, unless the user chose a count (OMP_NUM_THREADS / MKL_NUM_THREADS / FCNSEG_THREADS in the
+environment). It only ever lowers; `torch.set_num_threads` and `--threads` called later win.
+
+`busy_cores(n)`: n single-thread busy processes beside a measurement (a data-loading worker, a
+browser tab, a second job), so that anyone can reproduce a "one core busy" figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["busy_cores", "cgroup_cpu_limit", "limit_threads", "usable_cpus"]
+
+_USER_CHOICE = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "FCNSEG_THREADS")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def cgroup_cpu_limit(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (1.5 for "150000 100000"), or None for
+    no quota. Reads cgroup v2's cpu.max, else v1's cpu.cfs_quota_us / cpu.cfs_period_us."""
+    root = Path(root)
+    v2 = _read(root / "cpu.max")
+    if v2:
+        quota, _, period = v2.partition(" ")
+        if quota == "max":
+            return None
+        try:
+            q, p = int(quota), int(period or 100000)
+        except ValueError:
+            return None
+        return q / p if q > 0 and p > 0 else None
+    for folder in (root / "cpu", root / "cpu,cpuacct", root):
+        quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+        if quota is None or period is None:
+            continue
+        try:
+            q, p = int(quota), int(period)
+        except ValueError:
+            return None
+        return q / p if q > 0 and p > 0 else None
+    return None
+
+
+def usable_cpus(root: str | os.PathLike = "/sys/fs/cgroup") -> int:
+    """CPUs this process may use: its affinity mask, capped by the cgroup quota (rounded up)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        n = os.cpu_count() or 1
+    quota = cgroup_cpu_limit(root)
+    if quota is not None:
+        n = min(n, math.ceil(quota))
+    return max(1, n)
+
+
+def limit_threads(root: str | os.PathLike = "/sys/fs/cgroup") -> int | None:
+    """torch's threads lowered to `usable_cpus()` (see the module doc); returns the new count,
+    or None when nothing changed."""
+    if any(os.environ.get(k) for k in _USER_CHOICE):
+        wanted = os.environ.get("FCNSEG_THREADS")
+        if wanted and wanted.isdigit() and int(wanted) > 0:
+            import torch
+
+            torch.set_num_threads(int(wanted))
+            return int(wanted)
+        return None
+    import torch
+
+    usable = usable_cpus(root)
+    if torch.get_num_threads() > usable:
+        torch.set_num_threads(usable)
+        return usable
+    return None
+
+
+@contextlib.contextmanager
+def busy_cores(n: int) -> Iterator[list[subprocess.Popen]]:
+    """n processes, each spinning one core, for the duration of the block; killed after."""
+    if not isinstance(n, int) or not 0 <= n <= 256:
+        raise ValueError(f"busy processes: give 0..256, got {n!r}")
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for _ in range(n)]  # fmt: skip
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()

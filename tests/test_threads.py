@@ -1,0 +1,79 @@
+"""Threads by what the process may use (affinity, cgroup quota), and busy processes beside."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from fcnseg import threads
+from fcnseg.cli import main
+
+
+def _cgroup(tmp_path, v2=None, v1=None):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    if v2 is not None:
+        (tmp_path / "cpu.max").write_text(v2 + "\n")
+    if v1 is not None:
+        (tmp_path / "cpu").mkdir()
+        (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text(f"{v1[0]}\n")
+        (tmp_path / "cpu" / "cpu.cfs_period_us").write_text(f"{v1[1]}\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1", "want"),
+    [("max 100000", None, None), ("150000 100000", None, 1.5), ("100000 100000", None, 1.0),
+     (None, (200000, 100000), 2.0), (None, (-1, 100000), None), (None, None, None),
+     ("garbage", None, None)],
+)  # fmt: skip
+def test_cgroup_quota_v1_and_v2(tmp_path, v2, v1, want):
+    assert threads.cgroup_cpu_limit(_cgroup(tmp_path, v2, v1)) == want
+
+
+def test_a_container_of_one_cpu_on_a_16_core_host_gets_one_thread(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    root = _cgroup(tmp_path, "100000 100000")
+    assert threads.usable_cpus(root) == 1
+    assert threads.usable_cpus(_cgroup(tmp_path / "b", "150000 100000")) == 2  # rounded up
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})  # taskset -c 3
+    assert threads.usable_cpus(tmp_path / "none") == 1
+
+
+def test_threads_are_lowered_never_raised_and_a_users_choice_wins(tmp_path, monkeypatch):
+    before = torch.get_num_threads()
+    for key in threads._USER_CHOICE:
+        monkeypatch.delenv(key, raising=False)
+    try:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+        torch.set_num_threads(4)
+        assert threads.limit_threads(_cgroup(tmp_path, "100000 100000")) == 1
+        assert torch.get_num_threads() == 1
+        assert threads.limit_threads(tmp_path / "no-quota") is None  # 16 usable: not raised
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(4)
+        monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the user's choice
+        assert threads.limit_threads(_cgroup(tmp_path / "c", "100000 100000")) is None
+        assert torch.get_num_threads() == 4
+        monkeypatch.setenv("FCNSEG_THREADS", "2")
+        assert threads.limit_threads(tmp_path / "c") == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_busy_processes_run_beside_and_are_gone_after():
+    with threads.busy_cores(2) as procs:
+        time.sleep(0.2)
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)  # spinning
+    assert all(p.poll() is not None for p in procs)
+    with pytest.raises(ValueError, match=r"0\.\.256"), threads.busy_cores(-1):
+        pass
+
+
+def test_bench_busy_says_so(capsys):
+    argv = ["bench", "--model", "fcn8s_vgg16", "--size", "40", "--width", "0.0625",
+            "--repeats", "1", "--busy", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert "with 1 busy process beside" in capsys.readouterr().out
