@@ -256,7 +256,41 @@ def test_data_options_inherit_per_key_and_only_for_the_same_data(tmp_path):
     (folder / "classes.txt").write_text("background\ncat\n")
     Image.new("RGB", (9, 7)).save(folder / "images" / "a.png")
     Image.fromarray(np.zeros((7, 9), np.uint8)).save(folder / "masks" / "a.png")
-    other = opened(data=f"folder:{folder}", split="all")  # digits' n_val / size / seed are not folder's
+    other = opened(
+        data=f"folder:{folder}", split="all"
+    )  # digits' n_val / size / seed are not folder's
     assert len(other) == 1
     with pytest.raises(ValueError, match=r"unknown option 'size'"):
         opened("size=48", data=f"folder:{folder}", split="all")  # given ones are still checked
+
+
+# ------------------------------------------------------- 16. SIFT Flow eval: both heads, or none
+
+
+def test_siftflow_eval_upper_bound_and_confusion_for_both_heads(tmp_path, capsys):
+    from test_siftflow import _siftflow
+
+    root = _siftflow(tmp_path, ["coast_a1", "street_b2"], split_file="train.txt")
+    (root / "val.txt").write_text("street_b2\n")
+    run = tmp_path / "run"
+    argv = ["train", "--model", "siftflow-fcn32s", "--width", "0.0625", "--data",
+            f"siftflow:{root}", "--steps", "1", "--batch-size", "1", "--recipe", "modern",
+            "--out", str(run)]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    out = tmp_path / "cm"
+    argv = ["eval", str(run / "last.pt"), "--upper-bound", "--save-confusion", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "upper bound (sem)" in text and "upper bound (geo)" in text
+    assert sorted(p.name for p in out.iterdir()) == [
+        "confusion_geo.csv",
+        "confusion_geo.png",
+        "confusion_sem.csv",
+        "confusion_sem.png",
+    ]
+    geo = (out / "confusion_geo.csv").read_text().splitlines()
+    assert len(geo) == 4 and "sky" in geo[0]  # 3 geometric classes and the header
+    # an existing output is refused before any work, naming the head's file
+    assert main(argv) == 1
+    assert "confusion_sem.csv" in capsys.readouterr().err

@@ -80,9 +80,8 @@ def run(args) -> int:
 
     if args.save_confusion:
         out = Path(args.save_confusion)
-        check_outputs([(out / "confusion.csv", "confusion CSV"),
-                       (out / "confusion.png", "confusion plot")], [args.checkpoint],
-                      overwrite=args.overwrite, flag="--save-confusion")  # fmt: skip
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--save-confusion {out} is a file: give a folder")
     report = getattr(args, "report", None), getattr(args, "save_per_image", None)
     if any(report) and args.nproc > 1:
         raise ValueError("--report and --save-per-image score each image in one process: drop "
@@ -111,6 +110,13 @@ def run(args) -> int:
         raise ValueError(f"the data has {counts(have)} classes but checkpoint {args.checkpoint} "
                          f"scores {counts(heads)} classes: evaluate a checkpoint trained on "
                          f"this data's classes")  # fmt: skip
+    # one confusion matrix per head: confusion.csv/png, or confusion_sem / confusion_geo
+    stems = {h: f"confusion_{h}" if len(heads) > 1 else "confusion" for h in heads}
+    if args.save_confusion:
+        check_outputs([(out / f"{stems[h]}{ext}", f"confusion {what}") for h in heads
+                       for ext, what in ((".csv", "CSV"), (".png", "plot"))],
+                      [args.checkpoint], overwrite=args.overwrite,
+                      flag="--save-confusion")  # fmt: skip
     dist = Dist.from_env(args.device)  # under torchrun (--nproc): each rank scores its share
     loader = make_loader(dist.shard(scored_subset(dataset)), args.batch_size, model.preprocessing,
                          args.workers)  # fmt: skip
@@ -135,20 +141,26 @@ def run(args) -> int:
         names = head_names[head] or [str(i) for i in range(heads[head])]
         print(format_table({title: m, **(paper_rows(label) if head in ("", "sem") else {})}))
         print(format_per_class(m, names))
-    if args.upper_bound and len(heads) == 1:
+    if args.upper_bound:  # every head (two-head nets: sem and geo, each its own classes)
         from ..metrics import upper_bound
 
-        targets = (dataset[i][1] for i in range(len(dataset)))
-        bound = upper_bound(targets, model.num_classes, factors=tuple(args.factors))
-        print("upper bound: ground truth downsampled by the output stride and upsampled back")
-        print(format_table({f"stride {f}": m for f, m in bound.items()}))
+        scored = scored_subset(dataset)
+        for head in heads:
+            targets = (scored[i][1][head] if len(heads) > 1 else scored[i][1]
+                       for i in range(len(scored)))  # fmt: skip
+            bound = upper_bound(targets, heads[head], factors=tuple(args.factors))
+            print(f"upper bound{f' ({head})' if head else ''}: ground truth downsampled by "
+                  f"the output stride and upsampled back")  # fmt: skip
+            print(format_table({f"stride {f}": m for f, m in bound.items()}))
     if args.save_confusion:
         from ..evaluate import plot_confusion, save_confusion
 
-        head, cm = next(iter(result.items()))  # the (first) head's: semantic
-        save_confusion(cm.matrix, head_names[head], out / "confusion.csv")
-        plot_confusion(cm.matrix, head_names[head], out / "confusion.png")
-        print(f"confusion matrix written to {out}/confusion.csv and confusion.png")
+        for head, cm in result.items():
+            names = head_names[head] or [str(i) for i in range(heads[head])]
+            save_confusion(cm.matrix, names, out / f"{stems[head]}.csv")
+            plot_confusion(cm.matrix, names, out / f"{stems[head]}.png")
+            print(f"confusion matrix{f' ({head})' if head else ''} written to "
+                  f"{out}/{stems[head]}.csv and {stems[head]}.png")  # fmt: skip
     if per_image is not None:
         from ..report.evaluation import eval_outputs
 
