@@ -294,3 +294,29 @@ def test_siftflow_eval_upper_bound_and_confusion_for_both_heads(tmp_path, capsys
     # an existing output is refused before any work, naming the head's file
     assert main(argv) == 1
     assert "confusion_sem.csv" in capsys.readouterr().err
+
+
+# ------------------------------------- 10. a file a DataLoader worker cannot read: one clear line
+
+
+@pytest.mark.parametrize("command", ["eval", "train"])
+def test_empty_image_read_by_workers_gives_the_same_error(tmp_path, capsys, command):
+    root = _voc(tmp_path / "voc", IDS)
+    (root / "JPEGImages" / "05005.jpg").write_bytes(b"")  # 0 bytes
+    (root / "ImageSets/Segmentation/train.txt").write_text("".join(f"{i}\n" for i in IDS))
+    errors = []
+    for workers in ("0", "2"):
+        run = tmp_path / f"run{workers}"
+        if command == "train":
+            argv = ["train", "--model", "fcn32s_vgg16", "--width", "0.0625", "--data",
+                    f"voc:{root}", "--steps", "2", "--batch-size", "3", "--recipe", "modern",
+                    "--out", str(run), "--workers", workers]  # fmt: skip
+        else:
+            argv = ["eval", "voc-fcn32s", "--untrained", "--data", f"voc:{root}",
+                    "--workers", workers, "--batch-size", "1"]  # fmt: skip
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "worker" not in err
+        errors.append([line for line in err.splitlines() if line.startswith("error:")])
+    assert errors[0] == errors[1] and len(errors[0]) == 1, errors
+    assert "05005.jpg is empty (0 bytes)" in errors[0][0]

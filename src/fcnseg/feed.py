@@ -116,13 +116,17 @@ class StepBatches(torch.utils.data.Dataset):
                       for k in range(0, len(mine), self.micro)]  # fmt: skip
         return step, chunks
 
-    def loader(self, workers: int, pin: bool) -> torch.utils.data.DataLoader:
-        """The steps in order, built by `workers` processes (0: in this one), 2 steps ahead each."""
-        return torch.utils.data.DataLoader(
-            self, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin,
-            prefetch_factor=2 if workers else None, persistent_workers=False,
+    def loader(self, workers: int, pin: bool):
+        """The steps in order, built by `workers` processes (0: in this one), 2 steps ahead each.
+        A file a worker cannot read raises its own error here, as with 0 workers."""
+        from .data.build import CatchErrors, Relayed
+
+        return Relayed(torch.utils.data.DataLoader(
+            CatchErrors(self) if workers else self, batch_size=None, shuffle=False,
+            num_workers=workers, pin_memory=pin, prefetch_factor=2 if workers else None,
+            persistent_workers=False,
             generator=torch.Generator().manual_seed(self.seed),  # not the global RNG (dropout)
-        )  # fmt: skip
+        ))  # fmt: skip
 
 
 def default_workers(device: torch.device, world: int) -> int:

@@ -224,15 +224,70 @@ def collate_items(dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tens
     return _collate([dataset[i] for i in indices])
 
 
+class WorkerFailure:
+    """An error raised in a DataLoader worker, sent back as an item so that the main process
+    raises it as itself (same type, same one-line message naming the file), not as torch's
+    "Caught ImageError in DataLoader worker process 1. Original Traceback ..."."""
+
+    def __init__(self, error: Exception):
+        self.type, self.message = type(error), str(error)
+
+    def reraise(self):
+        try:
+            error = self.type(self.message)
+        except Exception:  # an exception class that wants other arguments
+            error = RuntimeError(self.message)
+        raise error from None
+
+
+class CatchErrors(torch.utils.data.Dataset):
+    """`dataset` whose items are a WorkerFailure where reading them raised (for workers)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[i]
+        except Exception as e:
+            return WorkerFailure(e)
+
+
+class Relayed:
+    """Iterates `loader`, raising each WorkerFailure it yields in this process."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for item in self.loader:
+            if isinstance(item, WorkerFailure):
+                item.reraise()
+            yield item
+
+
 def make_loader(dataset, batch: int, preprocessing, workers: int = 0) -> Iterator:
-    """Batches of (normalized float images, int64 targets), in order, for evaluation."""
+    """Batches of (normalized float images, int64 targets), in order, for evaluation. An item
+    that cannot be read raises the same error with any number of `workers`."""
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch, num_workers=workers, collate_fn=_collate, shuffle=False
-    )
+        CatchErrors(dataset) if workers else dataset, batch_size=batch, num_workers=workers,
+        collate_fn=_collate_or_failure, shuffle=False,
+    )  # fmt: skip
     from ..weights import prepare
 
-    for x, t in loader:
+    for x, t in Relayed(loader):
         yield prepare(preprocessing, x), t
+
+
+def _collate_or_failure(items):
+    failed = [it for it in items if isinstance(it, WorkerFailure)]
+    return failed[0] if failed else _collate(items)
 
 
 def _collate(items):
