@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -26,6 +28,23 @@ import numpy as np
 from .limits import Limits
 
 __all__ = ["Batcher", "Job"]
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return None
+
+
+_LIBC = _libc() if sys.platform.startswith("linux") else None
+
+
+def _trim() -> None:
+    """Hand the memory a batch's activations freed back to the system (glibc keeps it in
+    its arenas otherwise: the server's RSS would stay at its largest batch's)."""
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
 
 
 @dataclass(eq=False)
@@ -60,6 +79,7 @@ class Batcher:
         self.passes = 0  # net passes run (one per batch)
         self.images = 0  # images they held
         self.seconds = 0.0  # time spent in passes
+        self._trimmed = 0.0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -139,3 +159,6 @@ class Batcher:
                     c = None if conf is None else {h: v[k] for h, v in conf.items()}
                     job.future.set_result(({h: v[k] for h, v in labels.items()}, c,
                                            len(group), seconds))  # fmt: skip
+            if not self._queue and time.monotonic() - self._trimmed > 1.0:  # idle now
+                self._trimmed = time.monotonic()
+                await loop.run_in_executor(self._executor, _trim)
