@@ -69,7 +69,7 @@ def url(nets):
 def strict(nets):
     """Small limits, a token, Host names checked, and a net whose passes can be held."""
     held = Held(nets["tiny"])
-    limits = Limits(max_upload_bytes=64 * 1024, max_pixels=64 * 64, queue=3, timeout=1.5,
+    limits = Limits(max_upload_bytes=64 * 1024, max_pixels=64 * 64, queue=3, timeout=4.0,
                     batch_window=0.0)  # fmt: skip
     service = Service({"held": ServedModel("held", held, CPU)}, limits, token=TOKEN,
                       allowed_hosts=("127.0.0.1", "localhost"))  # fmt: skip
@@ -181,14 +181,16 @@ def test_queue_full_timeout_and_dropped_work(strict):
     held.gate.clear()
     held.batches.clear()
     with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(_post, base, png(photo(30, 30, k)), headers=auth)
-                   for k in range(3)]  # fmt: skip
+        futures = [pool.submit(_post, base, png(photo(30, 30)), headers=auth)]
+        wait_until(lambda: held.batches == [1], what="a pass")  # then two queue behind it
+        futures += [pool.submit(_post, base, png(photo(30, 30, k)), headers=auth)
+                    for k in (1, 2)]  # fmt: skip
         wait_until(lambda: service.admitted == 3, what="three admitted")
         r = _post(base, png(photo(30, 30)), headers=auth)
         assert r.status_code == 503 and r.json()["error"] == "queue_full"
         assert int(r.headers["retry-after"]) >= 1
         answers = [f.result() for f in futures]
-    assert [a.status_code for a in answers] == [504] * 3  # over the 1.5 s limit
+    assert [a.status_code for a in answers] == [504] * 3  # over the 4 s limit
     assert answers[0].json()["error"] == "timeout"
     held.gate.set()
     time.sleep(0.3)
