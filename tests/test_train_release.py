@@ -4,7 +4,6 @@ net's solvers, class names in eval's tables."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -61,25 +60,7 @@ def runs(tmp_path_factory):
     return tmp_path_factory.mktemp("runs")
 
 
-@pytest.mark.parametrize("name", fcnseg.reference_nets())
-def test_every_release_net_trains_evaluates_and_compares_by_its_name(trees, runs, capsys, name):
-    out = runs / name
-    args = ["train", "--model", name, *TINY, *_data(trees, name), "--steps", "1", "--out", str(out)]
-    assert main(args) == 0, capsys.readouterr().err
-    config = json.loads((out / "config.json").read_text())
-    assert config["data_options"] == (
-        {"modality": MODALITY[name]} if name in MODALITY else
-        {"task": "both"} if name.startswith("siftflow") else {})  # fmt: skip
-    if name == "voc-fcn-alexnet":  # cvpr: the paper's AlexNet rate
-        assert config["lr"] == 1e-3
-    ckpt = str(out / "last.pt")
-    capsys.readouterr()
-    assert main(["eval", ckpt, *_split(name)]) == 0, capsys.readouterr().err
-    table = capsys.readouterr().out
-    for cls in NAMES[name.split("-")[0]]:
-        assert f"| {cls} |" in table
-    assert main(["compare", ckpt, *_split(name), "-o", str(out / "compare.png")]) == 0
-    assert (out / "compare.png").stat().st_size > 1000
+# every release net trains, evaluates and compares by its name: tests/test_every_net.py
 
 
 def test_the_modality_comes_from_the_net_and_a_contradiction_is_refused(trees, runs, capsys):
