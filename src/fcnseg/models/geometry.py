@@ -51,7 +51,12 @@ def _pair0(v) -> int:
 
 
 def coord_map(layer: nn.Module) -> CoordMap:
-    """The coordinate map of one module (recursing into nn.Sequential)."""
+    """The coordinate map of one module (recursing into nn.Sequential). A module that describes
+    itself (a `coord_map()` method or attribute: residual blocks, a timm stage measured by
+    fcnseg.models.timm_trunk) is taken at its word, a Sequential one too."""
+    geometry = getattr(layer, "coord_map", None)
+    if callable(geometry):
+        return geometry()
     if isinstance(layer, nn.Sequential):
         return compose(layer)
     if isinstance(layer, nn.ConvTranspose2d):
@@ -66,9 +71,6 @@ def coord_map(layer: nn.Module) -> CoordMap:
         k, s, p = _pair0(layer.kernel_size), _pair0(layer.stride), _pair0(layer.padding)
         d = _pair0(getattr(layer, "dilation", 1))
         return CoordMap(Fraction(1, s), (p - Fraction(d * (k - 1), 2)) / s)
-    geometry = getattr(layer, "coord_map", None)
-    if callable(geometry):  # composite blocks (e.g. an inception module) describe themselves
-        return geometry()
     return IDENTITY  # point-wise
 
 

