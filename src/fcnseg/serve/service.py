@@ -25,8 +25,7 @@ from .uploads import Part, decode_depth, decode_image, text_fields
 
 __all__ = ["ServedModel", "Service", "head_key"]
 
-FORM_FLAGS = {"depth": "the form field 'depth' (a 16-bit PNG, millimetres)",
-              "hha": "the form field 'hha' (an HHA PNG)",
+FORM_FLAGS = {"depth": "the form field 'depth'", "hha": "the form field 'hha'",
               "camera": "the form field camera=nyud or intrinsics=fx,fy,cx,cy"}  # fmt: skip
 PALETTE = voc_palette(256)
 
