@@ -100,9 +100,7 @@ def _sort_key(v) -> tuple:
 
 
 def _figs(paths: list[str], alt: str) -> str:
-    imgs = "".join(
-        f'<img src="{escape(p)}" alt="{escape(alt)}" loading="lazy">' for p in paths if p
-    )
+    imgs = "".join(f'<img src="{escape(p)}" alt="{escape(alt)}">' for p in paths if p)
     return f'<div class="figs">{imgs}</div>'
 
 
