@@ -60,6 +60,8 @@ def test_quick_demo_writes_a_report(tmp_path):
     for line in report.splitlines():  # every linked image exists
         if line.startswith("!["):
             assert (out / line.split("(")[1].rstrip(")")).is_file(), line
+    page = out / "digits" / "report" / "index.html"  # the evaluation report as HTML too
+    assert page.is_file() and "digits/report/index.html" in report
     mask = Image.open(out / "cat_mask.png")
     assert mask.mode == "P"
     values = set(np.unique(np.asarray(mask)).tolist())

@@ -171,6 +171,8 @@ def _digits_section(d: dict) -> str:
         + d["bound"]
         + "\n\nFCN-8s per class:\n\n"
         + d["per_class"]
+        + f"\n\nThe evaluation report (per-class chart, confusion heat map, every scene's IU, "
+        f"the worst and best scenes): [{d['page']}]({d['page']})"
         + "\n\n"
         + "\n".join(f"![{p}]({p})" for p in d["images"])
         + "\n\n"

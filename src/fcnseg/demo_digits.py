@@ -52,12 +52,16 @@ def train_digit_stages(out: Path, quick: bool) -> dict:
     config, steps = digits_config(out, quick)
     results = train_stages(config, list(zip(VARIANTS, steps, strict=True)), progress=not quick)
     val = open_dataset("digits", "val", config.data_options)
+    from .report import PerImageScores
+
     models, rows, cms = {}, {}, {}
+    per_image = PerImageScores(val.num_classes, keep=6)  # the last stage's: FCN-8s
     for r in results:
         model, _ = load_model(r["checkpoint"])
         models[TITLES[r["model"]]] = model
         loader = make_loader(val, 32, model.preprocessing)
-        cms[r["model"]] = evaluate(model, loader, val.num_classes)
+        scores = per_image if r is results[-1] else None
+        cms[r["model"]] = evaluate(model, loader, val.num_classes, per_image=scores)
         rows[TITLES[r["model"]]] = cms[r["model"]].compute()
     bound = upper_bound((val[i][1] for i in range(len(val))), val.num_classes,
                         factors=(32, 16, 8))  # fmt: skip
@@ -66,18 +70,33 @@ def train_digit_stages(out: Path, quick: bool) -> dict:
     plot_confusion(cms[VARIANTS[-1]].matrix, val.class_names, images[1])
     images += [Path(r["checkpoint"]).parent / "curves.png" for r in results]  # loss, mean IU
     images += _predictions(models["FCN-8s"], val, out / "predictions", n=4)
+    page = _report_page(out / "report", rows, cms[VARIANTS[-1]], val, per_image)
     images = [str(p.relative_to(out.parent)) for p in images if p.exists()]  # report-relative
     return {
         "table": format_table(rows),
         "per_class": format_per_class(rows["FCN-8s"], val.class_names),
         "bound": format_table({f"stride {f}": m for f, m in bound.items()}),
         "images": images,
+        "page": str(page.relative_to(out.parent)),
         "seconds": sum(r["seconds"] for r in results),
         "metrics": {k: v["mean_iu"] for k, v in rows.items()},
         "steps": dict(zip(VARIANTS, steps, strict=True)),
         "amp": {r["model"]: _amp_note(r) for r in results},
         "config": dataclasses.asdict(config),
     }
+
+
+def _report_page(folder: Path, rows: dict, cm, val, per_image) -> Path:
+    """FCN-8s's evaluation report (fcnseg.report): the stages' metrics, per class, per image,
+    the worst and best scenes."""
+    from .report.evaluation import write_report
+
+    four = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
+    table = [{"name": k, "metrics": {m: float(v[m]) for m in four}} for k, v in rows.items()]
+    heads = {"": {"matrix": cm.matrix, "metrics": rows["FCN-8s"], "names": val.class_names}}
+    facts = [("data", "digit scenes (held out)"), ("images", len(val))]
+    return write_report(folder, title="fcnseg demo: FCN-8s on digit scenes", facts=facts,
+                        rows=table, dataset=val, heads=heads, per_image=per_image)  # fmt: skip
 
 
 def _amp_note(result: dict) -> str:
