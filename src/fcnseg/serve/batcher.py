@@ -79,7 +79,7 @@ class Batcher:
         self.passes = 0  # net passes run (one per batch)
         self.images = 0  # images they held
         self.seconds = 0.0  # time spent in passes
-        self._trimmed = 0.0
+        self._dirty = False  # passes ran since memory was last handed back
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -128,7 +128,11 @@ class Batcher:
             self._drop_dead()
             if not self._queue:
                 self._wake.clear()
-                await self._wake.wait()
+                try:  # idle for half a second after passes: hand their memory back
+                    await asyncio.wait_for(self._wake.wait(), 0.5 if self._dirty else None)
+                except TimeoutError:
+                    self._dirty = False
+                    await loop.run_in_executor(self._executor, _trim)
                 continue
             first = self._queue[0]
             same = sum(j.key == first.key and not j.future.done() for j in self._queue)
@@ -159,6 +163,4 @@ class Batcher:
                     c = None if conf is None else {h: v[k] for h, v in conf.items()}
                     job.future.set_result(({h: v[k] for h, v in labels.items()}, c,
                                            len(group), seconds))  # fmt: skip
-            if not self._queue and time.monotonic() - self._trimmed > 1.0:  # idle now
-                self._trimmed = time.monotonic()
-                await loop.run_in_executor(self._executor, _trim)
+            self._dirty = True
