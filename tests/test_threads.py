@@ -77,3 +77,64 @@ def test_bench_busy_says_so(capsys):
             "--repeats", "1", "--busy", "1"]  # fmt: skip
     assert main(argv) == 0
     assert "with 1 busy process beside" in capsys.readouterr().out
+
+
+def test_fit_to_free_cores_lowers_for_the_block_and_restores(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(threads, "usable_cpus", lambda root="/": 2)
+        monkeypatch.setattr(threads, "others_running", lambda: 1)  # one core taken
+        with threads.fit_to_free_cores() as n:
+            assert n == 1 and torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(threads, "others_running", lambda: 0)  # quiet: unchanged
+        with threads.fit_to_free_cores() as n:
+            assert n == 2 and torch.get_num_threads() == 2
+        monkeypatch.setattr(threads, "others_running", lambda: 5)  # never below one
+        with threads.fit_to_free_cores() as n:
+            assert n == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_run_queue_sees_a_busy_process():
+    quiet = threads.others_running()
+    assert quiet is not None and quiet >= 0
+    with threads.busy_cores(1):
+        time.sleep(0.3)
+        loaded = max(threads.others_running() for _ in range(5))
+    assert loaded >= 1
+
+
+def test_fastfcn_adapts_its_threads_and_gives_the_same_answer(monkeypatch):
+    from conftest import randomize_
+
+    import fcnseg
+
+    model = randomize_(fcnseg.build_model("fcn8s_vgg16", width=0.0625)).eval()
+    x = torch.randn(1, 3, 45, 61)
+    seen = []
+    fast = fcnseg.FastFCN(model, measure=False)
+    monkeypatch.setattr(threads, "others_running", lambda: 1)
+    monkeypatch.setattr(threads, "usable_cpus", lambda root="/": 2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        orig = fast._forward
+
+        def spy(xs):
+            seen.append(torch.get_num_threads())
+            return orig(xs)
+
+        monkeypatch.setattr(fast, "_forward", spy)
+        with torch.no_grad():
+            loaded = fast(x)
+            fixed = fcnseg.FastFCN(model, measure=False, adapt_threads=False)(x)
+            plain = model(x)
+        assert seen == [1] and torch.get_num_threads() == 2
+        scale = plain.abs().max()
+        assert ((loaded - plain).abs().max() / scale) < 1e-5
+        assert ((loaded - fixed).abs().max() / scale) < 1e-6  # rounding of the split only
+    finally:
+        torch.set_num_threads(before)

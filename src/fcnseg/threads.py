@@ -11,6 +11,12 @@ region.
 more, unless the user chose a count (OMP_NUM_THREADS / MKL_NUM_THREADS / FCNSEG_THREADS in the
 environment). It only ever lowers; `torch.set_num_threads` and `--threads` called later win.
 
+`fit_to_free_cores()`: for the length of a block, no more threads than the usable CPUs that
+other programs leave free right now (counted from the kernel's run queue, /proc/loadavg, minus
+this process's own running threads: ~20 us). On a shared machine a parallel region waits for
+its slowest thread, and a thread that shares its core with another program is the slowest by
+far: with one core of two busy, one thread finishes sooner than two. Quiet: nothing changes.
+
 `busy_cores(n)`: n single-thread busy processes beside a measurement (a data-loading worker, a
 browser tab, a second job), so that anyone can reproduce a "one core busy" figure.
 """
@@ -25,7 +31,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["busy_cores", "cgroup_cpu_limit", "limit_threads", "usable_cpus"]
+__all__ = [
+    "busy_cores",
+    "cgroup_cpu_limit",
+    "fit_to_free_cores",
+    "limit_threads",
+    "others_running",
+    "usable_cpus",
+]
 
 _USER_CHOICE = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "FCNSEG_THREADS")
 
@@ -93,6 +106,44 @@ def limit_threads(root: str | os.PathLike = "/sys/fs/cgroup") -> int | None:
         torch.set_num_threads(usable)
         return usable
     return None
+
+
+def others_running() -> int | None:
+    """Threads of other processes that are running or ready to run now (the run queue less
+    this process's own running threads), or None where /proc cannot tell (not Linux)."""
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+        mine = 0
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/stat") as f:
+                    stat = f.read()
+            except OSError:  # the thread ended meanwhile
+                continue
+            mine += stat[stat.rindex(")") + 2] == "R"
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, running - mine)
+
+
+@contextlib.contextmanager
+def fit_to_free_cores() -> Iterator[int]:
+    """torch's threads lowered, for the block, to the usable CPUs other programs leave free
+    (at least 1; never raised); yields the count used. See the module doc."""
+    import torch
+
+    before = torch.get_num_threads()
+    others = others_running()
+    use = before if others is None else max(1, min(before, usable_cpus() - others))
+    if use == before:
+        yield before
+        return
+    torch.set_num_threads(use)
+    try:
+        yield use
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from .. import kernels
 from ..models.fcn import FCN
+from ..threads import fit_to_free_cores
 from . import plan, prepare
 from .buffers import carve
 from .plan import WINOGRAD, Geom, Step, Stream, pair, parse_trunk
@@ -49,6 +51,10 @@ class FastFCN(nn.Module):
     ``fp32``: with ``bfloat16=True``, the convs named (e.g. ``("conv3_3", "conv4_3")``) run in
     float32 (their inputs, weights, sums and outputs; Winograd allowed), the others in bf16;
     None (default): the first conv, which reads the image (the largest single bf16 error).
+    ``adapt_threads`` (default): each call runs with no more threads than the cores other
+    programs leave free at that moment (fcnseg.threads.fit_to_free_cores; quiet: all of
+    torch's threads): on a shared machine a thread that shares its core waits out every
+    parallel region of the others.
     """
 
     def __init__(
@@ -62,6 +68,7 @@ class FastFCN(nn.Module):
         winograd: int | None = 1,
         measure: bool = True,
         fp32: tuple[str, ...] | None = None,
+        adapt_threads: bool = True,
     ):
         super().__init__()
         if not isinstance(model, FCN):
@@ -88,6 +95,7 @@ class FastFCN(nn.Module):
         self.max_cached = max_cached
         self.winograd = winograd
         self.measure = measure
+        self.adapt_threads = adapt_threads
         if fp32 is None:  # the convs that read the image (one per stream): see the package doc
             firsts = [st.steps[0] for st in self.streams.values()]
             fp32 = tuple(s.modules[0] for s in firsts if s.kind == "conv") if bfloat16 else ()
@@ -346,6 +354,11 @@ class FastFCN(nn.Module):
         if m.training:
             raise RuntimeError("FastFCN is for inference: call model.eval() first")
         xs = m._inputs(x)  # the model's own checks: stream names, channels, equal sizes
+        with fit_to_free_cores() if self.adapt_threads else contextlib.nullcontext():
+            return self._forward(xs)
+
+    def _forward(self, xs: dict[str, torch.Tensor]):
+        m = self.model
         H, W = next(iter(xs.values())).shape[-2:]
         feats: dict[str, torch.Tensor] = {}
         tops: dict[str, torch.Tensor] = {}
