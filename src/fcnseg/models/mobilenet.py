@@ -20,7 +20,7 @@ from torch import nn
 
 from .backbones import Trunk
 from .geometry import CoordMap
-from .modern import BatchNorm, ModernArch, residual_map
+from .modern import BatchNorm, ModernArch, residual_map, with_bn_counters
 
 __all__ = ["MOBILENET_V3_LARGE", "MobileNetV3", "mobilenet_v3_large_classifier"]
 
@@ -149,7 +149,9 @@ def torchvision_mobilenet_to_fcn(state: dict[str, torch.Tensor]) -> dict[str, to
     if "features.0.0.weight" not in state or "features.16.0.weight" not in state:
         raise KeyError(f"not a torchvision MobileNetV3-Large state dict (no features.0 / "
                        f"features.16 keys; its first keys: {list(state)[:4]})")  # fmt: skip
-    return {_KEY.sub(r"features_\1.", k): v for k, v in state.items() if _KEY.match(k)}
+    return with_bn_counters(
+        {_KEY.sub(r"features_\1.", k): v for k, v in state.items() if _KEY.match(k)}
+    )
 
 
 MOBILENET_V3_LARGE = ModernArch(

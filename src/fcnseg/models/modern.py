@@ -45,6 +45,7 @@ __all__ = [
     "paper_head",
     "residual_map",
     "set_bn",
+    "with_bn_counters",
 ]
 
 BN_MODES = ("auto", "frozen", "batch")
@@ -92,6 +93,18 @@ def set_bn(model: nn.Module, bn: str) -> None:
                 handle.remove()
             if bn == "frozen":
                 m.__dict__["_fcnseg_frozen"] = m.register_forward_pre_hook(_eval_pre_hook)
+
+
+def with_bn_counters(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with a zero ``num_batches_tracked`` beside every BN's running statistics that
+    lacks one (torchvision's files saved before PyTorch 0.4.1 have none; they are unused when
+    BN momentum is set, as here)."""
+    out = dict(state)
+    for k in state:
+        if k.endswith(".running_mean"):
+            out.setdefault(k[: -len("running_mean")] + "num_batches_tracked",
+                           torch.tensor(0, dtype=torch.long))  # fmt: skip
+    return out
 
 
 def residual_map(main: nn.Module | list, shortcut: nn.Module | list | None, what: str) -> CoordMap:

@@ -21,7 +21,7 @@ from torch import nn
 
 from .backbones import Trunk, scaled
 from .geometry import CoordMap
-from .modern import BatchNorm, ModernArch, residual_map
+from .modern import BatchNorm, ModernArch, residual_map, with_bn_counters
 
 __all__ = ["RESNETS", "BasicBlock", "Bottleneck", "ResNet", "resnet_classifier", "resnet_trunk"]
 
@@ -165,7 +165,7 @@ def _drop_fc(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if "conv1.weight" not in state or "layer4.0.conv1.weight" not in state:
         raise KeyError(f"not a torchvision ResNet state dict (it has no conv1 / layer4 keys; "
                        f"its first keys: {list(state)[:4]})")  # fmt: skip
-    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+    return with_bn_counters({k: v for k, v in state.items() if not k.startswith("fc.")})
 
 
 def _arch(depth: int, dilated: bool = False) -> ModernArch:
