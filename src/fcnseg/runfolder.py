@@ -17,13 +17,15 @@ import io
 import json
 import os
 import signal
+import tempfile
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .safety import WriteError, atomic_write, save_figure
+from .safety import WriteError, atomic_write, open_append, save_figure
 
-__all__ = ["RUN_FILES", "Interrupt", "Log", "check_same_run", "check_writable", "plot_curves",
-           "progress_bar", "write_json"]  # fmt: skip
+__all__ = ["RUN_FILES", "Interrupt", "Log", "check_restart", "check_same_run", "check_writable",
+           "plot_curves", "progress_bar", "stopped_before_first_checkpoint",
+           "write_json"]  # fmt: skip
 
 
 class Log:
@@ -50,7 +52,7 @@ class Log:
         self.rows.append({k: row.get(k, "") for k in self.FIELDS})
         if self.enabled:
             try:  # appended: a row cut short by a crash or a full disk is dropped on reading
-                with open(self.path, "a", newline="") as f:
+                with os.fdopen(open_append(self.path), "a", newline="") as f:  # never via a link
                     csv.DictWriter(f, self.FIELDS).writerow(self.rows[-1])
             except OSError as e:
                 raise WriteError(e.errno, f"could not append to the training log {self.path} "
@@ -64,9 +66,9 @@ RUN_FILES = ("last.pt", "best.pt", "config.json", "log.csv", "curves.png")
 def check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)  # a new name: O_EXCL
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise OSError(e.errno, f"cannot write the run folder '{out}' ({e.strerror}): choose "
                                f"another --out") from None  # fmt: skip
@@ -99,6 +101,43 @@ def check_same_run(ckpt: dict, now: dict, path: Path, recipe, defaults: dict) ->
                          f"({'; '.join(why)}){extra}, so continuing would not give the run it "
                          f"started. Resume with the same settings, or start a new run in "
                          f"another --out with --init-from {path}")  # fmt: skip
+
+
+def stopped_before_first_checkpoint(out: Path) -> dict | None:
+    """The config.json of a run fcnseg started in `out` and that was stopped before its first
+    checkpoint (no last.pt or best.pt, no row in log.csv, no curves.png), else None. Such a run
+    lost nothing: it can be started again (docs/errors.md, run folders)."""
+    if any((out / n).exists() or (out / n).is_symlink() for n in ("last.pt", "best.pt",
+                                                                   "curves.png")):  # fmt: skip
+        return None
+    config, log = out / "config.json", out / "log.csv"
+    if config.is_symlink() or log.is_symlink() or not config.is_file():
+        return None
+    try:
+        saved = json.loads(config.read_text())
+        rows = list(csv.DictReader(log.open())) if log.exists() else []
+    except (OSError, ValueError, UnicodeDecodeError, csv.Error):
+        return None
+    ours = isinstance(saved, dict) and {"model", "steps", "seed", "out"} <= set(saved)
+    return saved if ours and not rows else None
+
+
+def check_restart(saved: dict, now: dict, out: Path, defaults: dict, overwrite: bool) -> None:
+    """Starting again a run stopped before its first checkpoint: with the same settings it is
+    the same run (a note says so); other settings need --overwrite (its config.json is
+    replaced)."""
+    now = json.loads(json.dumps(now, default=str))  # as config.json holds it (tuples: lists)
+    diff = [k for k in _SAME_RUN if saved.get(k, defaults.get(k)) != now.get(k)]
+    if diff and not overwrite:
+        why = "; ".join(f"{k}: {saved.get(k, defaults.get(k))!r} -> {now.get(k)!r}"
+                        for k in diff)  # fmt: skip
+        raise FileExistsError(f"{out} holds a run that stopped before its first checkpoint "
+                              f"(config.json, no last.pt) with other settings ({why}): pass "
+                              f"--overwrite to start this one there instead, or choose another "
+                              f"--out")  # fmt: skip
+    print(f"note: {out} holds a run that stopped before its first checkpoint (config.json, no "
+          f"last.pt): nothing was lost; starting it again"
+          + (" with the new settings (--overwrite)" if diff else ""))  # fmt: skip
 
 
 def write_json(path: Path, obj) -> None:

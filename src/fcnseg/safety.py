@@ -12,9 +12,15 @@ The rules every command follows (docs/errors.md lists the cases and their tests)
   path) and against files already on disk that this run did not make (refused unless the user
   passes --overwrite).
 - `RunLock`: a training run folder is locked (`lockf` on RUN/.lock, holding the pid) while a
-  process trains in it. The kernel drops the lock when the process ends in any way, SIGKILL
+  process trains in it. The lock file is opened without following links (O_NOFOLLOW) and must
+  be a plain file with one name: a link planted there is refused, never truncated through.
+  The kernel drops the lock when the process ends in any way, SIGKILL
   included (its forked data workers do not inherit it), so a lock left by a dead process is
   detected as stale and taken over.
+- Free space: `atomic_write(..., size=N)` checks before writing that the folder has N bytes
+  (plus a little headroom) free, and refuses naming the folder, the need and what is free.
+- Links: nothing is ever written through a link. Temporary files are created with O_EXCL
+  (never an existing name), and the rename replaces a link at the final name, not its target.
 - `check_range`: numbers are checked against their allowed range before work, with the value and
   the range in the message.
 """
@@ -27,6 +33,7 @@ import glob
 import math
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -40,8 +47,11 @@ __all__ = [
     "atomic_write",
     "check_outputs",
     "check_range",
+    "check_space",
+    "open_append",
     "save_figure",
     "umask",
+    "unreadable",
     "write_bytes",
 ]
 
@@ -58,6 +68,12 @@ class RunLockedError(RuntimeError):
     """Another live process trains in the same run folder."""
 
 
+def unreadable(path: str | os.PathLike, what: str) -> str:
+    """The message for a file that is there but that this user may not read."""
+    return (f"cannot read {what} '{path}': permission denied (the file is there, but this user "
+            f"may not read it): check its permissions (ls -l; chmod u+r) or its owner")
+
+
 def umask() -> int:
     """The process's umask (read without changing it for good)."""
     mask = os.umask(0o022)
@@ -72,15 +88,63 @@ def _disk_full(path: Path) -> bool:
         return False
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, what: str = "file"
-                 ) -> Path:  # fmt: skip
-    """`write(f)` into a temporary file beside `path`, then rename it into place (see module)."""
+HEADROOM = 64 << 10  # bytes kept free beyond a write's own size (the file system's metadata)
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def check_space(folder: str | os.PathLike, need: int, *, what: str = "file",
+                path: str | os.PathLike | None = None) -> None:  # fmt: skip
+    """Refuse (WriteError, ENOSPC) when `folder` has less than `need` bytes (+ headroom) free."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # a folder we cannot measure: the write itself will tell
+    if free < need + HEADROOM:
+        target = path if path is not None else folder
+        raise WriteError(errno.ENOSPC, f"not enough free space to write {what} {target}: it "
+                                       f"needs about {_size(need)}, the folder {folder} has "
+                                       f"{_size(free)} free. Nothing was written: free disk "
+                                       f"space or choose another output folder, then run "
+                                       f"again", str(target))  # fmt: skip
+
+
+def open_append(path: str | os.PathLike) -> int:
+    """A descriptor appending to `path` (created 0666 & ~umask if missing), never through a
+    link: a symbolic link there raises OSError(ELOOP) naming the path."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                       | os.O_CLOEXEC, 0o666)  # fmt: skip
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"{path} is a symbolic link: fcnseg never writes "
+                                       f"through a link; remove it, then run again",
+                          str(path)) from None  # fmt: skip
+        raise
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *,
+                 what: str = "file", size: int | None = None) -> Path:  # fmt: skip
+    """`write(f)` into a temporary file beside `path`, then rename it into place (see module).
+
+    size: the bytes the write will need (an estimate); the free space is checked first. A link
+    at `path` is replaced by the new file: its target is never written.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if size is not None:
+            check_space(path.parent, size, what=what, path=path)
         _remove_stale_temps(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part",
                                    dir=path.parent)  # fmt: skip
+    except WriteError:
+        raise
     except OSError as e:
         raise WriteError(e.errno, f"cannot write {what} {path}: {e.strerror or e}; choose "
                                   f"another output folder", str(path)) from None  # fmt: skip
@@ -88,8 +152,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, 
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~umask())  # mkstemp: 0600; outputs follow the umask
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; outputs follow the user's umask
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
@@ -141,7 +205,7 @@ def _alive(pid: int) -> bool:
 
 def write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "file") -> Path:
     """`atomic_write` of a bytes object."""
-    return atomic_write(path, lambda f: f.write(data), what=what)
+    return atomic_write(path, lambda f: f.write(data), what=what, size=len(data))
 
 
 def _identity(p: Path) -> tuple[int, int] | None:
@@ -226,8 +290,25 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        st = os.fstat(fd)
+        try:  # never through a link: a planted RUN/.lock -> victim must not truncate the victim
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC, 0o666)  # fmt: skip
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+                raise
+            fd = None
+        st = os.fstat(fd) if fd is not None else None
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            if fd is not None:
+                os.close(fd)
+            kind = ("a symbolic link" if self.path.is_symlink() else
+                    "a file with other names (a hard link)" if st is not None
+                    and stat.S_ISREG(st.st_mode) else "not a plain file")  # fmt: skip
+            raise RunLockedError(
+                f"the run folder's lock {self.path} is {kind}: fcnseg writes its lock only into "
+                f"a file of its own and never through a link. Remove {self.path} (the file it "
+                f"points to is untouched), then run again"
+            )
         key = (st.st_dev, st.st_ino)
         try:
             if key in RunLock._held:

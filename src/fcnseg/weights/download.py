@@ -180,7 +180,11 @@ def _download(url: str, tmp: Path, *, progress: bool) -> None:
         urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
     )
     done, drops, pages = 0, 0, 0
-    with open(tmp, "wb") as out, tqdm(unit="B", unit_scale=True, disable=not progress) as bar:
+    # a new file of our own: never through a link, never an existing file (O_EXCL); a left
+    # over name of this pid (or a link planted there) is removed, not written through
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as out, tqdm(unit="B", unit_scale=True, disable=not progress) as bar:
         while True:
             resp = _open(opener, url, done)
             with resp:
