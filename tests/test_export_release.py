@@ -286,7 +286,7 @@ def test_cli_exports_a_checkpoint_of_the_release_nets_and_says_what_to_feed(name
 @pytest.mark.slow
 def test_cli_exports_a_release_net_by_name(tmp_path, capsys):
     out = tmp_path / "m.pt"
-    argv = ["export", "voc-fcn-alexnet", "--format", "torchscript", "-o", str(out)]
+    argv = ["export", "voc-fcn-alexnet", "--untrained", "--format", "torchscript", "-o", str(out)]
     with pytest.warns(UserWarning, match="all zero"):  # fresh score layers are zero
         assert main([*argv, "--sizes", "40x40"]) == 0
     text = capsys.readouterr().out

@@ -28,7 +28,7 @@ from torch import nn
 from .models.load import load_checked
 from .models.reference import build_reference, nets_fitting
 from .models.registry import build_model, list_models
-from .safety import atomic_write
+from .safety import atomic_write, unreadable
 from .weights import Preprocessing
 
 __all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "load_model", "save_checkpoint"]
@@ -48,7 +48,29 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     file and raises `WriteError` naming `path`; a previous checkpoint there is intact.
     """
     return atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f),
-                        what="checkpoint")  # fmt: skip
+                        what="checkpoint", size=_expected_size(path, state))  # fmt: skip
+
+
+def _expected_size(path: Path, state: dict) -> int:
+    """The bytes a checkpoint will take: its tensors' bytes, or the previous file's size."""
+    tensors: list[torch.Tensor] = []
+
+    def walk(x) -> None:
+        if isinstance(x, torch.Tensor):
+            tensors.append(x)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list | tuple):
+            for v in x:
+                walk(v)
+
+    walk(state)
+    try:
+        before = Path(path).stat().st_size
+    except OSError:
+        before = 0
+    return max(sum(t.nelement() * t.element_size() for t in tensors), before)
 
 
 def _first_sentence(e: BaseException, limit: int = 120) -> str:
@@ -62,8 +84,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' not found")
-    try:
+    try:  # weights_only: tensors and plain types, never arbitrary pickled objects (SECURITY.md)
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError:
+        raise CheckpointError(unreadable(path, "checkpoint")) from None
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         raise CheckpointError(
             f"checkpoint '{path}' ({path.stat().st_size} bytes) is truncated or corrupt "
@@ -149,18 +173,23 @@ def load_model(
     num_classes: int | None = None,
     device: str | torch.device = "cpu",
     net: str | None = None,
+    untrained: bool = False,
 ) -> tuple[nn.Module, dict]:
-    """A model from a checkpoint file, a fresh one from a registered name, or one of the
-    release's nets from its weights file (.caffemodel, or a .pth state dict with the release's
-    layer names): `net` names it, else the one net whose layers the file matches.
+    """A model from a checkpoint file, a registered name with its published weights, or one of
+    the release's nets from its weights file (.caffemodel, or a .pth state dict with the
+    release's layer names): `net` names it, else the one net whose layers the file matches.
+
+    A name means trained weights: a release net's (voc-fcn8s) or an fcnseg name's published
+    file (fcn8s_vgg16), fetched into the cache; a name without any is refused. `untrained`:
+    the net with random weights instead, marked `model.untrained = True` (predict writes a
+    warning into every output).
 
     Returns (model in eval mode on `device`, checkpoint dict or {} for a name or weights file).
     """
     if net is not None or str(source).endswith(".caffemodel"):
         return _release_weights(source, net).to(device).eval(), {}
     if str(source) in list_models():
-        model = build_model(str(source), num_classes=num_classes)
-        return model.to(device).eval(), {}
+        return _by_name(str(source), num_classes, untrained).to(device).eval(), {}
     if not Path(source).is_file():
         close = difflib.get_close_matches(Path(source).name, list_models(), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -193,6 +222,39 @@ def load_model(
         )
     model.class_names = ckpt.get("class_names")
     return model.to(device).eval(), ckpt
+
+
+def _by_name(name: str, num_classes: int | None, untrained: bool) -> nn.Module:
+    """A registered name: its published weights, or (asked for) the untrained net."""
+    from . import weights as weights_pkg
+
+    if untrained:
+        model = build_model(name, num_classes=num_classes)
+        model.untrained = True
+        return model
+    spec = next((w for w in weights_pkg.WEIGHTS.values() if w.arch == name), None)
+    if spec is None:
+        raise CheckpointError(
+            f"'{name}' names an architecture without published weights: it would run with "
+            f"random weights and give meaningless masks. Give a checkpoint (fcnseg train --model "
+            f"{name} ... writes one) or a weights file; or pass --untrained (untrained=True) to "
+            f"run the random net on purpose"
+        )
+    classes = spec.classes if hasattr(spec, "classes") else spec.num_classes
+    if num_classes is not None and num_classes != classes:
+        raise CheckpointError(f"the published weights of {name} ({spec.name}) score {classes} "
+                              f"classes, not --num-classes {num_classes}: drop the option, or "
+                              f"give a checkpoint trained with {num_classes}")  # fmt: skip
+    try:
+        path = weights_pkg.fetch(spec)
+    except weights_pkg.DownloadError as e:
+        raise CheckpointError(
+            f"'{name}' means the published weights of {name}, which are not on this machine "
+            f"and could not be fetched: {e}\nOr pass --untrained (untrained=True) to run the "
+            f"net with random weights on purpose (its outputs mean nothing)"
+        ) from None
+    pre = spec.preprocessing if isinstance(spec, weights_pkg.Weights) else None
+    return build_model(name, weights=path, preprocessing=pre)
 
 
 def _release_weights(source, net: str | None, not_ckpt: Exception | None = None) -> nn.Module:

@@ -27,6 +27,9 @@ def add(sub) -> None:
     s.add_argument("--device", default="cpu")
     s.add_argument("-o", "--out", default="compare.png", help="output PNG")
     s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    s.add_argument("--untrained", action="store_true",
+                   help="with a model name: the net with random weights instead of its "
+                   "published ones (outputs mean nothing)")  # fmt: skip
     s.set_defaults(func=run)
 
 
@@ -42,7 +45,7 @@ def run(args) -> int:
     resolve_device(args.device)
     models, ckpt = {}, {}
     for path in args.checkpoints:
-        model, ckpt = load_model(path, device=args.device)
+        model, ckpt = load_model(path, device=args.device, untrained=args.untrained)
         head = ckpt.get("model_name", Path(path).stem).split("_")[0]  # "fcn32s"
         title = f"FCN-{head[3:]}" if head.startswith("fcn") else head
         models[title if title not in models else f"{title} ({Path(path).parent.name})"] = model

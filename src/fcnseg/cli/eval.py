@@ -51,6 +51,9 @@ def add(sub) -> None:
     s.add_argument("--nproc", type=ranged(int, 1, 1024), default=1,
                    help="processes, each scoring a share (torchrun); matrices summed")  # fmt: skip
     s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    s.add_argument("--untrained", action="store_true",
+                   help="with a model name: the net with random weights instead of its "
+                   "published ones (outputs mean nothing)")  # fmt: skip
     s.add_argument("--net", help="for a release weights file (.caffemodel, the port's .pth): "
                    "which net, e.g. nyud-fcn32s-hha (default: the one its layers fit)")  # fmt: skip
     s.set_defaults(func=run)
@@ -92,7 +95,8 @@ def run(args) -> int:
     if report[1]:
         check_outputs([(report[1], "per-image CSV")], [args.checkpoint],
                       overwrite=args.overwrite, flag="--save-per-image")  # fmt: skip
-    model, ckpt = load_model(args.checkpoint, device=resolve_device(args.device), net=args.net)
+    model, ckpt = load_model(args.checkpoint, device=resolve_device(args.device), net=args.net,
+                             untrained=args.untrained)  # fmt: skip
     _, dataset = checkpoint_dataset(args, ckpt, model)
     label = ckpt.get("model_name") or getattr(model, "name", None) or str(args.checkpoint)
     model = fast_model(model, args.fast, args.device)

@@ -22,6 +22,9 @@ def add(sub) -> None:
     )
     s.add_argument("--num-classes", type=CLASSES, help="for an fcnseg model name (default 21)")
     s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    s.add_argument("--untrained", action="store_true",
+                   help="with a model name: the net with random weights instead of its "
+                   "published ones (outputs mean nothing)")  # fmt: skip
     s.add_argument("--net", help="for a release weights file (.caffemodel, the port's .pth): "
                    "which net, e.g. voc-fcn8s (default: the one its layers fit)")  # fmt: skip
     s.add_argument(
@@ -51,7 +54,8 @@ def run(args) -> int:
     suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
     out = Path(args.out or Path(args.model).stem + suffix)
     check_outputs([(out, f"{args.format} model")], [args.model], overwrite=args.overwrite)
-    model, _ = load_model(args.model, num_classes=args.num_classes, net=args.net)
+    model, _ = load_model(args.model, num_classes=args.num_classes, net=args.net,
+                          untrained=args.untrained)  # fmt: skip
     pre = args.with_preprocessing
     if args.format == "onnx":
         rows = export_onnx(model, out, opset=args.opset, verify_sizes=sizes, with_preprocessing=pre)

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..categories import voc_palette
-from ..safety import atomic_write
+from ..safety import atomic_write, unreadable
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -80,6 +80,8 @@ def _open(
             # our own max_pixels check below replaces Pillow's DecompressionBombWarning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(p if data is None else io.BytesIO(data))
+    except PermissionError:
+        raise ImageError(unreadable(p, what)) from None
     except UnidentifiedImageError as e:
         if data is not None:
             head = data[:16]

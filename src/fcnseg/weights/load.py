@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ..safety import unreadable
 from .caffe import caffe_state_dict
 from .download import fetch
 from .preprocessing import IMAGENET_RGB
@@ -26,8 +27,10 @@ def _torch_load(path: Path) -> dict:
     if path.suffix == ".caffemodel":  # caffe.read_layers checks the content as well
         return caffe_state_dict(path)
     _check_not_caffe(path)
-    try:
+    try:  # weights_only: tensors and plain types only, never arbitrary pickles (SECURITY.md)
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise ValueError(unreadable(path, "weights file")) from None
     except Exception as e:  # truncated zip, pickle error, not a torch file
         raise ValueError(f"cannot read weights file {path}: {e}. Is it complete?") from e
     return _unwrap(obj, str(path))
