@@ -38,10 +38,12 @@ from .runfolder import (
     RUN_FILES,
     Interrupt,
     Log,
+    check_restart,
     check_same_run,
     check_writable,
     plot_curves,
     progress_bar,
+    stopped_before_first_checkpoint,
     write_json,
 )
 from .safety import (
@@ -317,12 +319,16 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
               f"'{recipe.name}' ({recipe.description})")  # fmt: skip
     out = Path(config.out)
     last, best_path = out / "last.pt", out / "best.pt"
+    # a run stopped before its first checkpoint (config.json alone) lost nothing: it restarts
+    restart = None if last.exists() else stopped_before_first_checkpoint(out)
     if not (resume and last.exists()):  # a new run: another run's files are not ours to replace
         if last.exists() and not overwrite:
             raise FileExistsError(f"{out} already holds a run (last.pt): pass --resume to "
                                   f"continue it, --overwrite to start it again, or choose "
                                   f"another --out")  # fmt: skip
-        check_outputs([(out / n, n) for n in RUN_FILES], overwrite=overwrite, flag="--out")
+        ours = ("config.json", "log.csv") if restart is not None else ()
+        check_outputs([(out / n, n) for n in RUN_FILES if n not in ours], overwrite=overwrite,
+                      flag="--out")  # fmt: skip
         best_path.unlink(missing_ok=True)  # --overwrite: the old run's best is not this run's
 
     def for_net(spec: str, options: dict) -> dict:
@@ -341,16 +347,24 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
     resolved = {**dataclasses.asdict(config), "num_classes": num_classes, "batch_size": batch,
                 "accumulate": accumulate, "lr": lr, "world_size": dist.world,
                 "data_options": data_options, "solver": recipe.name}  # fmt: skip
+    if restart is not None:
+        check_restart(restart, resolved, out, _defaults(), overwrite)
 
     torch.manual_seed(config.seed)
     model = build_model(config.model, num_classes=num_classes,
-                        backbone_weights=config.backbone_weights, init_from=config.init_from,
+                        backbone_weights=config.backbone_weights,
                         **config.model_options)  # fmt: skip
+    if config.init_from is not None:  # says what it copied from where; refuses when nothing
+        from .models.reference_init import initialize
+
+        copied = initialize(model, config.init_from)
+        if dist.rank == 0 and not (resume and last.exists()):
+            print(copied)
     model.to(device)
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
     optimizer = make_optimizer(model, recipe, lr)
-    start, best_iu = 0, -1.0
+    start, best_iu, kept_amp = 0, -1.0, ()
     if resume and last.exists():
         try:
             ckpt = load_checkpoint(last, map_location=device)
@@ -362,6 +376,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start, best_iu = ckpt["step"], ckpt.get("best_mean_iu", -1.0)
+        if config.amp == "auto" and ckpt.get("amp_ran", "?") in (None, "bf16", "fp16"):
+            kept_amp = (ckpt["amp_ran"],)  # --amp auto's choice is the run's: kept on resume
         if start >= config.steps:  # nothing to do: say so and touch nothing
             print(f"nothing to do: {last} is already at step {start} of {config.steps}")
             return {"checkpoint": last, "best": best_path if best_path.exists() else last,
@@ -397,7 +413,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
             save_checkpoint(path, {**model_state(model), "class_names": list(class_names),
                                    "optimizer": optimizer.state_dict(), "step": step,
                                    "config": resolved, "rng": rng, "best_mean_iu": best_iu,
-                                   **extra})  # fmt: skip
+                                   "amp_ran": amp_name, **extra})  # fmt: skip
             tb.flush()  # a killed run keeps every event up to its checkpoint
 
     def validate(step: int) -> dict:
@@ -423,15 +439,27 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
     micro = batch // accumulate // dist.world
     workers = default_workers(device, dist.world) if config.workers is None else config.workers
     amp_name, choice = config.amp, None
-    if amp_name == "auto":  # bf16 only where it measures faster here (fcnseg.amp)
+    if amp_name == "auto" and kept_amp:  # the precision the run used, not a new measurement
+        amp_name = kept_amp[0]
+        if dist.rank == 0:
+            print(f"amp auto: {amp_name or 'fp32'}, as the run chose at its start (kept on "
+                  f"resume: {last})")  # fmt: skip
+    elif amp_name == "auto":  # bf16 only where it measures faster here (fcnseg.amp)
         from .amp import auto_amp
 
         first = step_indices(start, len(train_set), batch, config.seed)[:micro]
         x, t = collate_items(train_set, first)  # a micro-batch of the run's shape
         x = to_device(prepare(model.preprocessing, to_device(x, device)), device, fmt)
         log_to = print if dist.rank == 0 else None
-        choice = auto_amp(model, x, to_device(t, device), loss_of, name=config.model,
-                          options=config.model_options, log=log_to)  # fmt: skip
+        try:
+            choice = auto_amp(model, x, to_device(t, device), loss_of, name=config.model,
+                              options=config.model_options, log=log_to)  # fmt: skip
+        except KeyboardInterrupt:
+            kept = (f"{last} (step {start}) is intact: continue with --resume" if start else
+                    "no training step had run: run the same command again")  # fmt: skip
+            raise KeyboardInterrupt(f"interrupted while measuring --amp auto (bf16 against "
+                                    f"fp32, before step {start + 1}): nothing was lost; "
+                                    f"{kept}") from None  # fmt: skip
         amp_name = choice.amp
         amp_name = amp_name if dist.sum(float(amp_name is not None)) == dist.world else None
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp_name or "")

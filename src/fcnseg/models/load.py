@@ -102,21 +102,40 @@ def load_backbone(model: FCN, arch, source) -> None:
     )
 
 
+def _fixed(key: str) -> bool:
+    """The bilinear upsampling kernels: every FCN has them, they carry nothing learned."""
+    return key.startswith("up")
+
+
 def transfer(model: nn.Module, source) -> list[str]:
     """Staged initialisation: copy every tensor of `source` that `model` has with the same name.
 
     Shapes must agree (same trunk, width and class count); layers only `model` has keep their
-    init. Returns the copied keys. Raises if nothing is shared.
+    init. Returns the copied keys. Raises, naming the file, if no learned layer is shared (the
+    fixed upsampling kernels do not count): a late-fusion net's layers are per stream.
     """
     state, _ = load_state(source)
     own = model.state_dict()
     shared = [k for k in own if k in state]
-    if not shared:
-        raise ValueError("init_from shares no layer names with this model")
+    name = getattr(model, "name", type(model).__name__)
+    if not [k for k in shared if not _fixed(k)]:
+        streams = getattr(getattr(model, "reference", None), "streams", None)
+        inputs = list(getattr(getattr(model, "reference", None), "inputs", {}) or {})
+        fix = (f"{name} is a late-fusion net whose layers are per input stream "
+               f"({', '.join(k for k in own if k.startswith('conv1_1'))[:80]}): give one "
+               f"checkpoint per stream, --init-from "
+               + ",".join(f"{s}=PATH" for s in inputs)
+               + f" (init_from={{{', '.join(repr(s) + ': ...' for s in inputs)}}})"
+               if streams else "give a checkpoint of a net with the same layers (a coarser "
+               "FCN of the same trunk, width and class count)")  # fmt: skip
+        raise ValueError(f"init_from {label_of(source)} shares no learned layer with {name} "
+                         f"(of its {len(state)} tensors, none has a name of this net's "
+                         f"{len(own)}), so nothing would be copied: {fix}")  # fmt: skip
     bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
            for k in shared if state[k].shape != own[k].shape]  # fmt: skip
     if bad:
-        raise ValueError(f"init_from does not fit (class count or width differ): {bad[:4]}")
+        raise ValueError(f"init_from {label_of(source)} does not fit {name} (class count or "
+                         f"width differ): {'; '.join(bad[:4])}")  # fmt: skip
     with torch.no_grad():
         for k in shared:
             own[k].copy_(state[k])

@@ -20,9 +20,9 @@ from torch import nn
 from ..weights import load_state
 from .backbones import VGG16, build_trunk
 from .fcn import FCN, HEADS
-from .load import load_backbone
+from .load import load_backbone, transfer
 
-__all__ = ["init_streams", "reference_backbone"]
+__all__ = ["init_streams", "initialize", "reference_backbone"]
 
 
 def _vgg16_state(width: float, source) -> dict[str, torch.Tensor]:
@@ -34,10 +34,16 @@ def _vgg16_state(width: float, source) -> dict[str, torch.Tensor]:
 
 def _copy(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> list[str]:
     own = model.state_dict()
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-           if k not in own or own[k].shape != v.shape]  # fmt: skip
-    if bad:
-        raise ValueError(f"{what} does not fit {model.name}: {'; '.join(bad[:4])}")
+    extra = [k for k in state if k not in own]
+    shapes = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and own[k].shape != v.shape]  # fmt: skip
+    if extra or shapes:
+        parts = [f"{label} ({len(keys)}): {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                 for label, keys in (("layers the net lacks", extra),
+                                     ("shape mismatch, file vs net", shapes)) if keys]  # fmt: skip
+        raise ValueError(f"{what} does not fit {model.name}: {'; '.join(parts)}. Each stream "
+                         f"starts from a net of its own input with the same trunk, width and "
+                         f"classes (nyud-fcn32s-color, nyud-fcn32s-hha)")  # fmt: skip
     with torch.no_grad():
         for k, v in state.items():
             own[k].copy_(v)
@@ -78,6 +84,21 @@ def init_streams(model: nn.Module, sources: dict[str, object]) -> list[str]:
             if not k.startswith("up"):  # the one fixed upscore is the fused net's own
                 state[_suffixed(k, stream)] = v
     return _copy(model, state, "init_from " + ", ".join(f"{k}={v}" for k, v in sources.items()))
+
+
+def initialize(model: nn.Module, init_from) -> str:
+    """`init_from` (one source, or one per stream for late fusion) into `model`; returns the
+    sentence that says what was copied from where (train prints it)."""
+    if isinstance(init_from, dict):
+        copied = init_streams(model, init_from)
+        where = ", ".join(f"{k}={v}" for k, v in init_from.items())
+    else:
+        copied = transfer(model, init_from)
+        where = str(init_from) if not isinstance(init_from, nn.Module) else "the given model"
+    total = len(model.state_dict())
+    return (f"init from {where}: copied {len(copied)} of the {total} tensors of "
+            f"{getattr(model, 'name', 'the model')}; the other {total - len(copied)} keep "
+            f"their initialisation")  # fmt: skip
 
 
 def _suffixed(key: str, suffix: str) -> str:
