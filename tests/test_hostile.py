@@ -118,11 +118,11 @@ def test_export_in_the_run_folder_keeps_the_checkpoint(home, capsys, monkeypatch
         (["export", "tiny.pt", "-o", "tiny.pt", "--overwrite"], ["would overwrite the input"]),
         (
             ["predict", "photos", "--model", "tiny.pt", "-o", "photos"],
-            ["would overwrite the input"],
+            ["is the input folder"],
         ),
         (
             ["predict", "photos", "--model", "tiny.pt", "-o", "photos", "--overwrite"],
-            ["would overwrite the input"],
+            ["is the input folder"],
         ),
         (
             ["predict", "photos/a.png", "--model", "tiny.pt", "-o", "photos"],

@@ -26,18 +26,21 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from torch import nn
 
-from .data.io import ImageError, colorize, read_image, write_mask
+from .data.io import ImageError, colorize, mask_png, read_image
 from .predict import _run, _tile_plan, class_names, resolve_device
 from .predict_inputs import (
     IMAGE_EXTENSIONS,
@@ -47,6 +50,7 @@ from .predict_inputs import (
     head_names,
     input_plan,
     load_sample,
+    net_attr,
     pair_files,
 )
 from .safety import atomic_write, check_outputs, check_range
@@ -60,6 +64,10 @@ __all__ = [
 ]
 
 OVERLAY_ALPHA = 0.5
+UNTRAINED_WARNING = (
+    "untrained net (random weights, --untrained): its outputs mean nothing; "
+    "do not use them as results"
+)
 _OUTPUT_SUFFIXES = (".png", "_overlay.png", "_overlay.jpg", "_probs.npz")  # per head
 
 
@@ -114,6 +122,23 @@ def _output_paths(
     return out
 
 
+def _complete(path: Path) -> bool:
+    """An output `--skip-existing` may keep: a plain file that decodes (a 0-byte or damaged
+    one, from a crash or a copy cut short, is written again)."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size == 0:
+            return False
+        if path.suffix == ".npz":
+            with np.load(path) as z:
+                z["probs"].shape  # noqa: B018  (reads the array's header and data)
+        else:
+            with Image.open(path) as im:
+                im.load()
+    except Exception:  # any decoder error means: not a usable output
+        return False
+    return True
+
+
 def _check_writable(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,28 +169,57 @@ def blend_overlay(
     return np.rint(out).astype(np.uint8)
 
 
+def png_with_text(png: bytes, text: dict[str, str]) -> bytes:
+    """`png` with tEXt chunks (keyword -> Latin-1 text) after its header chunk."""
+    chunks = b""
+    for key, value in text.items():
+        data = key.encode("latin-1") + b"\0" + value.encode("latin-1", "replace")
+        body = b"tEXt" + data
+        chunks += struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+    end = 8 + 4 + 4 + 13 + 4  # signature, then IHDR: length, type, 13 bytes, crc
+    return png[:end] + chunks + png[end:]
+
+
 def _write_head(
     targets: dict[str, Path],
     rgb: np.ndarray,
     labels: np.ndarray,
     probs: np.ndarray | None,
     names: Sequence[str],
+    warning: str | None = None,
 ) -> dict:
-    """One head's files: labels, overlay, probabilities (those in `targets`)."""
+    """One head's files: labels, overlay, probabilities (those in `targets`). `warning` (an
+    untrained net's) is written into each: a PNG text chunk "warning", a JPEG comment, an
+    npz array "warning"."""
     record = {}
-    write_mask(targets["labels"], labels)
+
+    def encode(f) -> None:  # write_mask's PNG (+ the warning), encoded inside atomic_write
+        png = mask_png(labels, source=f"mask {targets['labels']}")
+        f.write(png_with_text(png, {"warning": warning}) if warning else png)
+
+    # the size bound (pixels + palette + headers) is checked against the free space first
+    atomic_write(targets["labels"], encode, what="mask", size=labels.size + 4096)
     record["labels"] = str(targets["labels"])
     if "overlay" in targets:
         jpeg = targets["overlay"].suffix == ".jpg"
         background = 0 if names and names[0] == "background" else None
         im = Image.fromarray(blend_overlay(rgb, labels, background=background))
+        extra: dict = {}
+        if warning and jpeg:
+            extra["comment"] = warning.encode()
+        elif warning:
+            extra["pnginfo"] = PngInfo()
+            extra["pnginfo"].add_text("warning", warning)
         atomic_write(targets["overlay"], lambda f: im.save(f, format="JPEG" if jpeg else "PNG",
-                                                           quality=90), what="overlay")  # fmt: skip
+                                                           quality=90, **extra),
+                     what="overlay", size=im.width * im.height * 3)  # fmt: skip
         record["overlay"] = str(targets["overlay"])
     if probs is not None:
         p16 = probs.astype(np.float16)
+        marks = {"warning": np.array(warning)} if warning else {}
         atomic_write(targets["probs"], lambda f: np.savez_compressed(
-            f, probs=p16, class_names=list(names)), what="probabilities")  # fmt: skip
+            f, probs=p16, class_names=list(names), **marks), what="probabilities",
+            size=p16.nbytes)  # fmt: skip
         record["probs"] = str(targets["probs"])
     present = np.unique(labels)
     record["classes"] = [names[i] if i < len(names) else str(i) for i in present.tolist()]
@@ -179,16 +233,19 @@ def _write_outputs(
     labels: dict[str, np.ndarray],
     probs: dict[str, np.ndarray] | None,
     names: dict[str, Sequence[str]],
+    warning: str | None = None,
 ) -> dict:
     """Every head's files; the record holds "labels", "overlay", "probs", "classes" as for one
     head, or each a dict {head: ...} for a two-head net."""
     heads = list(labels)
     record = {"input": str(path), "ok": True, "size": tuple(labels[heads[0]].shape)}
+    if warning:
+        record["warning"] = warning
     per = {}
     for head in heads:
         mine = {kind: p for (h, kind), p in targets.items() if h == head}
         p = None if probs is None else probs[head]
-        per[head] = _write_head(mine, rgb, labels[head], p, names[head])
+        per[head] = _write_head(mine, rgb, labels[head], p, names[head], warning)
     if heads == [""]:
         return {**record, **per[""]}
     return {**record, **{key: {h: per[h][key] for h in heads} for key in per[heads[0]]}}
@@ -295,7 +352,7 @@ def predict_paths(
                       intrinsics=camera is not None)  # fmt: skip
     heads = head_names(model)
     dev = resolve_device(device, model)
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, out_dir=out_dir)  # outputs are never inputs
     if not files:
         raise FileNotFoundError(
             f"no images in {', '.join(map(str, inputs))} (looked for {', '.join(IMAGE_EXTENSIONS)})"
@@ -308,7 +365,7 @@ def predict_paths(
     targets = [_output_paths(f, out / s, overlay, save_probs, heads)
                for (f, _), s in zip(files, stems, strict=True)]  # fmt: skip
     mine = list(range(rank, len(files), world))
-    done = {i for i in mine if skip_existing and all(p.exists() for p in targets[i].values())}
+    done = {i for i in mine if skip_existing and all(map(_complete, targets[i].values()))}
     todo = [i for i in mine if i not in done]
     what = {"labels": "labels", "overlay": "overlay", "probs": "probabilities"}
     inputs_read = [f for f, _ in files] + [p for ps in pairs.values() for p in ps]
@@ -317,6 +374,7 @@ def predict_paths(
                   overwrite=overwrite or skip_existing)  # fmt: skip
     _check_writable(out)
     names = {head: class_names(model, head) for head in heads}
+    warning = UNTRAINED_WARNING if net_attr(model, "untrained") else None
     results: dict[int, dict] = {i: {"input": str(files[i][0]), "ok": True, "skipped": True}
                                 for i in done}  # fmt: skip
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress,
@@ -344,7 +402,8 @@ def predict_paths(
             try:
                 p_k = None if probs is None else {h: v[k] for h, v in probs.items()}
                 rec = _write_outputs(files[i][0], targets[i], rgb,
-                                     {h: v[k] for h, v in labels.items()}, p_k, names)  # fmt: skip
+                                     {h: v[k] for h, v in labels.items()}, p_k, names,
+                                     warning)  # fmt: skip
             except OSError as e:
                 if e.errno == errno.ENOSPC:
                     bar.close()

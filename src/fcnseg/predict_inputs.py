@@ -261,21 +261,59 @@ def _has_magic(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
-def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, Path]]:
+# the endings of predict's own outputs (predict_folder): never read back as photos
+OUTPUT_MARKS = ("_overlay", "_sem", "_geo", "_probs")
+
+
+def _in(path: Path, folder: Path | None) -> bool:
+    """`path` is `folder` or lies below it (both resolved: links and `..` spellings count)."""
+    if folder is None:
+        return False
+    r = path.resolve()
+    return r == folder or folder in r.parents
+
+
+def _looks_like_output(f: Path, siblings: set[str]) -> bool:
+    """A file named as predict names its outputs: x_overlay.png, x_sem.png, ..., or x.png (the
+    labels) beside a photo x.jpg."""
+    stem = f.stem
+    if any(stem.endswith(m) or f"{m}_" in stem for m in OUTPUT_MARKS):
+        return True
+    return f.suffix.lower() == ".png" and any(
+        n != f.name and Path(n).stem == stem for n in siblings
+    )
+
+
+def expand_inputs(
+    inputs: Sequence[str | os.PathLike], *, out_dir: str | os.PathLike | None = None
+) -> list[tuple[Path, Path]]:
     """Files, folders (recursively, by extension) and globs -> [(file, path relative to its
-    root)], in order, each file once. A path that does not exist raises FileNotFoundError."""
+    root)], in order, each file once. A path that does not exist raises FileNotFoundError.
+
+    out_dir: predict's output folder. Outputs are never inputs: a folder or glob skips every
+    file under out_dir (a second `predict DIR -o DIR/out` does not read DIR/out's overlays), a
+    glob rooted in out_dir skips predict's own output names there, and out_dir equal to an
+    input folder is refused (ValueError: the outputs would be mixed with the photos)."""
+    out = Path(out_dir).resolve() if out_dir is not None else None
     found: dict[Path, Path] = {}
+    skipped = 0
     for item in inputs:
         text = str(item)
         p = Path(text)
         if p.is_file():
             found.setdefault(p, Path(p.name))
         elif p.is_dir():
+            if out is not None and p.resolve() == out:
+                raise ValueError(f"-o {out_dir} is the input folder {p}: the outputs would sit "
+                                 f"among the photos (and a later run would read them as photos)"
+                                 f"; choose another -o, e.g. -o {p / 'predictions'}")  # fmt: skip
             files = sorted(f for f in p.rglob("*") if f.is_file() and _is_image(f))
-            if not files:
+            mine = [f for f in files if not _in(f, out)]
+            skipped += len(files) - len(mine)
+            if not mine:
                 print(f"warning: folder {p} holds no images ({', '.join(IMAGE_EXTENSIONS)})",
                       file=sys.stderr)  # fmt: skip
-            for f in files:
+            for f in mine:
                 found.setdefault(f, f.relative_to(p))
         elif _has_magic(text):
             parts = Path(text).parts
@@ -285,12 +323,23 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, Path]
             matches = [m for m in matches if m.is_file()]
             if not matches:
                 raise FileNotFoundError(f"input pattern '{text}' matches no files")
-            for m in matches:
+            if out is not None and root.resolve() == out:  # photos and outputs share a root
+                beside: dict[Path, set[str]] = {}
+                for m in matches:
+                    beside.setdefault(m.parent, set()).add(m.name)
+                mine = [m for m in matches if not _looks_like_output(m, beside[m.parent])]
+            else:
+                mine = [m for m in matches if not _in(m, out)]
+            skipped += len(matches) - len(mine)
+            for m in mine:
                 found.setdefault(m, m.relative_to(root) if m.is_relative_to(root) else Path(m.name))
         else:
             raise FileNotFoundError(
                 f"input '{text}' not found: no such file or folder (cwd is {Path.cwd()})"
             )
+    if skipped:
+        print(f"note: {skipped} file(s) in the output folder {out_dir} skipped: outputs are "
+              f"never read as inputs", file=sys.stderr)  # fmt: skip
     return list(found.items())
 
 

@@ -25,7 +25,10 @@ def add(sub) -> None:
                    help="the depth camera, to compute HHA from --depth")  # fmt: skip
     s.add_argument("--intrinsics", metavar="FX,FY,CX,CY",
                    help="the depth camera's intrinsics in pixels, instead of --camera")  # fmt: skip
-    s.add_argument("--model", required=True, help="checkpoint file or model name")
+    s.add_argument("--model", required=True, help="checkpoint file, weights file, or a name: "
+                   "a release net (voc-fcn8s) or fcnseg name (fcn8s_vgg16) means its published "
+                   "weights (fetched once into the cache)")  # fmt: skip
+    s.add_argument("--untrained", action="store_true", help=UNTRAINED_HELP)
     s.add_argument("-o", "--out", default="predictions", help="output folder")
     s.add_argument("--device", help="cpu or cuda (default: cpu)")
     s.add_argument(
@@ -57,6 +60,10 @@ def add(sub) -> None:
     s.set_defaults(func=run)
 
 
+UNTRAINED_HELP = (
+    "with a model name: run the net with random weights instead of its published "
+    "ones (tests, timing); every output then carries a warning"
+)
 FLAGS = {"depth": "--depth SRC", "hha": "--hha SRC",
          "camera": "--camera nyud or --intrinsics FX,FY,CX,CY"}  # fmt: skip
 
@@ -88,13 +95,14 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     device = resolve_device(args.device)  # missing CUDA or inputs: fail before any work
-    expand_inputs(args.paths)
+    expand_inputs(args.paths, out_dir=args.out)  # outputs are never inputs
     camera = args.camera is not None or args.intrinsics is not None
     intrinsics = parse_intrinsics(args.intrinsics, args.camera) if camera else None
     dist = Dist.from_env(str(device))  # under torchrun (--nproc): each process a share
     if dist.world > 1 and device.type == "cuda":
         device = torch_device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    model, _ = load_model(args.model, num_classes=args.num_classes, device=device, net=args.net)
+    model, _ = load_model(args.model, num_classes=args.num_classes, device=device, net=args.net,
+                          untrained=args.untrained)  # fmt: skip
     depth, hha = args.depth or [], args.hha or []
     # what the net takes against what was given, before any work, in the options' words
     input_plan(model, depth=" ".join(depth) or None, hha=" ".join(hha) or None,
@@ -122,6 +130,8 @@ def run(args) -> int:
         h, w = r["size"]
         shown = "; ".join(f"{f}: {', '.join(c)}" for f, c in heads.values())
         print(f"  {r['input']}  {h}x{w}  -> {shown}")
+        if r.get("warning"):
+            print(f"  warning: {r['input']}: {r['warning']}", file=sys.stderr)
     seconds = time.perf_counter() - t0
     print(f"{len(done)} images segmented into {args.out} in {seconds:.1f} s")
     for head in per_head[0] if per_head else ():

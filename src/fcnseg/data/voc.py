@@ -57,7 +57,14 @@ def read_split(path: str | os.PathLike) -> list[str]:
         raise DatasetError(f"split file {p} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"cannot read split file {p}: {e}") from e
-    return [line.split()[0] for line in text.splitlines() if line.strip()]
+    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
+    # an id names a file inside the data folder: one taken from a file never leads out of it
+    escaping = [i for i in ids if "/" in i or "\\" in i or i.startswith("..")]
+    if escaping:
+        raise DatasetError(f"split file {p}: ids are file stems inside the data folder; "
+                           f"{_listing(escaping)} would name a path (fcnseg never reads a path "
+                           f"taken from a file's content): fix those lines")  # fmt: skip
+    return ids
 
 
 def write_split(path: str | os.PathLike, ids: Iterable[str]) -> None:
