@@ -10,13 +10,28 @@ map: Middlebury 2014's Motorcycle as scikit-image ships it, its gravity error me
 the plane of its level floor. Prints a table; asserts nothing.
 
     .venv/bin/python benchmarks/hha.py [--repeat 5]
+
+`--memory`: peak memory and time of one `hha()` call per frame size (640x480, 2048x2048,
+6000x6000 by default; `--sizes`), each in a fresh subprocess: the box-on-the-floor scene at
+that size (NYUDv2's field of view, intrinsics scaled), with noise, holes and 20 pixels at 79 m
+(sensor outliers), float64 metres, allocated before the baseline. Peak = the subprocess's
+ru_maxrss minus its resident size just before the call (the depth frame itself is not counted),
+also per pixel; time = wall-clock and CPU seconds of the call. A subprocess runs under an
+address-space cap (`--cap-gb`, 8) so that a frame too big fails in MemoryError instead of
+pushing a shared machine into swap. Prints lscpu's model name and the load average.
+
+    .venv/bin/python benchmarks/hha.py --memory [--sizes 640x480,2048x2048] [--cap-gb 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -99,10 +114,110 @@ def real_row(repeat: int) -> str:
     )
 
 
+def big_frame(h: int, w: int) -> tuple[np.ndarray, tuple]:
+    """The box-on-the-floor scene at (h, w), rendered in bands of rows (so that rendering
+    needs little memory beside the frame), with 0.3 % noise, mm steps, ~3 % holes and 20
+    pixels at 79 m; float64 metres, and the camera's intrinsics."""
+    s = w / 640
+    fx, fy, cx, cy = (v * s for v in CAMERAS["nyud"])
+    cy = cy * (h / 480) / s  # the principal point stays at the same fraction of the frame
+    depth = np.empty((h, w))
+    rng = np.random.default_rng(0)
+    for r0 in range(0, h, 64):
+        r1 = min(h, r0 + 64)
+        band = render_scene(
+            (fx, fy, cx, cy - r0), (r1 - r0, w), **SCENES["box on the floor, pitched 25, rolled 3"]
+        ).depth
+        band = np.rint(band * (1 + rng.normal(0, 0.003, band.shape)) * 1000) / 1000
+        band[rng.random(band.shape) < 0.03] = 0.0
+        depth[r0:r1] = band
+    hole = (slice(h // 3, h // 3 + h // 20), slice(w // 5, w // 5 + w // 15))
+    depth[hole] = 0.0  # a blob of missing depth
+    bottom = np.flatnonzero(depth[-1] > 0)[:20]
+    depth[-1, bottom] = 79.0  # sensor outliers along rays that point at the floor
+    return depth, (fx, fy, cx, cy)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure_one(h: int, w: int) -> dict:
+    """In this (fresh) process: render, warm up on a tiny frame, then one hha() call."""
+    depth, k = big_frame(h, w)
+    hha(depth[:48, :64].copy(), k)  # imports and first-call costs out of the measurement
+    base = _rss_bytes()
+    w0, c0 = time.perf_counter(), time.process_time()
+    try:
+        out = hha(depth, k)
+        error = None
+    except MemoryError as e:
+        out, error = None, f"MemoryError ({e})"[:80]
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    res = {"size": f"{w}x{h}", "wall": wall, "cpu": cpu, "peak": peak, "error": error}
+    if out is not None:
+        res["height_255_pct"] = float((out[..., 1] == 255).mean() * 100)
+    return res
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        name = next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if "Model name" in ln)
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name}, {os.cpu_count()} CPUs"
+
+
+def memory_table(sizes: list[tuple[int, int]], cap_gb: float) -> None:
+    print(f"HHA peak memory and time per frame; {machine()}; NumPy {np.__version__}")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average (1 / 5 / 15 min) {load} at the start; address space capped at {cap_gb} GB")
+    print()
+    print("| frame | pixels | peak (MB) | bytes / pixel | s (wall) | CPU s | height = 255 (%) |")
+    print("|---|---|---|---|---|---|---|")
+    for h, w in sizes:
+        cap = str(int(cap_gb * 2**30))
+        code = (
+            "import json, resource, sys; sys.path.insert(0, sys.argv[1]); "
+            "resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2]))); "
+            "import hha as b; print(json.dumps(b.measure_one(int(sys.argv[3]), int(sys.argv[4]))))"
+        )
+        here = os.path.dirname(os.path.abspath(__file__))
+        run = subprocess.run(
+            [sys.executable, "-c", code, here, cap, str(h), str(w)], capture_output=True, text=True
+        )
+        if run.returncode != 0:
+            last = (run.stderr.strip().splitlines() or ["no output"])[-1][:70]
+            print(f"| {w} x {h} | {h * w:,} | failed: {last} | | | | |")
+            continue
+        r = json.loads(run.stdout.strip().splitlines()[-1])
+        if r["error"]:
+            print(
+                f"| {w} x {h} | {h * w:,} | {r['error']} | | {r['wall']:.2f} | {r['cpu']:.2f} | |"
+            )
+            continue
+        print(
+            f"| {w} x {h} | {h * w:,} | {r['peak'] / 2**20:.0f} | {r['peak'] / (h * w):.0f} | "
+            f"{r['wall']:.2f} | {r['cpu']:.2f} | {r['height_255_pct']:.1f} |"
+        )
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nload average at the end {load}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--memory", action="store_true", help="peak memory and time per frame size")
+    ap.add_argument("--sizes", default="640x480,2048x2048,6000x6000", help="WxH,WxH,...")
+    ap.add_argument("--cap-gb", type=float, default=8.0, help="address-space cap per size")
     args = ap.parse_args()
+    if args.memory:
+        sizes = [tuple(int(v) for v in s.split("x"))[::-1] for s in args.sizes.split(",")]
+        memory_table(sizes, args.cap_gb)
+        return
     cpu = platform.processor() or platform.machine()
     print(f"HHA, 640 x 480, NYUDv2 camera; {os.cpu_count()} CPUs ({cpu}), NumPy {np.__version__}")
     print(f"load average {os.getloadavg()[0]:.1f} (wall times grow with it; CPU times less)")

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from fcnseg.data import hha
+from fcnseg.data import hha_planes as planes
 from fcnseg.data.depth_scenes import interior, render_scene
 from fcnseg.data.hha import CAMERAS, estimate_geometry, hha_file, parse_intrinsics, read_depth
 from fcnseg.data.io import ImageError
@@ -217,3 +218,101 @@ def test_real_depth_middlebury_motorcycle():
     wall = np.zeros(depth.shape, bool)
     wall[0:60, 380:700] = True
     assert abs(np.median(image[..., 2][wall & known]) - 128) <= 4  # wall: angle 90 (+ 38)
+
+
+# --- issue 22 item 9: banded HHA (memory, time), sensor outliers --------------------------------
+
+
+def _degraded(depth, seed=0):
+    """0.3 % noise, millimetre steps, 5 % of pixels missing and a missing blob (Kinect-like)."""
+    rng = np.random.default_rng(seed)
+    d = np.rint(depth * (1 + rng.normal(0, 0.003, depth.shape)) * 1000) / 1000
+    d[rng.random(d.shape) < 0.05] = 0.0
+    d[10:22, 30:52] = 0.0
+    return d
+
+
+@pytest.mark.parametrize("name", list(SCENES))
+@pytest.mark.parametrize("degrade", [False, True], ids=["exact", "noise+holes"])
+def test_banded_hha_equals_the_whole_frame_version(name, degrade):
+    """tests/hha_reference.py is fcnseg's HHA before the banded rewrite: the same within 1 level
+    (float rounding) on every channel, and identical almost everywhere."""
+    import hha_reference
+
+    k = (K[0] / 4, K[1] / 4, K[2] / 4, K[3] / 4)
+    depth = render_scene(k, (120, 160), **SCENES[name]).depth
+    if degrade:
+        depth = _degraded(depth)
+    want = hha_reference.hha(depth, k).astype(int)
+    got = hha(depth, k).astype(int)
+    assert np.abs(got - want).max() <= 1
+    assert (got == want).all(-1).mean() > 0.995
+
+
+def test_hha_does_not_depend_on_bands_or_threads(monkeypatch):
+    k = (K[0] / 4, K[1] / 4, K[2] / 4, K[3] / 4)
+    depth = _degraded(render_scene(k, (120, 160), **SCENES["box on the floor"]).depth)
+    monkeypatch.setattr(planes, "_BAND_PIXELS", (10**9, 10**9))  # the frame in one band
+    one = hha(depth, k)
+    monkeypatch.setattr(planes, "_BAND_PIXELS", (1, 1))  # bands of 2 rows (the stride)
+    monkeypatch.setattr(planes, "_THREADED_PIXELS", 0)  # on two threads
+    assert len(list(planes._bands(120, 160, 2))) == 60
+    np.testing.assert_array_equal(hha(depth, k), one)
+
+
+def test_hha_peak_memory_is_under_64_bytes_per_pixel():
+    """The whole-frame version took ~650 bytes per pixel (a 6000 x 6000 frame: MemoryError);
+    benchmarks/hha.py --memory measures the big frames' resident size."""
+    import tracemalloc
+
+    depth = _degraded(render_scene(K, (480, 640), **SCENES["box on the floor"]).depth)
+    hha(depth[:60, :80].copy(), (K[0] / 8, K[1] / 8, K[2] / 8, K[3] / 8))  # imports
+    tracemalloc.start()
+    try:
+        image = hha(depth, K)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert image.shape == (480, 640, 3)
+    assert peak / depth.size < 64, f"{peak / depth.size:.0f} bytes per pixel"
+
+
+def test_sensor_outliers_do_not_saturate_the_height_channel():
+    """20 pixels read at 79 m along rays that point at the floor lie ~25 m below it. Gupta's
+    ground (the lowest point) would put every real pixel 25 m up: height 255 everywhere. Points
+    more than 0.5 m below the 1st percentile, fewer than 1 % of the pixels, are not the ground."""
+    depth, height, _, _, surface = render(**SCENES["box on the floor"])
+    k = (K[0] / 2, K[1] / 2, K[2] / 2, K[3] / 2)
+    clean = hha(depth, k)
+    spiky = depth.copy()
+    spiky[-1, 100:120] = 79.0
+    image = hha(spiky, k)
+    away = np.ones(depth.shape, bool)
+    away[-1, 100:120] = False
+    # the same heights (the outliers' own bad normals move the gravity estimate a hair)
+    assert np.abs(image[..., 1].astype(int) - clean[..., 1])[away].max() <= 1
+    assert (image[-1, 100:120, 1] == 0).all()  # the outliers themselves: below the ground
+    inner = interior(surface)
+    want = np.clip(np.rint(height * 100), 0, 255)
+    assert np.abs(image[..., 1].astype(int) - want)[inner & away].max() <= 2
+    assert (image[..., 1] == 255).mean() < 0.5  # the wall above 2.55 m only
+
+
+def test_ground_rule_ignores_fewer_than_1_percent_far_below():
+    from fcnseg.data.hha import _ground
+
+    rng = np.random.default_rng(0)
+    floor = -1.4 + rng.normal(0, 0.005, 10_000)  # 1.4 m below the camera
+    valid = np.ones(10_000, bool)
+    assert _ground(floor, valid) == floor.min()  # no outlier: Gupta's lowest point
+    few = floor.copy()
+    few[:50] = -25.0  # 0.5 %: outliers
+    assert _ground(few, valid) == floor[50:].min()
+    many = floor.copy()
+    many[:300] = -3.0  # 3 %: a lower floor (stairs down), the ground as in Gupta's code
+    assert _ground(many, valid) == -3.0
+    near = floor.copy()
+    near[:50] = -1.8  # 0.4 m below the rest: within 0.5 m, kept
+    assert _ground(near, valid) == -1.8
+    assert _ground(floor, valid & (floor > -1.4)) >= -1.4  # only valid pixels count
+    assert _ground(np.full(10, -0.5), np.ones(10, bool)) == -1.3  # Gupta: no floor in view

@@ -8,7 +8,7 @@ release's HHA PNGs):
     2  angle to gravity       angle in degrees between the surface normal and "up", plus 38
                               (so 38 = a floor or table top, 128 = a wall, 218 = a ceiling)
 
-Steps (all NumPy/SciPy, vectorized over pixels), as in Gupta's `saveHHA`/`processDepthImage`:
+Steps (NumPy/SciPy, vectorized over pixels), as in Gupta's `saveHHA`/`processDepthImage`:
 
 1. back-project every pixel through the pinhole camera: x = (col - cx) z / fx,
    y = (row - cy) z / fy (col, row 0-based; camera x right, y down, z forward; metres);
@@ -20,12 +20,28 @@ Steps (all NumPy/SciPy, vectorized over pixels), as in Gupta's `saveHHA`/`proces
    perpendicular to those within `angle` of perpendicular (walls): the eigenvector of
    sum(walls n n^T) - sum(floors n n^T) with the smallest eigenvalue; 5 rounds at 45 degrees,
    then 5 at 15 (Gupta's schedule);
-4. height = p . up - the lowest p . up in the image. Gupta's rule: if the lowest point is less
-   than 0.9 m below the camera (no floor in view), the ground is taken 1.3 m below it.
+4. height = p . up - the ground's p . up. Gupta's ground is the lowest point of the image
+   (`prctile(h(:), 0)`); here it is the lowest valid point that lies no more than 0.5 m below
+   the 1st percentile of the valid points' heights (`_OUTLIER_GAP`, `_OUTLIER_PERCENTILE`):
+   the one departure from Gupta's code. A few sensor outliers (pixels read at 79 m along rays
+   that point down at the floor) lie tens of metres below the floor, and with Gupta's rule
+   every real pixel's height would encode as 255. Points that far below, if fewer than 1 % of
+   the valid pixels, are left out (their own height encodes as 0); a lower floor seen on 1 %
+   of the pixels or more is the ground, as in Gupta's code. Then Gupta's rule: if the ground
+   is less than 0.9 m below the camera (no floor in view), it is taken 1.3 m below it.
 
 Missing depth (0, or not finite) is FILLED: such a pixel takes the depth of the nearest valid
 pixel for all three channels, and is left out of the normal fits and of the gravity estimate.
 The output never holds NaN. An image with no valid depth at all is an error.
+
+Memory and time: `hha` works on bands of rows (about 1/32 of the frame each, the windows' rows
+above and below included, on two threads for frames of 1 M pixels and more) and keeps only
+float32 depth and heights, masks and the uint8 result for the whole frame: about 25-40 bytes
+per pixel at its peak (a 6000 x 6000 frame needs ~1 GB) where the whole-frame float64
+version took ~650; the window sums stay float64 (the covariance is a difference of nearly
+equal sums). Its output equals the whole-frame version's within 1 level (rounding) and does
+not depend on the banding (benchmarks/hha.py --memory, tests/test_hha.py).
+`estimate_geometry` returns whole-frame float64 arrays (~100 bytes per pixel), for analysis.
 
 `read_depth(path)` reads a 16-bit depth PNG (NYUDv2: millimetres) as uint16 (H, W).
 """
@@ -38,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .hha_planes import _bands, _fill_nearest, _fit_normals, _map_bands, _points, _window_sums
 from .io import DEFAULT_MAX_PIXELS, ImageError, _open
 
 __all__ = [
@@ -57,6 +74,9 @@ CAMERAS = {"nyud": (518.857901, 519.469611, 325.582449, 253.736166)}
 _SIXTEEN = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # Gupta's schedule for the gravity estimate: (angle threshold in degrees, rounds)
 _GRAVITY_SCHEDULE = ((45.0, 5), (15.0, 5))
+# the ground ignores points more than _OUTLIER_GAP metres below this percentile (module doc)
+_OUTLIER_PERCENTILE = 1.0
+_OUTLIER_GAP = 0.5
 
 
 def read_depth(
@@ -83,7 +103,8 @@ def read_depth(
 
 @dataclass
 class HHAGeometry:
-    """What `hha` computes before encoding; all float64 arrays, metres and degrees, no NaN."""
+    """What `hha` computes before encoding (`estimate_geometry`); float64 arrays, metres and
+    degrees, no NaN."""
 
     points: np.ndarray  # (H, W, 3) camera coordinates (x right, y down, z forward), filled
     normals: np.ndarray  # (H, W, 3) unit normals facing the camera
@@ -105,99 +126,80 @@ def _check_intrinsics(intrinsics) -> tuple[float, float, float, float]:
     return fx, fy, cx, cy
 
 
-def _fill_missing(z: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Each invalid pixel takes the value of its nearest valid pixel."""
-    if valid.all():
-        return z
-    from scipy import ndimage
-
-    idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
-    return z[idx[0], idx[1]]
-
-
-def _box(a: np.ndarray, radius: int) -> np.ndarray:
-    """Sum over the (2r+1)^2 window around each pixel (zero outside), for (H, W) or (H, W, k)."""
-    from scipy import ndimage
-
-    k = 2 * radius + 1
-    size = (k, k) + (1,) * (a.ndim - 2)
-    return ndimage.uniform_filter(a, size=size, mode="constant") * (k * k)
-
-
-def _smallest_eigenvector(cov: np.ndarray) -> np.ndarray:
-    """Unit eigenvector of the smallest eigenvalue of each symmetric 3x3 in (..., 6) form
-    (xx, xy, xz, yy, yz, zz), in closed form (trigonometric eigenvalues, then the largest cross
-    product of two rows of C - lambda I); zero where it is undefined."""
-    a, b, c, d, e, f = (cov[..., k] for k in range(6))
-    q = (a + d + f) / 3
-    p2 = (a - q) ** 2 + (d - q) ** 2 + (f - q) ** 2 + 2 * (b * b + c * c + e * e)
-    p = np.sqrt(p2 / 6)
-    ps = np.where(p > 0, p, 1.0)
-    ba, bd, bf, bb, bc, be = (a - q) / ps, (d - q) / ps, (f - q) / ps, b / ps, c / ps, e / ps
-    det = ba * (bd * bf - be * be) - bb * (bb * bf - be * bc) + bc * (bb * be - bd * bc)
-    phi = np.arccos(np.clip(det / 2, -1.0, 1.0)) / 3
-    lam = q + 2 * p * np.cos(phi + 2 * np.pi / 3)  # the smallest of the three
-    r1 = np.stack([a - lam, b, c], axis=-1)
-    r2 = np.stack([b, d - lam, e], axis=-1)
-    r3 = np.stack([c, e, f - lam], axis=-1)
-    cands = np.stack([np.cross(r1, r2), np.cross(r1, r3), np.cross(r2, r3)])  # (3, ..., 3)
-    norms = np.sqrt(np.einsum("...i,...i->...", cands, cands))
-    best = norms.argmax(axis=0)
-    v = np.take_along_axis(cands, best[None, ..., None], axis=0)[0]
-    n = np.take_along_axis(norms, best[None], axis=0)[0]
-    return np.where((n > 0)[..., None], v / np.where(n > 0, n, 1.0)[..., None], 0.0)
+def _prepare(depth, intrinsics):
+    """Checked intrinsics, the depth as float32 metres with missing pixels filled from the
+    nearest valid one, and the valid mask."""
+    k = _check_intrinsics(intrinsics)
+    z = np.asarray(depth)
+    if z.ndim != 2 or min(z.shape) < 1:
+        raise ValueError(f"depth must be an (H, W) array; got shape {z.shape}")
+    if not (np.issubdtype(z.dtype, np.floating) or np.issubdtype(z.dtype, np.integer)):
+        raise ValueError(f"depth must hold numbers (metres); got dtype {z.dtype}")
+    z = z.astype(np.float32)  # metres: float32 keeps 0.1 um at 10 m
+    finite = np.isfinite(z)
+    valid = finite & (z > 0)
+    if (finite & (z < 0)).any():
+        raise ValueError(f"depth holds negative values (min {np.nanmin(z):g}); depth is >= 0")
+    del finite
+    if not valid.any():
+        raise ValueError("depth has no valid pixel (all 0 or not finite): nothing to compute")
+    z[~valid] = 0.0
+    _fill_nearest(z, valid)
+    return k, z, valid
 
 
-def _moments(p: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(H, W, 10): 1, x, y, z, xx, xy, xz, yy, yz, zz at valid pixels, 0 elsewhere."""
-    x, y, z = p[..., 0], p[..., 1], p[..., 2]
-    m = np.stack([np.ones_like(x), x, y, z, x * x, x * y, x * z, y * y, y * z, z * z], axis=-1)
-    m[~valid] = 0.0
-    return m
+def _gravity_normals(z, valid, k, radius: int, stride: int) -> np.ndarray:
+    """(3, N) well-posed normals of the (2 radius + 1)^2 windows at valid pixels on the
+    every-`stride`-th grid, band by band."""
 
+    def band(r0: int, r1: int) -> np.ndarray:
+        sums = _window_sums(z, valid, k, radius, r0, r1, stride)
+        n, ok = _fit_normals(sums, _points(z, k, r0, r1, stride), radius)
+        return n[:, ok & valid[r0:r1:stride, ::stride]]
 
-def _normals(
-    p: np.ndarray, moments: np.ndarray, radius: int, stride: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """Unit normals (H, W, 3) facing the camera, and where the fit was well-posed (H, W).
-
-    The normal of the least-squares plane through the valid points of the window (`moments`
-    of `_moments`): the eigenvector of their covariance with the smallest eigenvalue. With
-    `stride` > 1, only at every stride-th pixel of each axis (the windows are the same).
-    """
-    sums = _box(moments, radius)[::stride, ::stride]
-    p = p[::stride, ::stride]
-    count = sums[..., 0]
-    each = sums[..., 1:] / np.maximum(count, 1)[..., None]
-    mx, my, mz = each[..., 0], each[..., 1], each[..., 2]
-    cov = each[..., 3:]
-    cov -= np.stack([mx * mx, mx * my, mx * mz, my * my, my * mz, mz * mz], axis=-1)
-    n = _smallest_eigenvector(cov)
-    # well-posed: valid points fill at least half the window (a thin strip of them along a
-    # hole's edge would be near-collinear, and its plane undefined)
-    ok = (count > (2 * radius + 1) ** 2 / 2) & (np.abs(n).sum(-1) > 0)
-    flip = (n * p).sum(-1) > 0  # face the camera: n . p < 0
-    n[flip] *= -1
-    return n, ok
+    return np.concatenate(_map_bands(band, z.shape, stride), axis=1)
 
 
 def _gravity(normals: np.ndarray) -> np.ndarray:
-    """Gupta's iterative estimate of "up" from (N, 3) unit normals; camera coordinates."""
+    """Gupta's iterative estimate of "up" from (3, N) unit normals; camera coordinates."""
     up = np.array([0.0, -1.0, 0.0])  # the camera's own up (y points down)
+    count = normals.shape[1]
     for angle, rounds in _GRAVITY_SCHEDULE:
         cos_t, sin_t = np.cos(np.radians(angle)), np.sin(np.radians(angle))
         for _ in range(rounds):
-            sim = np.abs(normals @ up)
-            par, perp = normals[sim > cos_t], normals[sim < sin_t]
-            if len(par) + len(perp) == 0:
+            sim = np.abs(up @ normals)
+            # +1 for the normals within `angle` of perpendicular (walls), -1 for those within
+            # `angle` of up (floors): sum(walls n n^T) - sum(floors n n^T)
+            weight = (sim < sin_t).astype(np.float64)
+            weight -= sim > cos_t
+            if not weight.any():
                 break
             # a tiny pull toward the current estimate breaks ties (e.g. a lone frontal wall
             # leaves any up in its plane equally good): 1e-6 of the normals' count
-            prior = 1e-6 * len(normals) * np.outer(up, up)
-            _, vecs = np.linalg.eigh(perp.T @ perp - par.T @ par - prior)
+            prior = 1e-6 * count * np.outer(up, up)
+            _, vecs = np.linalg.eigh((normals * weight) @ normals.T - prior)
             new = vecs[:, 0]  # smallest eigenvalue
             up = new * (1.0 if new @ up >= 0 else -1.0)
     return up / np.linalg.norm(up)
+
+
+def _ground(along: np.ndarray, valid: np.ndarray) -> float:
+    """The height (metres along up) that counts as 0: the lowest valid point that lies no more
+    than _OUTLIER_GAP below the _OUTLIER_PERCENTILE-th percentile of the valid points; then
+    Gupta's rule: if that is less than 0.9 m below the camera (no floor in view), 1.3 m below."""
+    vals = along[valid]
+    kth = int(_OUTLIER_PERCENTILE / 100 * (len(vals) - 1))
+    floor = float(np.partition(vals, kth)[kth]) - _OUTLIER_GAP
+    lowest = float(np.min(vals, where=vals >= floor, initial=np.inf))
+    return lowest if lowest <= -0.9 else -1.3
+
+
+def _scene(depth, intrinsics, radius, gravity_radius, stride):
+    k, z, valid = _prepare(depth, intrinsics)
+    if not (isinstance(stride, int) and stride >= 1):
+        raise ValueError(f"stride must be an integer >= 1; got {stride!r}")
+    up = _gravity(_gravity_normals(z, valid, k, gravity_radius, stride))
+    return k, z, valid, up
 
 
 def estimate_geometry(
@@ -210,44 +212,68 @@ def estimate_geometry(
     used 11 x 11 on depth the NYU toolbox had already smoothed) on every `stride`-th pixel.
     Depth noise biases plane fits (the noise lies along the rays), and the bias falls with the
     window: on 0.3 %-noise scenes (benchmarks/hha.py) 17 x 17 halves the gravity error.
+
+    For analysis: it returns whole-frame float64 arrays (~100 bytes per pixel); `hha` computes
+    the same channels band by band in a fraction of that.
     """
-    fx, fy, cx, cy = _check_intrinsics(intrinsics)
-    z = np.asarray(depth, dtype=np.float64)
-    if z.ndim != 2 or min(z.shape) < 1:
-        raise ValueError(f"depth must be an (H, W) array; got shape {z.shape}")
-    valid = np.isfinite(z) & (z > 0)
-    if (np.isfinite(z) & (z < 0)).any():
-        raise ValueError(f"depth holds negative values (min {np.nanmin(z):g}); depth is >= 0")
-    if not valid.any():
-        raise ValueError("depth has no valid pixel (all 0 or not finite): nothing to compute")
-    z = _fill_missing(np.where(valid, z, 0.0), valid)
+    k, z, valid, up = _scene(depth, intrinsics, radius, gravity_radius, stride)
     h, w = z.shape
-    rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
-    p = np.stack([(cols - cx) * z / fx, (rows - cy) * z / fy, z], axis=-1)
-    moments = _moments(p, valid)
-    n, ok = _normals(p, moments, radius)
-    ng, okg = _normals(p, moments, gravity_radius, stride)
-    up = _gravity(ng[okg & valid[::stride, ::stride]])
-    if not ok.all():  # no fit here (too few valid neighbours): nearest fitted normal
-        n = _fill_missing(n, ok) if ok.any() else np.broadcast_to(up, n.shape).copy()
-    along = p @ up  # metres up
-    lowest = along[valid].min()
-    ground = lowest if lowest <= -0.9 else -1.3  # Gupta: no floor in view -> 1.3 m below
-    angle = np.degrees(np.arccos(np.clip(n @ up, -1.0, 1.0)))
-    return HHAGeometry(p, n, up, along - ground, angle, ~valid)
+    points = np.empty((h, w, 3))
+    normals = np.empty((h, w, 3))
+    ok = np.empty((h, w), bool)
+    for r0, r1 in _bands(h, w, 1):
+        p = _points(z, k, r0, r1)
+        n, ok[r0:r1] = _fit_normals(_window_sums(z, valid, k, radius, r0, r1, 1), p, radius)
+        points[r0:r1], normals[r0:r1] = np.moveaxis(p, 0, -1), np.moveaxis(n, 0, -1)
+    if not ok.any():
+        normals[:] = up
+    else:
+        _fill_nearest(normals, ok)  # no fit here (too few valid neighbours): nearest fitted normal
+    along = points @ up  # metres up
+    angle = np.degrees(np.arccos(np.clip(normals @ up, -1.0, 1.0)))
+    return HHAGeometry(points, normals, up, along - _ground(along, valid), angle, ~valid)
 
 
 def hha(depth, intrinsics, **kwargs) -> np.ndarray:
     """HHA image uint8 (H, W, 3) from `depth` (H, W) in METRES (0 = missing) and the camera's
     (fx, fy, cx, cy) in pixels; channels and method in the module doc. kwargs: see
-    `estimate_geometry`.
+    `estimate_geometry` (radius, gravity_radius, stride).
 
     A 16-bit NYUDv2 depth PNG: ``hha(read_depth(path) / 1000, CAMERAS["nyud"])``.
     """
-    g = estimate_geometry(depth, intrinsics, **kwargs)
-    z_cm = np.maximum(g.points[..., 2] * 100.0, 100.0)  # Gupta: depth at least 1 m
-    channels = np.stack([31000.0 / z_cm, g.height * 100.0, g.angle + 128.0 - 90.0], axis=-1)
-    return np.clip(np.rint(channels), 0, 255).astype(np.uint8)
+    radius = kwargs.pop("radius", 3)
+    gravity_radius = kwargs.pop("gravity_radius", 8)
+    stride = kwargs.pop("stride", 2)
+    if kwargs:
+        raise TypeError(f"hha() got unexpected keyword arguments {sorted(kwargs)}")
+    k, z, valid, up = _scene(depth, intrinsics, radius, gravity_radius, stride)
+    h, w = z.shape
+    out = np.empty((h, w, 3), np.uint8)
+    ok = np.empty((h, w), bool)
+    along = np.empty((h, w), np.float32)
+
+    def band(r0: int, r1: int) -> None:
+        p = _points(z, k, r0, r1)
+        n, ok[r0:r1] = _fit_normals(_window_sums(z, valid, k, radius, r0, r1, 1), p, radius)
+        cos = np.clip(np.tensordot(up, n, 1), -1.0, 1.0)
+        out[r0:r1, :, 2] = _byte(np.degrees(np.arccos(cos)) + 128.0 - 90.0)
+        along[r0:r1] = np.tensordot(up, p, 1)
+        out[r0:r1, :, 0] = _byte(31000.0 / np.maximum(p[2] * 100.0, 100.0))  # Gupta: z >= 1 m
+
+    _map_bands(band, (h, w), 1)
+    angle = out[..., 2]
+    if not ok.any():  # no fit anywhere: every normal is up, angle 0
+        angle[:] = _byte(np.full(1, 128.0 - 90.0))[0]
+    else:
+        _fill_nearest(angle, ok)  # no fit here: the nearest fitted normal's angle
+    ground = _ground(along, valid)
+    for r0, r1 in _bands(h, w, 1):
+        out[r0:r1, :, 1] = _byte((along[r0:r1].astype(np.float64) - ground) * 100.0)
+    return out
+
+
+def _byte(a: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
 def parse_intrinsics(text: str | None, camera: str | None) -> tuple[float, float, float, float]:
@@ -296,6 +322,8 @@ def hha_file(
     if out.suffix.lower() != ".png":
         raise ValueError(f"HHA output {out}: HHA images are written as PNG; name it *.png")
     check_outputs([(out, "HHA image")], [depth_path], overwrite=overwrite)
-    image = hha(read_depth(depth_path).astype(np.float64) * depth_scale, intrinsics)
+    depth = read_depth(depth_path).astype(np.float32)
+    depth *= np.float32(depth_scale)  # metres; float32: 4 bytes a pixel, 0.1 um at 10 m
+    image = hha(depth, intrinsics)
     atomic_write(out, lambda f: Image.fromarray(image).save(f, format="PNG"), what="HHA image")
     return image
