@@ -349,6 +349,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
                 "data_options": data_options, "solver": recipe.name}  # fmt: skip
     if restart is not None:
         check_restart(restart, resolved, out, _defaults(), overwrite)
+    dist.checks_done()  # --nproc: the check run (cli.launch) stops here, before any worker
 
     torch.manual_seed(config.seed)
     model = build_model(config.model, num_classes=num_classes,
@@ -379,7 +380,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         if config.amp == "auto" and ckpt.get("amp_ran", "?") in (None, "bf16", "fp16"):
             kept_amp = (ckpt["amp_ran"],)  # --amp auto's choice is the run's: kept on resume
         if start >= config.steps:  # nothing to do: say so and touch nothing
-            print(f"nothing to do: {last} is already at step {start} of {config.steps}")
+            if dist.rank == 0:  # --nproc: said once
+                print(f"nothing to do: {last} is already at step {start} of {config.steps}")
             return {"checkpoint": last, "best": best_path if best_path.exists() else last,
                     "metrics": ckpt.get("metrics", {}), "steps": start, "seconds": 0.0}  # fmt: skip
         torch.set_rng_state(ckpt["rng"]["torch"])

@@ -16,7 +16,19 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Dist", "StepBatches", "default_workers", "labelled_pixels", "step_indices"]
+__all__ = [
+    "ChecksDone",
+    "Dist",
+    "StepBatches",
+    "default_workers",
+    "labelled_pixels",
+    "step_indices",
+]
+
+
+class ChecksDone(BaseException):
+    """A command's checks passed in the --nproc launcher's check run (`Dist.checks_done`).
+    BaseException: cleanup handlers run (and re-raise), error handlers do not catch it."""
 
 
 def step_indices(step: int, n: int, batch: int, seed: int) -> list[int]:
@@ -34,9 +46,13 @@ def step_indices(step: int, n: int, batch: int, seed: int) -> list[int]:
 class Dist:
     rank: int = 0
     world: int = 1
+    checking: bool = False  # --nproc's check run (cli.launch): no process group, no work
 
     @classmethod
     def from_env(cls, device: str) -> Dist:
+        check = os.environ.get("FCNSEG_NPROC_CHECK")  # --nproc's check run (cli.launch)
+        if check:
+            return cls(0, int(check), checking=True)
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
         import torch.distributed as dist
@@ -44,6 +60,12 @@ class Dist:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         return cls(dist.get_rank(), dist.get_world_size())
+
+    def checks_done(self) -> None:
+        """Where a command's checks end and its work begins: --nproc's check run stops here
+        (ChecksDone); elsewhere nothing."""
+        if self.checking:
+            raise ChecksDone
 
     def shard(self, dataset):
         """This process's share of `dataset`: items rank, rank + world, ... (uneven shares are

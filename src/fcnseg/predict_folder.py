@@ -310,6 +310,7 @@ def predict_paths(
     skip_existing: bool = False,
     workers: int = 0,
     shard: tuple[int, int] = (0, 1),
+    check_only: bool = False,
 ) -> list[dict]:
     """Segment every image in `inputs` (files, folders, globs) and write, under `out_dir`
     (mirroring each input's folders below the folder or glob root given):
@@ -337,7 +338,8 @@ def predict_paths(
     Before any work, the output names are checked: none may be an input, and none may exist
     already unless `overwrite` (outputs of two inputs never share a name: see _output_stems).
     `workers`: processes that decode the images; `shard` = (rank, processes): this process
-    segments inputs rank, rank + processes, ... (see the module doc).
+    segments inputs rank, rank + processes, ... (see the module doc). `check_only`: the checks
+    above alone, then [] (fcnseg predict --nproc checks once before any worker starts).
     """
     from tqdm.auto import tqdm
 
@@ -373,6 +375,8 @@ def predict_paths(
                    for i in todo for (head, kind), p in targets[i].items()], inputs_read,
                   overwrite=overwrite or skip_existing)  # fmt: skip
     _check_writable(out)
+    if check_only:  # --nproc's check run: the checks alone (cli.launch)
+        return []
     names = {head: class_names(model, head) for head in heads}
     warning = UNTRAINED_WARNING if net_attr(model, "untrained") else None
     results: dict[int, dict] = {i: {"input": str(files[i][0]), "ok": True, "skipped": True}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import traceback
 
+from ..feed import ChecksDone
 from ..threads import limit_threads
 from . import (
     bench,
@@ -50,8 +51,16 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
         ok = code == 0
         return code
+    except ChecksDone:  # --nproc's check run: the checks passed, the workers may start
+        from .launch import checks_passed
+
+        checks_passed()
+        return 0
     except KeyboardInterrupt as e:  # training saves a checkpoint first and says so
-        print(f"\n{e or 'interrupted'}", file=sys.stderr)
+        from .launch import keep_worker_message
+
+        if not keep_worker_message(str(e) or "interrupted", 130):  # --nproc: said once
+            print(f"\n{e or 'interrupted'}", file=sys.stderr)
         return 130
     except (ValueError, RuntimeError, OSError, KeyError, ImportError) as e:
         if isinstance(e, OSError) and e.strerror:  # without the "[Errno N]" prefix
@@ -82,8 +91,12 @@ def _close_process_group(ok: bool) -> None:
 
 
 def _fail(message: str, debug: bool) -> int:
+    from .launch import keep_worker_message
+
     if debug:
         traceback.print_exc()
+    if keep_worker_message(message, 1):  # a --nproc worker: the launcher says it, once
+        return 1
     print(f"error: {message}" + ("" if debug else "  (--debug shows the traceback)"),
           file=sys.stderr)  # fmt: skip
     return 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import sys
+import os
 
 
 def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
@@ -96,18 +96,17 @@ def _number_or_text(text: str):
         return text
 
 
-def relaunch(args) -> int:
-    """This command line again under torchrun, one process per rank (--nproc N)."""
-    import subprocess
+def launching(args) -> bool:
+    """--nproc N > 1 in the process the user started (not its check run): relaunch."""
+    return args.nproc > 1 and not os.environ.get("FCNSEG_NPROC_CHECK")
 
-    argv, skip = [], False
-    for a in args.argv:  # this command line without --nproc
-        if not skip and a != "--nproc" and not a.startswith("--nproc="):
-            argv.append(a)
-        skip = a == "--nproc"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={args.nproc}", "-m", "fcnseg", *argv]  # fmt: skip
-    return subprocess.call(cmd)
+
+def relaunch(args) -> int:
+    """This command's checks in one process, then its command line again under torchrun, one
+    process per rank (--nproc N); workers' errors said once (cli.launch)."""
+    from .launch import relaunch as launch
+
+    return launch(args)
 
 
 def checkpoint_dataset(args, ckpt: dict, model=None):

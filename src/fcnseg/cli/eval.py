@@ -14,6 +14,7 @@ from .common import (
     counts,
     fast_model,
     int_list,
+    launching,
     ranged,
     relaunch,
 )
@@ -62,7 +63,7 @@ def add(sub) -> None:
 def run(args) -> int:
     """Score a checkpoint on a dataset split: the paper's four metrics and per-class IU, the
     paper's own rows beside (per head for two-head nets: semantic metrics, geometric accuracy)."""
-    if args.nproc > 1:
+    if launching(args):
         return relaunch(args)
     import time
 
@@ -122,6 +123,7 @@ def run(args) -> int:
                       [args.checkpoint], overwrite=args.overwrite,
                       flag="--save-confusion")  # fmt: skip
     dist = Dist.from_env(args.device)  # under torchrun (--nproc): each rank scores its share
+    dist.checks_done()  # --nproc: the check run (cli.launch) stops here, before any worker
     loader = make_loader(dist.shard(scored_subset(dataset)), args.batch_size, model.preprocessing,
                          args.workers)  # fmt: skip
     t0 = time.perf_counter()

@@ -7,7 +7,16 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import CLASSES, FAST_HELP, OVERWRITE_HELP, WORKERS, fast_model, ranged, relaunch
+from .common import (
+    CLASSES,
+    FAST_HELP,
+    OVERWRITE_HELP,
+    WORKERS,
+    fast_model,
+    launching,
+    ranged,
+    relaunch,
+)
 
 
 def add(sub) -> None:
@@ -84,7 +93,7 @@ def run(args) -> int:
 
     from torch import device as torch_device
 
-    if args.nproc > 1:
+    if launching(args):
         return relaunch(args)
     from ..checkpoint import load_model
     from ..data.hha import parse_intrinsics
@@ -114,8 +123,11 @@ def run(args) -> int:
                             save_probs=args.save_probs, overlay=not args.no_overlay,
                             batch_size=args.batch_size, tile=args.tile,
                             overwrite=args.overwrite, skip_existing=args.skip_existing,
-                            workers=workers, shard=(dist.rank, dist.world),
-                            progress=dist.rank == 0)  # fmt: skip
+                            workers=workers, progress=dist.rank == 0,
+                            # --nproc's check run: every process's outputs, then stop
+                            shard=(0, 1) if dist.checking else (dist.rank, dist.world),
+                            check_only=dist.checking)  # fmt: skip
+    dist.checks_done()
     results = dist.gather(results)
     if dist.rank:
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .common import (
     BATCH,
@@ -14,6 +15,7 @@ from .common import (
     WORKERS,
     int_list,
     key_values,
+    launching,
     ranged,
     relaunch,
 )
@@ -120,7 +122,7 @@ def add(sub) -> None:
 
 def run(args) -> int:
     """Train an FCN (or FCN-32s -> 16s -> 8s in stages with --stages); resumable."""
-    if args.nproc > 1:
+    if launching(args):
         return relaunch(args)
     from ..engine import train, train_stages
     from ..models.registry import stage_names
@@ -137,6 +139,8 @@ def run(args) -> int:
     else:
         results = [{"model": args.model,
                     **train(config, resume=args.resume, overwrite=args.overwrite)}]  # fmt: skip
+    if int(os.environ.get("RANK", "0")) != 0:  # --nproc: rank 0 says what the run did, once
+        return 0
     rows = {r["model"]: r["metrics"] for r in results if r["metrics"]}
     if rows:
         from ..evaluate import format_table
