@@ -39,12 +39,17 @@ def relaunch(args) -> int:
     try:
         # 1. the same command, in check mode: an error is printed there, once
         env = {**os.environ, _ENV: folder, CHECK_ENV: str(args.nproc)}
-        check = subprocess.run([sys.executable, "-m", "fcnseg", *args.argv], env=env,
-                               stdout=subprocess.PIPE)  # fmt: skip
+        check = subprocess.Popen([sys.executable, "-m", "fcnseg", *args.argv], env=env,
+                                 stdout=subprocess.PIPE)  # fmt: skip
+        try:
+            out, _ = check.communicate()
+        except KeyboardInterrupt:  # Ctrl-C reached the check too: it says so itself
+            check.wait()
+            return 130
         if check.returncode != 0 or not (Path(folder) / "checked").exists():
             # an error (said), or the command ended before its work (nothing to do): its
             # output is the answer, no worker is needed
-            sys.stdout.write(check.stdout.decode(errors="replace"))
+            sys.stdout.write(out.decode(errors="replace"))
             return check.returncode
         # 2. the workers
         return _run_torchrun(args.nproc, _without_nproc(args.argv), folder)
