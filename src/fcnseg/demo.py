@@ -52,7 +52,8 @@ def _cat() -> np.ndarray:
 @torch.no_grad()
 def _models(image: np.ndarray, quick: bool) -> str:
     rows = []
-    for name in list_models("fcnseg"):  # the release's nets: demo part 2 and fcnseg models
+    paper = ("vgg16", "alexnet", "googlenet")  # the paper's trunks; the others: fcnseg models
+    for name in [n for n in list_models("fcnseg") if n.rsplit("_", 1)[-1] in paper]:
         opts = {"width": 0.125} if quick and "googlenet" not in name else {}
         model = build_model(name, num_classes=21, **opts).eval()
         x = model.preprocessing(image)[None]
@@ -62,7 +63,7 @@ def _models(image: np.ndarray, quick: bool) -> str:
         dt = time.perf_counter() - t
         assert y.shape[-2:] == x.shape[-2:], (name, y.shape, x.shape)
         fast_ms = "-"  # FastFCN: the exact CPU path, VGG16 and AlexNet trunks
-        if "googlenet" not in name:
+        if model.pad_to == 1:  # GoogLeNet pads its input to a multiple of 32: not FastFCN's
             fast = FastFCN(model)
             fast(x)  # first call of this size: background and buffers
             t = time.perf_counter()
