@@ -128,9 +128,10 @@ def transfer(model: nn.Module, source) -> list[str]:
                + f" (init_from={{{', '.join(repr(s) + ': ...' for s in inputs)}}})"
                if streams else "give a checkpoint of a net with the same layers (a coarser "
                "FCN of the same trunk, width and class count)")  # fmt: skip
-        raise ValueError(f"init_from {label_of(source)} shares no learned layer with {name} "
-                         f"(of its {len(state)} tensors, none has a name of this net's "
-                         f"{len(own)}), so nothing would be copied: {fix}")  # fmt: skip
+        raise ValueError(f"init_from {label_of(source)} shares no layer with {name} that "
+                         f"holds learned weights (of its {len(state)} tensors, none but the "
+                         f"fixed upsampling kernels has a name of this net's {len(own)}), so "
+                         f"nothing would be copied: {fix}")  # fmt: skip
     bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
            for k in shared if state[k].shape != own[k].shape]  # fmt: skip
     if bad:
