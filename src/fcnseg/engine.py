@@ -22,7 +22,6 @@ import dataclasses
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,9 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, model_state, save_checkpoint
+from .config import TrainConfig, TrainingDiverged
 from .evaluate import compute_metrics, scored_subset, select_head, to_device
 from .feed import Dist, StepBatches, default_workers, labelled_pixels, step_indices
 from .models import build_model
+from .netdata import data_head, net_data_options, run_classes
 from .recipes import Recipe, get_recipe
 from .runfolder import (
     RUN_FILES,
@@ -50,7 +51,6 @@ from .safety import (
     RunLock,
     RunLockedError,
     check_outputs,
-    check_range,
 )
 from .weights import prepare
 
@@ -62,75 +62,6 @@ __all__ = [
     "train",
     "train_stages",
 ]
-
-
-@dataclass
-class TrainConfig:
-    model: str = "fcn8s_vgg16"
-    num_classes: int | dict | None = None  # None: the dataset's (a release net: its own)
-    model_options: dict = field(default_factory=dict)  # width, layout
-    recipe: str = "cvpr"
-    data: str = "digits"  # data.build.DATA_HELP: digits | voc:ROOT | nyud:ROOT | ...
-    train_split: str = "train"
-    val_data: str | None = None  # None: same as data (e.g. train on sbd:, validate on voc:)
-    val_split: str = "val"
-    data_options: dict = field(default_factory=dict)  # e.g. digit scenes' n, size (a release
-    # net sets modality and task itself: net_data_options)
-    steps: int = 1000
-    batch_size: int | None = None  # None: the recipe's (images per step, all processes)
-    accumulate: int | None = None  # None: the recipe's
-    lr: float | None = None  # None: the recipe's for this model
-    seed: int = 0
-    out: str = "runs/fcn"
-    eval_every: int = 0  # 0: only at the end
-    ckpt_every: int = 100
-    log_every: int = 10
-    device: str = "cpu"
-    amp: str | None = None  # "bf16" (CPU or CUDA), "fp16" (CUDA), "auto" (measured, fcnseg.amp)
-    channels_last: bool = False  # NHWC memory format: faster convolutions on CPU and GPU
-    fast: bool = False  # reference layout: skip the padding's waste, same numbers (fast.train)
-    init_from: str | dict | None = None  # a previous stage's checkpoint; late fusion: by stream
-    backbone_weights: str | None = None
-    workers: int | None = None  # data loader processes; None: 0 on a CPU, some per GPU
-    crop: int | None = None  # random crop for variable-size data (None: pad in batch)
-    tensorboard: bool | str = False  # True: events in out/tb; a folder: there (fcnseg[tb])
-
-    def check(self) -> None:
-        """Types and ranges: fail before any work, naming the value and the allowed range."""
-        big = 10**9
-        for name, lo, hi in (("steps", 1, big), ("ckpt_every", 1, big), ("log_every", 1, big),
-                             ("eval_every", 0, big), ("workers", 0, 256), ("seed", 0, 2**63 - 1),
-                             ("batch_size", 1, 4096), ("accumulate", 1, 4096),
-                             ("num_classes", 2, 65536), ("crop", 1, 16384)):  # fmt: skip
-            v = getattr(self, name)
-            if isinstance(v, dict) and name == "num_classes":  # several heads: one per head
-                for head, n in v.items():
-                    check_range(f"num_classes[{head!r}]", n, lo, hi, integer=True)
-            elif v is not None or name in ("steps", "ckpt_every", "log_every", "eval_every",
-                                           "seed"):  # fmt: skip
-                check_range(name, v, lo, hi, integer=True)
-        if self.lr is not None:
-            check_range("lr", self.lr, 1e-30, 10.0)
-            if self.lr <= 0:
-                raise ValueError(f"lr must be in 1e-30..10.0, got {self.lr}")
-        for name in ("model", "recipe", "data", "train_split", "val_split", "out", "device"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
-        for name in ("model_options", "data_options"):
-            if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name} must be a dict, got {getattr(self, name)!r}")
-        if not isinstance(self.tensorboard, bool | str) or self.tensorboard == "":
-            raise ValueError(f"tensorboard must be True, False or a folder, got "
-                             f"{self.tensorboard!r}")  # fmt: skip
-        if self.amp not in (None, "bf16", "fp16", "auto"):
-            raise ValueError(f"amp must be bf16, fp16 or auto, got '{self.amp}'")
-        if self.amp == "fp16" and not self.device.startswith("cuda"):
-            raise ValueError("amp fp16 needs --device cuda; on a CPU use --amp bf16")
-        get_recipe(self.recipe)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 # ------------------------------------------------------------------------- parts
@@ -184,75 +115,6 @@ def _pixel_loss(logits, target, norm: float | dict = 1.0) -> torch.Tensor:
         return sum(_pixel_loss(logits[k], target[k], norm[k] if isinstance(norm, dict) else norm)
                    for k in logits)  # fmt: skip
     return F.cross_entropy(logits.float(), target, ignore_index=255, reduction="sum") / norm
-
-
-def _num_classes(config: TrainConfig, data, class_names, head: str | None = None):
-    """The run's classes: a release net's own (checked against the data), else the option's
-    or the data's. A release net with num_classes given keeps its layers with new score layers
-    of that many classes (a dict by head for two heads), e.g. on the RGB-D digit scenes.
-    `head`: the one head of a two-head net that the data has targets for (task=sem or geo)."""
-    from .models.reference import REFERENCE_NETS
-
-    spec = REFERENCE_NETS.get(config.model)
-    if spec is None:
-        return config.num_classes or len(class_names)
-    heads = getattr(data, "head_classes", None)
-    want = spec.classes if config.num_classes is None else config.num_classes
-    if head is not None:  # a two-head net on one head's targets: that head is checked
-        have, wanted = len(heads[head]), want[head] if isinstance(want, dict) else want
-        if have != wanted:
-            raise ValueError(f"{config.model}'s {head} head scores {wanted} classes but data "
-                             f"'{config.data}' has {have}: use the data it was made for, or "
-                             f"pass num_classes={{{', '.join(f'{k!r}: ...' for k in want)}}} "
-                             f"with {have} for {head!r}")  # fmt: skip
-        return want
-    if isinstance(spec.classes, dict) and not heads:
-        raise ValueError(f"{config.model} has heads {', '.join(spec.classes)} but data "
-                         f"'{config.data}' has one target per image: use data with each "
-                         f"head's labels (siftflow:ROOT, or digits-rgbd task=both)")  # fmt: skip
-    have = {k: len(v) for k, v in heads.items()} if isinstance(spec.classes, dict) \
-        else len(class_names)  # fmt: skip
-    if have != want:
-        raise ValueError(f"{config.model} scores {want} classes but data '{config.data}' has "
-                         f"{have}: use the data it was made for, or pass num_classes={have} for "
-                         f"its layers with new score layers")  # fmt: skip
-    return want
-
-
-def _data_head(model_name: str, data) -> str | None:
-    """The head a two-head release net trains and scores alone: the data's one head when the
-    data gives one head's targets (SIFT Flow's task=sem or geo); None: every head."""
-    from .models.reference import REFERENCE_NETS
-
-    spec = REFERENCE_NETS.get(model_name)
-    heads = getattr(data, "head_classes", None) or {}
-    if spec is None or not isinstance(spec.classes, dict) or len(heads) != 1:
-        return None
-    head = next(iter(heads))
-    return head if head in spec.classes else None
-
-
-def net_data_options(model: str, data: str, options: dict) -> dict:
-    """Data options for training or scoring release net `model` (or any fcnseg model) on
-    `data`: its inputs set the modality (nyud-fcn32s-hha reads HHA), its heads the task
-    (siftflow-fcn32s both tasks); a given option that contradicts the net is refused, naming
-    the net made for it (see data.build.net_data_options)."""
-    from .data.build import modality_of
-    from .data.build import net_data_options as for_net
-    from .models.reference import REFERENCE_NETS
-
-    spec = REFERENCE_NETS.get(model)
-    others = {}
-    for s in REFERENCE_NETS.values():
-        if isinstance(s.classes, dict):
-            others.setdefault(("task", "both"), s.name)
-        if spec is not None and s.name.split("-")[0] == spec.name.split("-")[0]:
-            others.setdefault(("modality", modality_of(s.inputs)), s.name)
-    if spec is None:
-        return for_net(data, options, net=model, others=others)
-    heads = tuple(spec.classes) if isinstance(spec.classes, dict) else None
-    return for_net(data, options, net=model, inputs=tuple(spec.inputs), heads=heads,
-                   others=others)  # fmt: skip
 
 
 def _flat(metrics: dict) -> dict:
@@ -336,8 +198,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
 
     data_options = for_net(config.data, config.data_options)
     train_set, val_set, class_names = build_datasets(config, for_net)
-    head = _data_head(config.model, train_set)  # a two-head net on one head's targets
-    num_classes = _num_classes(config, train_set, class_names, head)
+    head = data_head(config.model, train_set)  # a two-head net on one head's targets
+    num_classes = run_classes(config, train_set, class_names, head)
     batch = config.batch_size or recipe.batch_size
     accumulate = config.accumulate or recipe.accumulate
     if batch % (accumulate * dist.world):

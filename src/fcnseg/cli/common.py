@@ -122,7 +122,7 @@ def checkpoint_dataset(args, ckpt: dict, model=None):
     inherited = config.get("data_options", {}) if _same_data(data, config.get("data")) else {}
     options = {**inherited, **key_values(args.data_option)}
     if model is not None:
-        from ..engine import net_data_options
+        from ..netdata import net_data_options
 
         options = net_data_options(getattr(model, "name", ""), data, options)
     return data, open_dataset(data, args.split, options)

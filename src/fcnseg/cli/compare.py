@@ -67,7 +67,7 @@ def run(args) -> int:
 
 def _check_same_inputs(models: dict, data: str, modality, task) -> None:
     """Every net must take the data's inputs and heads (e.g. not nyud-fcn32s-color beside -hha)."""
-    from ..engine import net_data_options
+    from ..netdata import net_data_options
 
     given = {k: v for k, v in (("modality", modality), ("task", task)) if v is not None}
     for title, model in models.items():
