@@ -369,7 +369,7 @@ def model_table() -> list[dict[str, str]]:
     """One row per registered name, for `fcnseg models` and the README's table: family,
     trunk, head, classes, inputs, outputs, published weights, and the name with the same layers."""
     rows = []
-    for name, (_, arch) in sorted(_BUILDERS.items()):
+    for name, (_, arch) in sorted((n, b) for n, b in _BUILDERS.items() if _buildable(n)):
         files = [w.name for w in WEIGHTS.values() if w.arch == name]
         rows.append({"name": name, "family": "fcnseg",
                      "trunk": arch if isinstance(arch, str) else arch.name,
