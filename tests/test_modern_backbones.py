@@ -206,8 +206,8 @@ def test_lite0_fine_tunes_on_real_weights(lite0):
     opt = torch.optim.AdamW(lite0.parameters(), lr=1e-3)  # the "modern" recipe's
     lite0.train()
     losses = []
-    torch.set_flush_denormal(True)  # the first steps on these weights hit subnormal floats:
-    try:  # ~7 s a step instead of ~0.03 on an AMD EPYC (same losses to float rounding)
+    torch.set_flush_denormal(True)  # training on these weights meets subnormal floats, ~7 s a
+    try:  # step instead of ~0.03 on an AMD EPYC; flushed, values below 1.2e-38 become 0
         for _ in range(8):
             opt.zero_grad()
             loss = F.cross_entropy(lite0(x), target)
