@@ -434,7 +434,8 @@ def test_port_entry_falls_back_to_the_release_file(server, cache, monkeypatch, t
 def test_models_command_lists_the_release(capsys):
     assert main(["models", "--weights"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    table = out.split("\n\n")[0]  # the nets' table, before the weights' list
+    rows = {line.split()[0]: line for line in table.splitlines() if line.strip()}
     for name in fcnseg.reference_nets():
         assert name in rows
     for name, file in RELEASE_FILES.items():

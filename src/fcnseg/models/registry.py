@@ -373,7 +373,7 @@ def model_table() -> list[dict[str, str]]:
         files = [w.name for w in WEIGHTS.values() if w.arch == name]
         rows.append({"name": name, "family": "fcnseg",
                      "trunk": arch if isinstance(arch, str) else arch.name,
-                     "head": name.rsplit("_", 1)[0].replace("_", "-"),
+                     "head": name.split("_")[0] + ("-atonce" if "_atonce_" in name else ""),
                      "classes": "num_classes (21)",
                      "inputs": "image (3 RGB/BGR, as the weights)", "outputs": "logits",
                      "weights": ", ".join(files) or "backbone only",
