@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fcnseg.amp import machine_name
 from fcnseg.evaluate import compute_metrics, evaluate
 from fcnseg.report import PerImageScores
 from fcnseg.report.evaluation import write_report
@@ -91,8 +91,7 @@ def main() -> None:
     files = [f for f in Path(args.out).rglob("*") if f.is_file()]
     size = sum(f.stat().st_size for f in files)
     page = (Path(args.out) / "index.html").stat().st_size
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = machine_name()
     print(f"{args.n} images {W}x{H}, {C} classes; {cpu}; load {os.getloadavg()[0]:.1f}")
     print(f"evaluate: {plain:.1f} s; with per-image scores: {scored:.1f} s "
           f"(+{100 * (scored / plain - 1):.0f}%)")  # fmt: skip

@@ -70,8 +70,10 @@ class RunLockedError(RuntimeError):
 
 def unreadable(path: str | os.PathLike, what: str) -> str:
     """The message for a file that is there but that this user may not read."""
-    return (f"cannot read {what} '{path}': permission denied (the file is there, but this user "
-            f"may not read it): check its permissions (ls -l; chmod u+r) or its owner")
+    return (
+        f"cannot read {what} '{path}': permission denied (the file is there, but this user "
+        f"may not read it): check its permissions (ls -l; chmod u+r) or its owner"
+    )
 
 
 def umask() -> int:
