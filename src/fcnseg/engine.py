@@ -52,6 +52,7 @@ from .safety import (
     RunLockedError,
     check_outputs,
 )
+from .threads import fit_to_free_cores
 from .weights import prepare
 
 __all__ = [
@@ -255,6 +256,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", resolved)
     net = model
+    fitted = (fit_to_free_cores if config.fast and device.type == "cpu"
+              else contextlib.nullcontext)  # fmt: skip
     if config.fast:  # the same forward and gradients, without the padding's waste
         from .fast.train import FastTrainFCN
 
@@ -342,24 +345,26 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
             assert fed == step, (fed, step)
             cur_lr = _set_lr(optimizer, recipe, step, config.steps)
             norm = labelled_pixels([t for _, t in chunks], dist) if recipe.loss == "mean" else 1.0
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for k, (x, t) in enumerate(chunks):
-                x = to_device(prepare(model.preprocessing, to_device(x, device)), device, fmt)
-                t = to_device(t, device)
-                sync = k == len(chunks) - 1 or dist.world == 1
-                ctx = net.no_sync() if not sync else contextlib.nullcontext()
-                with ctx, torch.autocast(device.type, amp, enabled=amp is not None):
-                    loss = loss_of(net(x), t, norm) * dist.world  # DDP averages grads
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(_diverged(step, loss.item(), cur_lr, recipe, last))
-                (scaler.scale(loss) if scaler else loss).backward()
-                total += float(loss.detach()) / dist.world
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            # --fast on a CPU: no more threads than the cores other programs leave free
+            with fitted():  # (the step's parallel regions wait for their slowest thread)
+                optimizer.zero_grad(set_to_none=True)
+                total = 0.0
+                for k, (x, t) in enumerate(chunks):
+                    x = to_device(prepare(model.preprocessing, to_device(x, device)), device, fmt)
+                    t = to_device(t, device)
+                    sync = k == len(chunks) - 1 or dist.world == 1
+                    ctx = net.no_sync() if not sync else contextlib.nullcontext()
+                    with ctx, torch.autocast(device.type, amp, enabled=amp is not None):
+                        loss = loss_of(net(x), t, norm) * dist.world  # DDP averages grads
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(_diverged(step, loss.item(), cur_lr, recipe, last))
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    total += float(loss.detach()) / dist.world
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
             total = dist.sum(total)
             seen += batch
             done = step + 1
