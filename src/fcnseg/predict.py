@@ -192,23 +192,6 @@ def _regions(model: nn.Module, x: Tensors, plan: tuple[int, int] | None) -> Iter
             yield slice(o0, o1), slice(p0, p1), _crop(logits, *own)
 
 
-def check_photo_model(model: nn.Module, what: str = "predict") -> None:
-    """Refuse a model that is not photo in, one score map out (the release's two-input and
-    two-head nets), naming what it takes instead. (predict itself takes every net.)"""
-    if (
-        getattr(model, "stream_names", None)
-        or getattr(model, "head_names", None)
-        or (getattr(model, "in_channels", 3) not in (3, {"": 3}))
-    ):
-        raise ValueError(
-            f"{what} works on nets that take one RGB photo and give one score map; "
-            f"{getattr(model, 'name', 'this model')} takes or gives several (inputs "
-            f"{getattr(model, 'stream_names', None) or getattr(model, 'in_channels', '?')}, heads "
-            f"{getattr(model, 'head_names', None) or 1}): use fcnseg eval on its data, or call "
-            f"the model in Python with a dict of inputs"
-        )
-
-
 def _batch(model: nn.Module, samples: Sequence[Mapping[str, np.ndarray]], device) -> Tensors:
     """Same-sized samples ({kind: array}, `load_sample`) -> the net's input on `device`: one
     tensor (a photo; colour + depth in 4 channels) or a dict (two streams), prepared."""
