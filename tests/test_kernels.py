@@ -14,7 +14,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
-def run_winograd(x: torch.Tensor, w: torch.Tensor, b, relu: bool, budget=1 << 22, m=2, U=None):
+def run_winograd(x, w, b, relu: bool, budget=1 << 22, m=2, U=None, onednn=False):
     """Pad x to the tiles' size (m*t+2), as FastFCN's buffers are, and run F(m x m, 3x3) (its
     work arenas start as NaN: a value read before it is written shows). U: the transformed
     weights (default: winograd_weight(w, m=m))."""
@@ -27,7 +27,8 @@ def run_winograd(x: torch.Tensor, w: torch.Tensor, b, relu: bool, budget=1 << 22
     arenas = {k: torch.full((plan[k],), float("nan"), dtype=x.dtype) for k in "aby"}
     U = kernels.winograd_weight(w, m=m) if U is None else U
     pad = padded.contiguous(memory_format=torch.channels_last)
-    return kernels.winograd_conv(pad, U, b, plan, arenas, (oh, ow), relu=relu)
+    products = kernels.component_products(U.transpose(1, 2).contiguous()) if onednn else None
+    return kernels.winograd_conv(pad, U, b, plan, arenas, (oh, ow), relu=relu, products=products)
 
 
 @pytest.mark.parametrize("m", [2, 4])
@@ -45,6 +46,22 @@ def test_winograd_equals_conv_in_float64(m, h, w, relu, budget):
     out = run_winograd(x, wt, b, relu, budget, m)
     assert out.shape == ref.shape == (2, 7, h - 2, w - 2)
     assert rel_err(out, ref) < 1e-12
+
+
+@pytest.mark.skipif(not kernels.available(torch.empty(0)), reason="torch built without oneDNN")
+@pytest.mark.parametrize("budget", [1, 1 << 22])
+def test_winograd_with_onednn_products_equals_conv_in_float32(budget):
+    """F(4x4)'s a*a GEMMs by oneDNN one per component (FastFCN's "winograd4dnnl"), bands of
+    one tile row or one band: the conv's output within float32 rounding, as by torch.bmm."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 48, 23, 30, generator=g)
+    wt = torch.randn(40, 48, 3, 3, generator=g) / 48**0.5
+    b = torch.randn(40, generator=g)
+    ref = F.conv2d(x, wt, b).relu()
+    out = run_winograd(x, wt, b, True, budget, 4, onednn=True)
+    assert out.shape == ref.shape
+    assert rel_err(out, ref) < 1e-5
+    assert rel_err(out, run_winograd(x, wt, b, True, budget, 4)) < 1e-5
 
 
 @pytest.mark.parametrize("m", [2, 4])

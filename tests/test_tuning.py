@@ -44,7 +44,10 @@ def force(monkeypatch, kind: str) -> list:
     return seen
 
 
-@pytest.mark.parametrize("kind", ["winograd4", "winograd", "gemm", "inplace", "plain", "direct"])
+KINDS = ["winograd4", "winograd4dnnl", "winograd", "gemm", "inplace", "plain", "direct"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_every_choice_is_exact(kind, dtype, monkeypatch):
     """Whatever the measurement picks, the outputs are the model's: 1e-12 in float64, 1e-5 in
@@ -60,7 +63,9 @@ def test_every_choice_is_exact(kind, dtype, monkeypatch):
     offered = {k for c in seen for k in c}
     assert kind in kinds or kind not in offered
     assert {"winograd4", "winograd", "gemm", "direct"} <= offered
-    assert ("inplace" in offered) == (dtype == torch.float32 and kernels.available(x))
+    onednn = dtype == torch.float32 and kernels.available(x)  # oneDNN runs float32 / bf16 only
+    assert ("inplace" in offered) == onednn
+    assert ("winograd4dnnl" in offered) == onednn
 
 
 def test_measured_choices_are_cached_per_layer(tmp_path, monkeypatch):
@@ -83,10 +88,12 @@ def test_measured_choices_are_cached_per_layer(tmp_path, monkeypatch):
         assert set(entry["seconds"]) == set(parts["candidates"])
         best = min(entry["seconds"].values())
         assert entry["seconds"][entry["choice"]] <= best * (1 + tuning.MARGIN)
-    assert set(first.values()) <= {"winograd4", "winograd", "gemm", "inplace", "plain", "direct"}
+    assert set(first.values()) <= set(KINDS)
     # Winograd F(4x4) is measured beside F(2x2): the candidates are part of each key, so a
     # cache written before F(4x4) existed (candidates without it) does not answer for it
-    assert any(json.loads(key)["candidates"][:2] == ["winograd4", "winograd"] for key, _ in entries)
+    assert any(json.loads(key)["candidates"][0] == "winograd4" for key, _ in entries)
+    if kernels.available(x):  # and F(4x4) with oneDNN's GEMMs beside it
+        assert any(json.loads(key)["candidates"][:3] == KINDS[:3] for key, _ in entries)
 
     tuning._memo.clear()  # a new process reads the file and measures nothing
     monkeypatch.setattr(tuning, "measure", lambda *a, **k: pytest.fail("measured again"))

@@ -34,9 +34,9 @@ from .winograd import (
 )
 
 __all__ = [
-    "available", "conv_as_gemm", "conv_into", "kernel_transform", "kernel_transform_grad",
-    "linear", "winograd_conv", "winograd_plan", "winograd_tiles", "winograd_weight",
-    "winograd_weight_grad", "winograd_work",
+    "available", "component_products", "conv_as_gemm", "conv_into", "kernel_transform",
+    "kernel_transform_grad", "linear", "winograd_conv", "winograd_plan", "winograd_tiles",
+    "winograd_weight", "winograd_weight_grad", "winograd_work",
 ]  # fmt: skip
 
 
@@ -122,6 +122,18 @@ def conv_as_gemm(
         if relu:
             y = y.relu()
     return y.reshape(n, oh, ow, o).permute(0, 3, 1, 2)  # (N, L, O) is already NHWC
+
+
+def component_products(ut: torch.Tensor):
+    """Winograd's a*a GEMMs by oneDNN, for winograd_conv's `products`: ut (a*a, O, C), the
+    transformed weight U transposed per component. Each component's (tiles, C) @ (C, O) runs as
+    one oneDNN linear (AVX-512, 2 threads: 1.1-1.8x MKL's batched GEMM at 256-512 channels,
+    benchmarks/RESULTS.md), then one copy stacks them into `out`."""
+
+    def products(v: torch.Tensor, out: torch.Tensor) -> None:
+        torch.stack([linear(v[k], ut[k], None, relu=False) for k in range(len(ut))], out=out)
+
+    return products
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, *, relu: bool):

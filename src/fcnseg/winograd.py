@@ -193,6 +193,7 @@ def winograd_conv(
     out_hw: tuple[int, int],
     *,
     relu: bool,
+    products=None,
 ) -> torch.Tensor:
     """relu(conv2d(x, w, b)) for a 3x3 kernel, stride 1, no padding, by F(m x m, 3x3).
 
@@ -201,6 +202,8 @@ def winograd_conv(
     plan's sizes, kept by the caller across calls (re-faulting ~100 MB a call costs more than
     the work) and shared by layers (a layer's buffers are dead once its output has been read).
     Returns the (N, O, out_h, out_w) output as a channels_last view into arenas["y"].
+    products(V, out): the a*a GEMMs out[k] = V[k] @ U[k], (a*a, tiles, C) -> (a*a, tiles, O)
+    (default: one batched torch.bmm; fcnseg.kernels.component_products: oneDNN's, one each).
     """
     n, th, tw, c, o = plan["shape"]
     m = plan.get("m", 2)
@@ -215,7 +218,10 @@ def winograd_conv(
         tb = min(plan["band"], th - t0)
         V = _input_tiles(xh, t0, tb, m, bt, A, B, tw)  # (a, a, N, tb, tw, C)
         M = A[: a * a * n * tb * tw * o].view(a * a, n * tb * tw, o)  # `rows` is dead
-        torch.bmm(V.view(a * a, -1, c), U, out=M)  # (a*a, tiles, C) @ (a*a, C, O)
+        if products is None:  # (a*a, tiles, C) @ (a*a, C, O)
+            torch.bmm(V.view(a * a, -1, c), U, out=M)
+        else:
+            products(V.view(a * a, -1, c), M)
         mm = M.view(a, a, n, tb, tw, o)
         if b is not None and ones:
             mm[ones[0], ones[0]] += b

@@ -15,7 +15,7 @@ from ..models.fcn import FCN
 from ..threads import fit_to_free_cores
 from . import plan, prepare
 from .buffers import carve
-from .plan import WINOGRAD, Geom, Step, Stream, pair, parse_trunk
+from .plan import ONEDNN_PRODUCTS, WINOGRAD, Geom, Step, Stream, pair, parse_trunk
 
 __all__ = ["FastFCN", "bf16_forward"]
 
@@ -234,6 +234,21 @@ class FastFCN(nn.Module):
             ("wino", m, s.name), w, lambda: kernels.winograd_weight(w.double(), m=m).to(w.dtype)
         )
 
+    def _winograd_products(self, s: Step, kind: str):
+        """winograd_conv's `products` for `kind`: None (MKL's batched GEMM), or oneDNN's per
+        component on U transposed (kept, remade when the weight changes)."""
+        if kind not in ONEDNN_PRODUCTS:
+            return None
+        w, U = s.layer.weight, self._winograd_weight(s, kind)
+        ut = self._derived(("wino_t", s.name), w, lambda: U.transpose(1, 2).contiguous())
+        return kernels.component_products(ut)
+
+    def _winograd(self, s: Step, kind: str, buf, work, arenas, out_hw):
+        """The step by Winograd `kind` on its padded input buffer."""
+        U, b = self._winograd_weight(s, kind), self._weights(s)[1]
+        return kernels.winograd_conv(buf, U, b, work, arenas, out_hw, relu=s.relu,
+                                     products=self._winograd_products(s, kind))  # fmt: skip
+
     def _derived(self, key: tuple, w: torch.Tensor, make) -> torch.Tensor:
         """A copy of `w` in another layout, remade whenever `w` changes."""
         # inference tensors (e.g. the bf16 snapshots made under inference_mode) have no version
@@ -316,23 +331,8 @@ class FastFCN(nn.Module):
             zip(st.steps, state["geoms"], state["inputs"], state["kinds"], state["work"],
                 strict=True)
         ):  # fmt: skip
-            arenas = by_dtype[self._dt(s, dtype)]
-            if inp is None:
-                cur = cur.to(self._dt(s, dtype))  # the buffers below convert as they paste
-                y = self._step(s, cur, gemm=kind == "gemm")
-            else:
-                buf = inp.fill(arenas["in"], cur, self.channels_last)
-                if kind in WINOGRAD:
-                    (a0, a1), (b0, b1) = g.out_core
-                    U, b = self._winograd_weight(s, kind), self._weights(s)[1]
-                    y = kernels.winograd_conv(
-                        buf, U, b, work, arenas, (a1 - a0, b1 - b0), relu=s.relu
-                    )
-                elif kind == "inplace":
-                    out = carve(arenas["out"], work, channels_last=True)
-                    y = self._step(s, buf, padding=(0, 0), out=out)
-                else:
-                    y = self._step(s, buf, padding=(0, 0), gemm=kind == "gemm")
+            with torch.profiler.record_function(f"fast/{s.modules[0]}"):  # a profiler's range
+                y = self._run(s, g, inp, kind, work, cur, by_dtype[self._dt(s, dtype)], dtype)
             cur = y
             name = st.taps.get(i)
             if name is not None:
@@ -344,6 +344,20 @@ class FastFCN(nn.Module):
                 else:  # the caller keeps it: never hand out a persistent buffer
                     feats[name] = y.clone() if kind == "inplace" or kind in WINOGRAD else y
         return feats
+
+    def _run(self, s: Step, g: Geom, inp, kind: str, work, cur, arenas, dtype):
+        """One step on the current map's core `cur`: its input rebuilt in the arena when it
+        has one (rim + core), then the kernel chosen for it."""
+        if inp is None:
+            return self._step(s, cur.to(self._dt(s, dtype)), gemm=kind == "gemm")
+        buf = inp.fill(arenas["in"], cur, self.channels_last)  # converts as it pastes
+        if kind in WINOGRAD:
+            (a0, a1), (b0, b1) = g.out_core
+            return self._winograd(s, kind, buf, work, arenas, (a1 - a0, b1 - b0))
+        if kind == "inplace":
+            out = carve(arenas["out"], work, channels_last=True)
+            return self._step(s, buf, padding=(0, 0), out=out)
+        return self._step(s, buf, padding=(0, 0), gemm=kind == "gemm")
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor | Mapping[str, torch.Tensor]):
@@ -368,9 +382,10 @@ class FastFCN(nn.Module):
             feats.update(found)
         top = tops[""] if m.stream_names is None else tops  # streams: summed by the head
         # the upsamplers are ClassUpsample: per class (grouped) under no_grad when diagonal
-        if m.head_names is None:
-            return m.forward_head(feats, top, H, W)
-        return {k: m.forward_head(feats, top, H, W, output=k) for k in m.head_names}
+        with torch.profiler.record_function("fast/head"):
+            if m.head_names is None:
+                return m.forward_head(feats, top, H, W)
+            return {k: m.forward_head(feats, top, H, W, output=k) for k in m.head_names}
 
 
 def _each(fn, x):

@@ -17,11 +17,15 @@ from torch import nn
 from .. import kernels
 from ..models.fcn import FCN
 
-WINOGRAD = {"winograd4": 4, "winograd": 2}  # kernel kind -> output tile size m of F(m x m, 3x3)
+# kernel kind -> output tile size m of F(m x m, 3x3); "winograd4dnnl" is F(4x4) with its a*a
+# products by oneDNN's GEMM, one per component (MKL's batched GEMM for the others)
+WINOGRAD = {"winograd4": 4, "winograd4dnnl": 4, "winograd": 2}
+ONEDNN_PRODUCTS = ("winograd4dnnl",)
 
 __all__ = [
-    "WINOGRAD", "Geom", "Step", "Stream", "core_interval", "geometry", "lengths", "out_len", "pair",
-    "parse_trunk", "small_length", "step_dtypes", "window_of", "winograd_work", "zones",
+    "ONEDNN_PRODUCTS", "WINOGRAD", "Geom", "Step", "Stream", "core_interval", "geometry",
+    "lengths", "out_len", "pair", "parse_trunk", "small_length", "step_dtypes", "window_of",
+    "winograd_work", "zones",
 ]  # fmt: skip
 
 

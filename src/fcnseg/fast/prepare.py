@@ -16,7 +16,7 @@ import torch
 from .. import kernels
 from . import plan, tuning
 from .buffers import Background, RimInput
-from .plan import WINOGRAD, Geom, Step, Stream, pair
+from .plan import ONEDNN_PRODUCTS, WINOGRAD, Geom, Step, Stream, pair
 
 __all__ = ["candidates", "kinds", "prepare", "winograd_eligible"]
 
@@ -38,12 +38,13 @@ def winograd_eligible(fast, s: Step) -> bool:
 
 
 def candidates(fast, s: Step, g: Geom, dtype: torch.dtype) -> list[str]:
-    """The kernels allowed for a step, in the fixed order of preference: "winograd4"
-    (F(4x4, 3x3)), "winograd" (F(2x2, 3x3)), "gemm" (im2col + one GEMM), "inplace" (oneDNN
-    into a kept output), then "plain" (torch's conv or pool on the step's buffer) or "direct"
-    (the layer on the whole previous map with its own padding, where the step's input and
-    output are all core). An LRN step is "pointwise": it runs on the previous step's output
-    (its core) as it is, since it reads no neighbouring positions."""
+    """The kernels allowed for a step, in the fixed order of preference: "winograd4" (F(4x4,
+    3x3)), "winograd4dnnl" (the same, its GEMMs by oneDNN), "winograd" (F(2x2, 3x3)),
+    "gemm" (im2col + one GEMM), "inplace" (oneDNN into a kept output), then "plain"
+    (torch's conv or pool on the step's buffer) or "direct" (the layer on the whole
+    previous map with its own padding, where the step's input and output are all core). An
+    LRN step is "pointwise": it runs on the previous step's output (its core) as it is,
+    since it reads no neighbouring positions."""
     last = "direct" if g.direct else "plain"
     if s.kind == "lrn":
         return ["pointwise"]
@@ -51,11 +52,11 @@ def candidates(fast, s: Step, g: Geom, dtype: torch.dtype) -> list[str]:
         return [last]
     (a0, a1), (b0, b1) = g.out_core
     found = []
+    probe = torch.empty(0, dtype=fast._dt(s, dtype))
     if not g.direct and winograd_eligible(fast, s):
-        found += list(WINOGRAD)
+        found += [k for k in WINOGRAD if k not in ONEDNN_PRODUCTS or kernels.available(probe)]
     if fast._as_gemm(s, (a1 - a0, b1 - b0)):
         found.append("gemm")
-    probe = torch.empty(0, dtype=fast._dt(s, dtype))
     # torch's conv runs the same oneDNN kernel as "inplace", and allocates: not a candidate
     if (
         not g.direct

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from .. import cachefile, kernels
+from .. import cachefile
 from ..amp import machine_name
 from ..cachefile import busy, load_average, read_entries, write_entries
 from .plan import WINOGRAD, Geom, Step, pair, winograd_work
@@ -174,8 +174,7 @@ def trial(fast, s: Step, g: Geom, n: int, c: int, dt: torch.dtype, kind: str):
     x = torch.randn(n, c, *size).to(dt).contiguous(memory_format=fmt)
     if kind in WINOGRAD:
         arenas = {k: torch.empty(work[k], dtype=dt) for k in ("a", "b", "y")}
-        U, b = fast._winograd_weight(s, kind), fast._weights(s)[1]
-        return lambda: kernels.winograd_conv(x, U, b, work, arenas, out_hw, relu=s.relu)
+        return lambda: fast._winograd(s, kind, x, work, arenas, out_hw)
     out = None
     if kind == "inplace":
         out = torch.empty(n, s.layer.out_channels, a1 - a0, b1 - b0, dtype=dt)
