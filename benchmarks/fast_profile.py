@@ -7,9 +7,10 @@ FCN-8s VGG16 reference layout (benchmarks/inference.py's weights and photo), fp3
 three conditions in one run: quiet on torch's threads, beside one single-thread spin loop on the
 same fixed threads, and beside it with the threads fitted per call (FastFCN's default). Each is
 profiled by torch.profiler over `--calls` forwards after two warm-up calls; FastFCN labels each
-step ("fast/conv3_2") and the head ("fast/head"). Ops are sorted into phases by name; an op on
-at least 32768 elements (at::parallel_for's grain) or any oneDNN primitive opens one OpenMP
-parallel region, so "regions" counts those ops, and "ms / region" is the phase's time over them.
+step ("fast/conv3_2") and the head ("fast/head"). Ops are sorted into phases by name; a compute
+op on at least 32768 elements (at::parallel_for's grain) or any oneDNN primitive opens one
+OpenMP parallel region, so "regions" counts those ops (views and bookkeeping, "other", open
+none), and "ms / region" is the phase's time over them.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ PHASES = (  # (phase, op-name fragments), first match wins
     ("GEMM: Winograd's batched products, fc6/fc7", ("bmm", "aten::mm", "addmm", "linear")),
     ("direct conv (oneDNN, ReLU fused)", ("convolution",)),
     ("Winograd transforms, bias, ReLU", ("aten::add", "aten::mul", "aten::sub", "relu")),
-    ("rim fill, core paste, copies", ("copy_", "fill_", "index_select", "zero_", "clone", "cat")),
+    (
+        "rim fill, core paste, copies",
+        ("copy_", "fill_", "index_select", "zero_", "clone", "cat", "stack"),
+    ),
     ("max pool", ("max_pool",)),
 )
 
@@ -75,8 +79,11 @@ def profile_calls(f, calls: int) -> tuple[dict, dict, float]:
         if e.name.startswith("fast/") or owner is None or not owner.name.startswith("fast/"):
             continue
         step = owner.name[5:]
-        region = "mkldnn" in e.name or "convolution" in e.name or _numel(e.input_shapes) >= GRAIN
-        phase = phases[_phase(e.name, step)]
+        kind = _phase(e.name, step)  # "other": views and bookkeeping, no parallel work
+        region = kind != "other" and (
+            "mkldnn" in e.name or "convolution" in e.name or _numel(e.input_shapes) >= GRAIN
+        )
+        phase = phases[kind]
         phase[0] += e.cpu_time_total / 1e3
         for row in (steps[step], phase):
             row[1] += 1
@@ -104,8 +111,9 @@ def main() -> None:
                 time.sleep(0.3 if busy else 0)
                 found[label] = profile_calls(lambda f=f: f(x), args.calls)
     n = args.calls
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"FastFCN fp32, FCN-8s VGG16 reference layout, {args.size}x{args.size}; "
-          f"{machine_name()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+          f"{machine_name()}, torch {torch.__version__}, {now}; "
           f"per call, mean of {n} profiled calls (the profiler adds ~5%)\n")  # fmt: skip
     labels = list(found)
     print("wall s per call: " + ", ".join(f"{k} {found[k][2]:.3f}" for k in labels) + "\n")

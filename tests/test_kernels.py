@@ -27,7 +27,7 @@ def run_winograd(x, w, b, relu: bool, budget=1 << 22, m=2, U=None, onednn=False)
     arenas = {k: torch.full((plan[k],), float("nan"), dtype=x.dtype) for k in "aby"}
     U = kernels.winograd_weight(w, m=m) if U is None else U
     pad = padded.contiguous(memory_format=torch.channels_last)
-    products = kernels.component_products(U.transpose(1, 2).contiguous()) if onednn else None
+    products = kernels.component_products(U) if onednn else None
     return kernels.winograd_conv(pad, U, b, plan, arenas, (oh, ow), relu=relu, products=products)
 
 

@@ -107,6 +107,25 @@ def test_the_run_queue_sees_a_busy_process():
     assert loaded >= 1
 
 
+def test_this_jobs_own_child_processes_are_not_load_beside_it():
+    """A DataLoader worker (a child process) spinning is this job's work: not counted, so a
+    run with workers chooses its threads as a run without them; busy_cores' spinners are."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        own = [threads.others_running() for _ in range(5)]
+        with threads.busy_cores(1):
+            time.sleep(0.3)
+            beside = max(threads.others_running() for _ in range(5))
+    finally:
+        child.kill()
+        child.wait()
+    assert beside >= 1 and min(own) == 0, (own, beside)
+
+
 def test_fastfcn_adapts_its_threads_and_gives_the_same_answer(monkeypatch):
     from conftest import randomize_
 
@@ -136,5 +155,82 @@ def test_fastfcn_adapts_its_threads_and_gives_the_same_answer(monkeypatch):
         scale = plain.abs().max()
         assert ((loaded - plain).abs().max() / scale) < 1e-5
         assert ((loaded - fixed).abs().max() / scale) < 1e-6  # rounding of the split only
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_step_threads_keeps_the_faster_count_under_load_and_measures_again(monkeypatch):
+    """Beside a busy core the block runs on torch's count T or the free count F, each tried
+    first, then the one that ran faster; quiet: T, untimed; the count is restored after each
+    block; every `every` busy blocks both are tried again (the load beside changes)."""
+    monkeypatch.setattr(threads, "usable_cpus", lambda root="/": 4)
+    others = {"n": 2}  # two of four cores taken: F = 2
+    monkeypatch.setattr(threads, "others_running", lambda: others["n"])
+    slow = {"n": 4}  # the thread count whose blocks are slow
+
+    def block(chooser):
+        with chooser() as n:
+            assert torch.get_num_threads() == n
+            time.sleep(0.03 if n == slow["n"] else 0.001)
+        assert torch.get_num_threads() == 4
+        return n
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        chooser = threads.StepThreads(tries=2, every=20)
+        first = [block(chooser) for _ in range(4)]
+        assert first == [2, 2, 4, 4]  # F tried first, then T
+        assert {block(chooser) for _ in range(10)} == {2} and chooser.chosen == {2: 2}
+        slow["n"] = 2  # now fewer threads lose: found at the next measurement
+        runs = [block(chooser) for _ in range(20)]
+        assert runs[-1] == 4 and chooser.chosen == {2: 4}
+        others["n"] = 0  # quiet: torch's count, nothing measured
+        assert block(chooser) == 4
+        others["n"] = None  # no /proc: torch's count
+        assert block(chooser) == 4
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_training_and_evaluation_steps_run_under_the_chooser(monkeypatch, tmp_path):
+    """The engine's CPU steps and evaluate()'s batches go through StepThreads; beside a busy
+    core (F = 1 of 2) a tiny run trains, and evaluating gives the same matrix as quiet."""
+    import numpy as np
+    from conftest import randomize_
+
+    import fcnseg
+    from fcnseg.data.build import make_loader, open_dataset
+    from fcnseg.evaluate import evaluate
+
+    calls = []
+    real = threads.StepThreads.__call__
+
+    def spy(self):
+        calls.append(self)
+        return real(self)
+
+    monkeypatch.setattr(threads.StepThreads, "__call__", spy)
+    monkeypatch.setattr(threads, "usable_cpus", lambda root="/": 2)
+    monkeypatch.setattr(threads, "others_running", lambda: 1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        model = fcnseg.build_model("fcn32s_vgg16", width=0.0625, layout="same", num_classes=11)
+        randomize_(model)  # scores that vary: a matrix with more than one predicted class
+        val = open_dataset("digits", "val", {"n_val": 4, "size": 48, "scale": (1.0, 1.5)})
+        busy = evaluate(model, make_loader(val, 2, model.preprocessing), val.num_classes)
+        assert len(calls) == 2  # one per batch
+        monkeypatch.setattr(threads, "others_running", lambda: 0)
+        quiet = evaluate(model, make_loader(val, 2, model.preprocessing), val.num_classes)
+        assert (busy.matrix.sum(0) > 0).sum() > 1  # not all one class
+        # the same predictions, up to a rare tie that another thread count rounds otherwise
+        assert np.abs(busy.matrix - quiet.matrix).sum() <= 4 < busy.matrix.sum()
+        assert main(["train", "--model", "fcn32s_vgg16", "--width", "0.0625", "--layout",
+                     "same", "--steps", "3", "--batch-size", "2", "--data-option", "n_train=8",
+                     "--data-option", "n_val=4", "--data-option", "size=48", "--data-option",
+                     "scale=1.0,1.5", "--out", str(tmp_path / "run")]) == 0  # fmt: skip
+        assert len(calls) >= 2 + 3 + 2  # + the 3 steps + the final evaluation's batches
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

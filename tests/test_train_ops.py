@@ -49,11 +49,21 @@ def test_winograd_conv_and_its_gradients_equal_conv2d_in_float64(pad, relu, bias
 
 @pytest.mark.parametrize(("m", "wgrad", "bounds"), [(2, False, (4, 4, 4)), (2, True, (4, 4, 4)),
                                                     (4, True, (20, 4, 4))])  # fmt: skip
-def test_winograd_float32_rounding_is_near_the_direct_convs(m, wgrad, bounds):
+@pytest.mark.parametrize("products", ["bmm", "onednn"])
+def test_winograd_float32_rounding_is_near_the_direct_convs(m, wgrad, bounds, products,
+                                                            monkeypatch):  # fmt: skip
     """Max error vs float64, relative to the largest entry, for the input, weight and bias
     gradients, within `bounds` times the direct conv's (oneDNN's). Measured (AMD Zen 4): F(2x2)
     5.2e-7 / 4.7e-7 / 1.4e-7 vs direct 2.3e-7 / 1.0e-6 / 1.1e-6; F(4x4) 3.6e-6 (its transforms'
-    larger coefficients: ~12x) / 2.2e-6 / 1.4e-7."""
+    larger coefficients: ~12x) / 2.2e-6 / 1.4e-7. Both ways of running the Winograd GEMMs
+    (MKL's batched GEMM, oneDNN's per component), whichever the measurement would pick."""
+    picked = []
+
+    def choose(key, candidates, make_trial, rounds=2):
+        picked.append(products)
+        return products
+
+    monkeypatch.setattr(train_ops.tuning, "choose", choose)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 128, 40, 36, generator=g)
     w = torch.randn(128, 128, 3, 3, generator=g) * (2 / 1152) ** 0.5
@@ -73,6 +83,7 @@ def test_winograd_float32_rounding_is_near_the_direct_convs(m, wgrad, bounds):
         err, direct = (a - e).abs().max() / scale, (d - e).abs().max() / scale
         print(f"float32 rel. error: winograd F({m}x{m}) {err:.1e}, direct {direct:.1e}")
         assert err <= max(bound * direct, 2e-6)
+    assert picked or not kernels.available(x)  # the choice was asked for (oneDNN present)
 
 
 def test_winograd_is_not_used_where_it_does_not_apply():

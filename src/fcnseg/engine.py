@@ -52,7 +52,7 @@ from .safety import (
     RunLockedError,
     check_outputs,
 )
-from .threads import fit_to_free_cores
+from .threads import StepThreads
 from .weights import prepare
 
 __all__ = [
@@ -256,8 +256,10 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", resolved)
     net = model
-    fitted = (fit_to_free_cores if config.fast and device.type == "cpu"
-              else contextlib.nullcontext)  # fmt: skip
+    # on a CPU shared with other programs, each step runs on the faster of torch's threads and
+    # the free cores (measured on the steps: the step's parallel regions wait for their
+    # slowest thread, and whether fewer threads win depends on the model and its input)
+    fitted = StepThreads() if device.type == "cpu" else contextlib.nullcontext
     if config.fast:  # the same forward and gradients, without the padding's waste
         from .fast.train import FastTrainFCN
 
@@ -345,8 +347,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
             assert fed == step, (fed, step)
             cur_lr = _set_lr(optimizer, recipe, step, config.steps)
             norm = labelled_pixels([t for _, t in chunks], dist) if recipe.loss == "mean" else 1.0
-            # --fast on a CPU: no more threads than the cores other programs leave free
-            with fitted():  # (the step's parallel regions wait for their slowest thread)
+            with fitted():
                 optimizer.zero_grad(set_to_none=True)
                 total = 0.0
                 for k, (x, t) in enumerate(chunks):

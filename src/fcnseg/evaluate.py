@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -14,6 +15,7 @@ from torch import nn
 
 from .metrics import ConfusionMatrix
 from .safety import atomic_write, save_figure
+from .threads import StepThreads
 
 __all__ = [
     "compute_metrics",
@@ -71,12 +73,15 @@ def evaluate(
     cms = {k: ConfusionMatrix(n, ignore_index) for k, n in heads.items()}
     was_training = model.training
     model.eval()
+    # on a CPU shared with other programs: the faster of torch's threads and the free cores
+    threads = StepThreads() if device.type == "cpu" else contextlib.nullcontext
     try:
         with torch.inference_mode():
             for batch in _progress(loader, progress):
                 images, targets = _unpack(batch)
                 images = to_device(images, device)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                with threads(), torch.autocast(device.type, dtype=amp_dtype,
+                                               enabled=amp_dtype is not None):  # fmt: skip
                     scores = model(images)
                 if isinstance(scores, dict) and set(scores) == {"out"}:  # {"out": ...} heads
                     scores = scores["out"]

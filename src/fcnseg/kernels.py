@@ -124,14 +124,16 @@ def conv_as_gemm(
     return y.reshape(n, oh, ow, o).permute(0, 3, 1, 2)  # (N, L, O) is already NHWC
 
 
-def component_products(ut: torch.Tensor):
-    """Winograd's a*a GEMMs by oneDNN, for winograd_conv's `products`: ut (a*a, O, C), the
-    transformed weight U transposed per component. Each component's (tiles, C) @ (C, O) runs as
-    one oneDNN linear (AVX-512, 2 threads: 1.1-1.8x MKL's batched GEMM at 256-512 channels,
-    benchmarks/RESULTS.md), then one copy stacks them into `out`."""
+def component_products(u: torch.Tensor):
+    """Winograd's a*a GEMMs by oneDNN, for winograd_conv's `products`: u (a*a, C, O), the
+    transformed weight. Each component's (tiles, C) @ (C, O) runs as one oneDNN linear, its
+    weight U[k]^T a transposed view (oneDNN reads it as it lies: faster than a contiguous
+    (O, C) copy at 128-256 channels), then one copy stacks them into `out`. AMD Zen 4, 2
+    threads: 1.5-2.0x MKL's batched GEMM (torch.bmm) at 128-512 channels
+    (benchmarks/RESULTS.md)."""
 
     def products(v: torch.Tensor, out: torch.Tensor) -> None:
-        torch.stack([linear(v[k], ut[k], None, relu=False) for k in range(len(ut))], out=out)
+        torch.stack([linear(v[k], u[k].t(), None, relu=False) for k in range(len(u))], out=out)
 
     return products
 

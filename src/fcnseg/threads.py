@@ -17,6 +17,14 @@ this process's own running threads: ~20 us). On a shared machine a parallel regi
 its slowest thread, and a thread that shares its core with another program is the slowest by
 far: with one core of two busy, one thread finishes sooner than two. Quiet: nothing changes.
 
+`StepThreads()`: for a block run again and again (a training step, an evaluation batch), the
+faster of torch's thread count and the free cores' count, measured on the blocks themselves,
+whenever other programs hold some of the usable cores (quiet: torch's count, nothing
+measured). Which one wins depends on the work: beside one busy spin loop on 2 cores, the
+demo's small FCN step (width 1/8, 128x128, batch 16) ran 2.1x faster on 1 thread than on 2,
+FastTrainFCN's FCN-8s 500x500 step 1.5x faster, but the plain FCN-8s 500x500 step 2-7% slower
+(benchmarks/RESULTS.md).
+
 `busy_cores(n)`: n single-thread busy processes beside a measurement (a data-loading worker, a
 browser tab, a second job), so that anyone can reproduce a "one core busy" figure.
 """
@@ -28,10 +36,12 @@ import math
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "StepThreads",
     "busy_cores",
     "cgroup_cpu_limit",
     "fit_to_free_cores",
@@ -108,23 +118,47 @@ def limit_threads(root: str | os.PathLike = "/sys/fs/cgroup") -> int | None:
     return None
 
 
+_LOAD_BESIDE: set[str] = set()  # busy_cores' processes: children, but load beside by design
+
+
 def others_running() -> int | None:
-    """Threads of other processes that are running or ready to run now (the run queue less
-    this process's own running threads), or None where /proc cannot tell (not Linux)."""
+    """Threads of other programs that are running or ready to run now: the run queue less the
+    running threads of this process and of its own child processes (its DataLoader workers
+    are this job's work, not load beside it: a run with workers computes what a run without
+    them does); None where /proc cannot tell (not Linux)."""
     try:
         with open("/proc/loadavg") as f:
             running = int(f.read().split()[3].split("/")[0])
-        mine = 0
-        for task in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{task}/stat") as f:
-                    stat = f.read()
-            except OSError:  # the thread ended meanwhile
-                continue
-            mine += stat[stat.rindex(")") + 2] == "R"
+        mine, children = _running_threads("self")
     except (OSError, ValueError, IndexError):
         return None
+    for pid in children:
+        if pid not in _LOAD_BESIDE:
+            mine += _running_threads(pid)[0]
     return max(0, running - mine)
+
+
+def _running_threads(pid: str) -> tuple[int, list[str]]:
+    """(threads of process `pid` running or ready now, its child processes' pids); a process
+    that ended meanwhile has none. Raises OSError for "self" where /proc has no tasks."""
+    count, children = 0, []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        if pid == "self":
+            raise
+        return 0, []
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                stat = f.read()
+            if pid == "self":  # kernels without CONFIG_PROC_CHILDREN: no children seen
+                with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as f:
+                    children += f.read().split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        count += stat[stat.rindex(")") + 2] == "R"
+    return count, children
 
 
 @contextlib.contextmanager
@@ -134,8 +168,7 @@ def fit_to_free_cores() -> Iterator[int]:
     import torch
 
     before = torch.get_num_threads()
-    others = others_running()
-    use = before if others is None else max(1, min(before, usable_cpus() - others))
+    use = _free_fit(before)
     if use == before:
         yield before
         return
@@ -146,6 +179,64 @@ def fit_to_free_cores() -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+def _free_fit(before: int) -> int:
+    """torch's count `before` lowered to the usable cores other programs leave free now."""
+    others = others_running()
+    return before if others is None else max(1, min(before, usable_cpus() - others))
+
+
+class StepThreads:
+    """``with step_threads(): step()`` on every repetition of a block (see the module doc).
+
+    When fewer cores are free than torch's thread count T, the block runs on T threads or on
+    the free count F: each is tried `tries` times first (F first), then the one whose last
+    `tries` runs include the fastest is used (the fastest run: a first call's warm-up or a
+    burst of load beside only ever slow a run); every `every` busy blocks the measurements for
+    that F are dropped and both tried again, since the load beside changes. Quiet: T, as if
+    this were not there. The thread count is restored after each block; `torch.set_num_threads`
+    and `--threads` set T. ``chosen`` maps each F met to the count in use for it.
+    """
+
+    def __init__(self, tries: int = 3, every: int = 200):
+        self.tries, self.every = tries, every
+        self._seconds: dict[tuple[int, int, int], list[float]] = {}  # (T, F, used) -> recent
+        self._busy = 0
+        self.chosen: dict[int, int] = {}
+
+    def _pick(self, before: int, fit: int) -> int:
+        self._busy += 1
+        if self._busy % self.every == 0:  # the load may have changed: measure again
+            for used in (before, fit):
+                self._seconds.pop((before, fit, used), None)
+        runs = {u: self._seconds.get((before, fit, u), []) for u in (fit, before)}
+        untried = [u for u, secs in runs.items() if len(secs) < self.tries]
+        if untried:
+            return untried[0]
+        best = min(runs, key=lambda u: min(runs[u]))
+        self.chosen[fit] = best
+        return best
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[int]:
+        import torch
+
+        before = torch.get_num_threads()
+        fit = _free_fit(before)
+        if fit == before:
+            yield before
+            return
+        use = self._pick(before, fit)
+        torch.set_num_threads(use)
+        start = time.perf_counter()
+        try:
+            yield use
+        finally:
+            torch.set_num_threads(before)
+            runs = self._seconds.setdefault((before, fit, use), [])
+            runs.append(time.perf_counter() - start)
+            del runs[: -self.tries]
+
+
 @contextlib.contextmanager
 def busy_cores(n: int) -> Iterator[list[subprocess.Popen]]:
     """n processes, each spinning one core, for the duration of the block; killed after."""
@@ -154,9 +245,11 @@ def busy_cores(n: int) -> Iterator[list[subprocess.Popen]]:
     procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL) for _ in range(n)]  # fmt: skip
+    _LOAD_BESIDE.update(str(p.pid) for p in procs)
     try:
         yield procs
     finally:
+        _LOAD_BESIDE.difference_update(str(p.pid) for p in procs)
         for p in procs:
             p.kill()
         for p in procs:

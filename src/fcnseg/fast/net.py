@@ -235,13 +235,11 @@ class FastFCN(nn.Module):
         )
 
     def _winograd_products(self, s: Step, kind: str):
-        """winograd_conv's `products` for `kind`: None (MKL's batched GEMM), or oneDNN's per
-        component on U transposed (kept, remade when the weight changes)."""
+        """winograd_conv's `products` for `kind`: None (MKL's batched GEMM), or oneDNN's, one
+        per component."""
         if kind not in ONEDNN_PRODUCTS:
             return None
-        w, U = s.layer.weight, self._winograd_weight(s, kind)
-        ut = self._derived(("wino_t", s.name), w, lambda: U.transpose(1, 2).contiguous())
-        return kernels.component_products(ut)
+        return kernels.component_products(self._winograd_weight(s, kind))
 
     def _winograd(self, s: Step, kind: str, buf, work, arenas, out_hw):
         """The step by Winograd `kind` on its padded input buffer."""

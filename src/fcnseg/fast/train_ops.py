@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import kernels
+from . import tuning
 
 __all__ = ["Scratch", "fc_gemm", "gemm_applies", "layout_of", "runs_on", "winograd_applies",
            "winograd_conv3x3"]  # fmt: skip
@@ -94,7 +95,31 @@ def _wino(x: torch.Tensor, U: torch.Tensor, b, plan: dict, out_hw, relu: bool, s
     channels_last."""
     arenas = scratch.arenas(plan, x)
     arenas["y"] = torch.empty(plan["y"], dtype=x.dtype, device=x.device)  # the output: kept
-    return kernels.winograd_conv(x, U, b, plan, arenas, out_hw, relu=relu)
+    return kernels.winograd_conv(x, U, b, plan, arenas, out_hw, relu=relu,
+                                 products=_products(U, plan))  # fmt: skip
+
+
+def _products(U: torch.Tensor, plan: dict):
+    """Winograd's a*a GEMMs for a band of this plan: MKL's batched GEMM (None) or oneDNN's one
+    per component (kernels.component_products), whichever measured faster on this machine
+    for these shapes (fcnseg.fast.tuning: timed once, cached)."""
+    if not kernels.available(U):
+        return None
+    n, _, tw, c, o = plan["shape"]
+    tiles = n * plan["band"] * tw
+    key = tuning.layer_key(kind="winograd products", dtype=str(U.dtype), components=len(U),
+                           tiles=tiles, in_channels=c, out_channels=o)  # fmt: skip
+
+    def trial(name: str):
+        v = torch.randn(len(U), tiles, c, dtype=U.dtype)
+        u, out = torch.randn_like(U), torch.empty(len(U), tiles, o, dtype=U.dtype)
+        if name == "bmm":
+            return lambda: torch.bmm(v, u, out=out)
+        return lambda: kernels.component_products(u)(v, out)
+
+    if tuning.choose(key, ["bmm", "onednn"], trial) == "bmm":
+        return None
+    return kernels.component_products(U)
 
 
 def _padded(x: torch.Tensor, size, border: int, scratch: Scratch | None, key: str):
