@@ -23,7 +23,6 @@ Run: python benchmarks/train_step.py [--repeats 3] [--threads 2] [--cases fast8 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 
 import fcnseg
 from fcnseg.fast.train import FastTrainFCN
-from fcnseg.threads import busy_cores, fit_to_free_cores, usable_cpus
+from fcnseg.threads import StepThreads, busy_cores, others_running, usable_cpus
 from fcnseg.timing import peak_rss_gb
 
 CASES = {
@@ -93,14 +92,19 @@ def child(case: str, channels_last: bool, repeats: int, fast: bool = False) -> N
         x = x.contiguous(memory_format=torch.channels_last)
     net = FastTrainFCN(model) if fast else model
 
-    def step():  # as fcnseg's engine runs it: --fast fits its threads to the free cores
-        with fit_to_free_cores() if fast else contextlib.nullcontext():
+    threads = StepThreads()
+
+    def step():  # as fcnseg's engine runs it: on a shared CPU, the faster thread count
+        with threads():
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(net(x), y, ignore_index=255, reduction=reduction)
             loss.backward()
             opt.step()
 
     step()  # warm-up (optimizer state allocated here)
+    if others_running():  # beside other programs: StepThreads tries both counts first
+        for _ in range(2 * threads.tries):
+            step()
     times, cpu = [], []
     for _ in range(repeats):
         t, tc = time.perf_counter(), time.process_time()

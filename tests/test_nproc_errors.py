@@ -62,12 +62,12 @@ def test_a_workers_error_is_said_once_and_a_tiny_run_passes(tmp_path):
     launcher's checks), then the same run without it trains and reports once."""
     bad = fcnseg(*TINY, "--out", str(tmp_path / "bad"), "--nproc", "2", "--init-from",
                  str(tmp_path / "missing.pt"))  # fmt: skip
-    assert "missing.pt" in one_error_line(bad)
-    assert "(process" not in bad.stderr  # rank 1's identical error is not said again
+    assert "missing.pt" in one_error_line(bad), bad.stderr
+    assert "(process" not in bad.stderr, bad.stderr  # rank 1's identical error: said once
     good = fcnseg(*TINY, "--out", str(tmp_path / "good"), "--nproc", "2")
     assert good.returncode == 0, good.stderr
     assert not any(word in good.stderr for word in NOISE), good.stderr
-    assert good.stdout.count("last.pt (") == 1  # rank 0 says what the run did, once
+    assert good.stdout.count("last.pt (") == 1, good.stdout  # rank 0 says it, once
     assert json.loads((tmp_path / "good" / "config.json").read_text())["world_size"] == 2
 
 
