@@ -7,6 +7,14 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def pinned_threads(monkeypatch):
+    """Bit-for-bit comparisons of two runs: the thread count pinned (FCNSEG_THREADS), so that
+    neither run takes fewer threads because something else ran for a moment
+    (fcnseg.threads.StepThreads), which would round the sums otherwise."""
+    monkeypatch.setenv("FCNSEG_THREADS", str(torch.get_num_threads()))
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     """Measurement caches (fcnseg.amp) go to a temporary folder, never the user's ~/.cache."""

@@ -27,6 +27,9 @@ from fcnseg.engine import (
 )
 from fcnseg.recipes import RECIPES, get_recipe
 
+# runs compared bit for bit: the thread count pinned (conftest.pinned_threads)
+pytestmark = pytest.mark.usefixtures("pinned_threads")
+
 # A tiny run: 8x-thin VGG16 FCN-8s ("same" layout) on 48x48 digit scenes, a few steps.
 TINY = dict(model="fcn8s_vgg16", model_options={"width": 0.0625, "layout": "same"},
             recipe="modern", data="digits", batch_size=4,

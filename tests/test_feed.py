@@ -16,6 +16,9 @@ from fcnseg.data.transforms import RandomCrop
 from fcnseg.engine import train
 from fcnseg.feed import Dist, StepBatches, default_workers
 
+# runs compared bit for bit: the thread count pinned (conftest.pinned_threads)
+pytestmark = pytest.mark.usefixtures("pinned_threads")
+
 
 def _batches(workers: int, start: int = 0) -> list:
     data = open_dataset("digits", "train", {"n_train": 12, "size": 48, "scale": (1.0, 1.5)},

@@ -12,6 +12,13 @@ from fcnseg import threads
 from fcnseg.cli import main
 
 
+@pytest.fixture(autouse=True)
+def _threads_not_pinned(monkeypatch):
+    """These tests see the adaptive choices: no thread count pinned by the environment."""
+    for k in ("FCNSEG_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(k, raising=False)
+
+
 def _cgroup(tmp_path, v2=None, v1=None):
     tmp_path.mkdir(parents=True, exist_ok=True)
     if v2 is not None:
@@ -179,16 +186,22 @@ def test_step_threads_keeps_the_faster_count_under_load_and_measures_again(monke
     try:
         torch.set_num_threads(4)
         chooser = threads.StepThreads(tries=2, every=20)
-        first = [block(chooser) for _ in range(4)]
-        assert first == [2, 2, 4, 4]  # F tried first, then T
+        first = [block(chooser) for _ in range(5)]
+        assert first == [4, 2, 2, 4, 4]  # busy on two blocks running: F tried first, then T
         assert {block(chooser) for _ in range(10)} == {2} and chooser.chosen == {2: 2}
         slow["n"] = 2  # now fewer threads lose: found at the next measurement
         runs = [block(chooser) for _ in range(20)]
         assert runs[-1] == 4 and chooser.chosen == {2: 4}
         others["n"] = 0  # quiet: torch's count, nothing measured
         assert block(chooser) == 4
+        others["n"] = 2  # busy for one block only (a kernel thread's blip): nothing changes
+        assert block(chooser) == 4
         others["n"] = None  # no /proc: torch's count
         assert block(chooser) == 4
+        others["n"] = 2
+        monkeypatch.setenv("FCNSEG_THREADS", "4")  # the user pinned the count: used as given
+        assert threads.threads_pinned()
+        assert [block(chooser) for _ in range(3)] == [4, 4, 4]
     finally:
         torch.set_num_threads(before)
 

@@ -47,6 +47,7 @@ __all__ = [
     "fit_to_free_cores",
     "limit_threads",
     "others_running",
+    "threads_pinned",
     "usable_cpus",
 ]
 
@@ -127,11 +128,15 @@ def others_running() -> int | None:
     are this job's work, not load beside it: a run with workers computes what a run without
     them does); None where /proc cannot tell (not Linux)."""
     try:
+        # this process's threads counted before and after the run queue: an OpenMP worker
+        # that goes to sleep in between would otherwise look like another program
+        before, _ = _running_threads("self")
         with open("/proc/loadavg") as f:
             running = int(f.read().split()[3].split("/")[0])
         mine, children = _running_threads("self")
     except (OSError, ValueError, IndexError):
         return None
+    mine = max(mine, before)
     for pid in children:
         if pid not in _LOAD_BESIDE:
             mine += _running_threads(pid)[0]
@@ -179,8 +184,18 @@ def fit_to_free_cores() -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+def threads_pinned() -> bool:
+    """Whether the user fixed the thread count (FCNSEG_THREADS, OMP_NUM_THREADS or
+    MKL_NUM_THREADS in the environment): then it is used as given, whatever the load, and a
+    run's numbers do not depend on what else runs."""
+    return any(os.environ.get(k) for k in _USER_CHOICE)
+
+
 def _free_fit(before: int) -> int:
-    """torch's count `before` lowered to the usable cores other programs leave free now."""
+    """torch's count `before` lowered to the usable cores other programs leave free now (not
+    lowered when the user pinned the count)."""
+    if threads_pinned():
+        return before
     others = others_running()
     return before if others is None else max(1, min(before, usable_cpus() - others))
 
@@ -188,19 +203,22 @@ def _free_fit(before: int) -> int:
 class StepThreads:
     """``with step_threads(): step()`` on every repetition of a block (see the module doc).
 
-    When fewer cores are free than torch's thread count T, the block runs on T threads or on
-    the free count F: each is tried `tries` times first (F first), then the one whose last
-    `tries` runs include the fastest is used (the fastest run: a first call's warm-up or a
-    burst of load beside only ever slow a run); every `every` busy blocks the measurements for
-    that F are dropped and both tried again, since the load beside changes. Quiet: T, as if
-    this were not there. The thread count is restored after each block; `torch.set_num_threads`
-    and `--threads` set T. ``chosen`` maps each F met to the count in use for it.
+    When fewer cores are free than torch's thread count T before this block and the one
+    before it (a kernel thread running for a moment is not load), the block runs on T threads
+    or on the free count F: each is tried `tries` times first (F first), then the one whose
+    last `tries` runs include the fastest is used (the fastest run: a first call's warm-up or
+    a burst of load beside only ever slow a run); every `every` busy blocks the measurements
+    for that F are dropped and both tried again, since the load beside changes. Quiet, or
+    with the count pinned by the user (`threads_pinned`): T, as if this were not there. The
+    thread count is restored after each block; `torch.set_num_threads` sets T. ``chosen``
+    maps each F met to the count in use for it.
     """
 
     def __init__(self, tries: int = 3, every: int = 200):
         self.tries, self.every = tries, every
         self._seconds: dict[tuple[int, int, int], list[float]] = {}  # (T, F, used) -> recent
         self._busy = 0
+        self._last_fit: int | None = None
         self.chosen: dict[int, int] = {}
 
     def _pick(self, before: int, fit: int) -> int:
@@ -222,8 +240,9 @@ class StepThreads:
 
         before = torch.get_num_threads()
         fit = _free_fit(before)
-        if fit == before:
-            yield before
+        seen, self._last_fit = self._last_fit, fit
+        if fit == before or seen != fit:  # quiet, or not busy alike on the block before:
+            yield before  # a kernel thread's blip changes nothing
             return
         use = self._pick(before, fit)
         torch.set_num_threads(use)
