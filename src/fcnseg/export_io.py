@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from .models.reference import release_class_names
 from .weights import LogDepth, Preprocessing
 
 __all__ = ["ExportError", "Part", "describe", "format_io", "input_parts"]
@@ -50,24 +49,14 @@ def _outputs(model: nn.Module) -> list[tuple[str, int]]:
 
 
 def _class_names(model: nn.Module) -> dict[str, list[str] | None]:
-    """Each output's class names where known: the checkpoint's, else the release dataset's (by
-    the net's name), else VOC's for 21 classes."""
-    from .categories import VOC_CLASSES
+    """Each output's class names where known (predict.class_names: the checkpoint's, else the
+    release dataset's by the net's name, else VOC's for 21 classes), None where only numbers."""
+    from .predict import class_names, head_names
 
-    outputs = _outputs(model)
-    own = getattr(model, "class_names", None)
-    known: dict[str, Sequence[str] | None] = {}
-    if isinstance(own, dict):
-        known = dict(own)
-    elif own:
-        known = {outputs[0][0]: own}
-    release = release_class_names(str(getattr(model, "name", "")))  # by the net's dataset
-    known = {("logits" if k == "" else k): v for k, v in release.items()} | known
-    known.setdefault("logits", VOC_CLASSES)
     out = {}
-    for k, c in outputs:
-        names = known.get(k)
-        out[k] = list(names) if names is not None and len(names) == c else None
+    for (k, c), head in zip(_outputs(model), head_names(model), strict=True):
+        names = class_names(model, head)
+        out[k] = None if names == [str(i) for i in range(c)] else names
     return out
 
 
