@@ -155,10 +155,12 @@ def test_fastfcn_adapts_its_threads_and_gives_the_same_answer(monkeypatch):
 
         monkeypatch.setattr(fast, "_forward", spy)
         with torch.no_grad():
-            loaded = fast(x)
+            loaded = [fast(x) for _ in range(3)]
             fixed = fcnseg.FastFCN(model, measure=False, adapt_threads=False)(x)
             plain = model(x)
-        assert seen == [1] and torch.get_num_threads() == 2
+        # load seen before two calls: then the free count (1) is tried first
+        assert seen == [2, 1, 1] and torch.get_num_threads() == 2
+        loaded = loaded[-1]
         scale = plain.abs().max()
         assert ((loaded - plain).abs().max() / scale) < 1e-5
         assert ((loaded - fixed).abs().max() / scale) < 1e-6  # rounding of the split only

@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import kernels
 from ..models.fcn import FCN
-from ..threads import fit_to_free_cores
+from ..threads import StepThreads
 from . import plan, prepare
 from .buffers import carve
 from .plan import ONEDNN_PRODUCTS, WINOGRAD, Geom, Step, Stream, pair, parse_trunk
@@ -51,10 +51,10 @@ class FastFCN(nn.Module):
     ``fp32``: with ``bfloat16=True``, the convs named (e.g. ``("conv3_3", "conv4_3")``) run in
     float32 (their inputs, weights, sums and outputs; Winograd allowed), the others in bf16;
     None (default): the first conv, which reads the image (the largest single bf16 error).
-    ``adapt_threads`` (default): each call runs with no more threads than the cores other
-    programs leave free at that moment (fcnseg.threads.fit_to_free_cores; quiet: all of
-    torch's threads): on a shared machine a thread that shares its core waits out every
-    parallel region of the others.
+    ``adapt_threads`` (default): on a machine other programs share, each call runs on the
+    faster of torch's thread count and the cores they leave free, measured on the calls
+    themselves (fcnseg.threads.StepThreads; quiet: torch's threads): a thread that shares its
+    core waits out every parallel region of the others.
     """
 
     def __init__(
@@ -96,6 +96,7 @@ class FastFCN(nn.Module):
         self.winograd = winograd
         self.measure = measure
         self.adapt_threads = adapt_threads
+        self._threads = StepThreads() if adapt_threads else contextlib.nullcontext
         if fp32 is None:  # the convs that read the image (one per stream): see the package doc
             firsts = [st.steps[0] for st in self.streams.values()]
             fp32 = tuple(s.modules[0] for s in firsts if s.kind == "conv") if bfloat16 else ()
@@ -366,7 +367,7 @@ class FastFCN(nn.Module):
         if m.training:
             raise RuntimeError("FastFCN is for inference: call model.eval() first")
         xs = m._inputs(x)  # the model's own checks: stream names, channels, equal sizes
-        with fit_to_free_cores() if self.adapt_threads else contextlib.nullcontext():
+        with self._threads():
             return self._forward(xs)
 
     def _forward(self, xs: dict[str, torch.Tensor]):
