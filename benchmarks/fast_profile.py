@@ -5,7 +5,8 @@ number of parallel regions one forward opens and how long each lasts (issue 23).
 
 FCN-8s VGG16 reference layout (benchmarks/inference.py's weights and photo), fp32, batch 1,
 three conditions in one run: quiet on torch's threads, beside one single-thread spin loop on the
-same fixed threads, and beside it with the threads fitted per call (FastFCN's default). Each is
+same fixed threads, and beside it with the threads chosen per call (FastFCN's default,
+fcnseg.threads.StepThreads, after its trial calls). Each is
 profiled by torch.profiler over `--calls` forwards after two warm-up calls; FastFCN labels each
 step ("fast/conv3_2") and the head ("fast/head"). Ops are sorted into phases by name; a compute
 op on at least 32768 elements (at::parallel_for's grain) or any oneDNN primitive opens one
@@ -60,8 +61,8 @@ def _numel(shapes) -> int:
 
 def profile_calls(f, calls: int) -> tuple[dict, dict, float]:
     """Per step and per phase: [ms, ops, regions] summed over `calls`; and wall s per call."""
-    f()
-    f()
+    for _ in range(2 * 3 + 2):  # warm-up, and StepThreads' trial calls (3 per count)
+        f()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         t = time.perf_counter()
         for _ in range(calls):
@@ -102,7 +103,7 @@ def main() -> None:
     conditions = {
         f"quiet, {threads} threads": (0, fixed),
         f"1 busy, {threads} threads fixed": (1, fixed),
-        "1 busy, threads fitted": (1, fitted),
+        "1 busy, threads chosen (default)": (1, fitted),
     }
     found = {}
     with torch.no_grad():
