@@ -54,17 +54,26 @@ def test_default_workers_leave_a_cpu_to_training():
 
 @pytest.mark.slow
 def test_sharded_evaluation_equals_one_process(tmp_path):
-    """fcnseg eval --nproc 2 (gloo), 7 items split 4 + 3: the same confusion matrix as one."""
+    """fcnseg eval --nproc 2 (gloo), 7 items split 4 + 3: the same confusion matrix as one,
+    and the same per-image scores and report gallery (every process's images, gathered)."""
     run = tmp_path / "run"
     train(tiny(tmp_path, "run", steps=1), progress=False)
     for n in (1, 2):
         out = str(tmp_path / f"cm{n}")
         args = ["eval", str(run / "last.pt"), "--data-option", "n_val=7", "--data-option",
                 "size=48", "--data-option", "scale=1.0,1.5", "--save-confusion", out,
+                "--save-per-image", str(tmp_path / f"per_image{n}.csv"),
+                "--report", str(tmp_path / f"report{n}"), "--gallery", "2",
                 "--nproc", str(n)]  # fmt: skip
         assert _cli(*args).wait(timeout=300) == 0
     one, two = ((tmp_path / f"cm{n}" / "confusion.csv").read_text() for n in (1, 2))
     assert one == two and sum(int(v) for v in one.split()[-1].split(",")[1:]) >= 0
+    rows = [(tmp_path / f"per_image{n}.csv").read_text().splitlines() for n in (1, 2)]
+    assert rows[0] == rows[1] and len(rows[0]) == 1 + 7  # every image once, same scores
+    pages = [json.loads((tmp_path / f"report{n}" / "report.json").read_text()) for n in (1, 2)]
+    galleries = [[(g["image"], g["mean_iu"]) for h in p["heads"] for k in ("worst", "best")
+                  for g in h["gallery"][k]] for p in pages]  # fmt: skip
+    assert galleries[0] == galleries[1] and len(galleries[0]) == 4
     assert Dist(0, 2).shard(list(range(7))).indices == range(0, 7, 2)
 
 

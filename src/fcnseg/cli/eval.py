@@ -87,9 +87,6 @@ def run(args) -> int:
         if out.exists() and not out.is_dir():
             raise ValueError(f"--save-confusion {out} is a file: give a folder")
     report = getattr(args, "report", None), getattr(args, "save_per_image", None)
-    if any(report) and args.nproc > 1:
-        raise ValueError("--report and --save-per-image score each image in one process: drop "
-                         "--nproc")  # fmt: skip
     if report[0]:
         check_outputs([(Path(report[0]) / "index.html", "report page")], [args.checkpoint],
                       overwrite=args.overwrite, flag="--report")  # fmt: skip
@@ -135,6 +132,8 @@ def run(args) -> int:
     result = evaluate(model, loader, model.num_classes, device=args.device,
                       progress=dist.rank == 0, per_image=per_image)  # fmt: skip
     metrics = compute_metrics(dist.all_reduce(result), dataset)
+    if per_image is not None:  # --nproc: every process's images, on rank 0
+        per_image = per_image.gathered(dist)
     if dist.rank:
         return 0
     seconds, n = time.perf_counter() - t0, len(scored_subset(dataset))

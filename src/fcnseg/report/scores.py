@@ -9,6 +9,7 @@ An image without a labelled pixel has no score (NaN) and never enters the galler
 from __future__ import annotations
 
 import csv
+import dataclasses
 import heapq
 import io
 import math
@@ -36,8 +37,9 @@ class PerImageScores:
     """Collects each image's IU and pixel accuracy per head; keeps the predictions and targets
     of the `keep` worst and `keep` best images (per head) for the gallery.
 
-    Images arrive in loader order (one process, unsharded): `order` k is item k of the scored
-    items, so the report reads its input image back from the dataset.
+    Images arrive in loader order: `order` k is item k of the scored items (of this process's
+    share under --nproc, until `gathered`), so the report reads its input image back from the
+    dataset.
     """
 
     def __init__(self, num_classes: int | dict[str, int], *, keep: int = 8,
@@ -71,6 +73,7 @@ class PerImageScores:
         labelled = labelled.cpu().numpy()
         present = (gt > 0).cpu().numpy()
         scores = self.scores[head]
+        dtype = torch.uint8 if c <= 256 else torch.int32
         for i in range(n):
             order = len(scores)
             ok = labelled[i] > 0
@@ -79,9 +82,44 @@ class PerImageScores:
                            np.flatnonzero(present[i]).tolist())  # fmt: skip
             scores.append(s)
             if ok and self.keep:
-                self._offer(head, s, pred[i], target[i])
+                self._offer(
+                    head,
+                    s,
+                    lambda i=i: (
+                        pred[i].to(dtype).cpu().numpy(),
+                        target[i].cpu().numpy().astype(np.int32),
+                    ),
+                )
 
-    def _offer(self, head: str, s: ImageScore, pred: torch.Tensor, target: torch.Tensor) -> None:
+    def gathered(self, dist) -> PerImageScores | None:
+        """Every process's scores in one, on rank 0 (None on the others), under a sharded
+        evaluation (fcnseg.feed.Dist.shard: process r scores items r, r + world, ...): each
+        image's `order` becomes its place among all the scored items, and the worst and best
+        images are chosen again among every process's kept ones."""
+        if dist.world == 1:
+            return self
+        w, r = dist.world, dist.rank
+        mine = {h: ([dataclasses.replace(s, order=s.order * w + r) for s in self.scores[h]],
+                    {o * w + r: maps for o, maps in self._kept[h].items()})
+                for h in self.heads}  # fmt: skip
+        parts = dist.gather([mine])
+        if r:
+            return None
+        out = PerImageScores(self.heads, keep=self.keep, ignore_index=self.ignore_index)
+        for h in self.heads:
+            scores = sorted((s for p in parts for s in p[h][0]), key=lambda s: s.order)
+            if [s.order for s in scores] != list(range(len(scores))):
+                raise RuntimeError("per-image scores of a sharded evaluation do not cover "
+                                   "every scored image once: rerun without --nproc")  # fmt: skip
+            out.scores[h] = scores
+            for p in parts:
+                for order, maps in p[h][1].items():
+                    out._offer(h, scores[order], lambda maps=maps: maps)
+        return out
+
+    def _offer(self, head: str, s: ImageScore, maps) -> None:
+        """Keep `s` among the worst or best images if it belongs there; `maps()` gives its
+        (prediction, target) arrays, asked for only then."""
         kept = self._kept[head]
         took = False
         for heap, key in ((self._worst[head], -s.mean_iu), (self._best[head], s.mean_iu)):
@@ -93,8 +131,7 @@ class PerImageScores:
                 took = True
                 self._release(head, -dropped)
         if took:
-            kept[s.order] = (pred.to(torch.uint8 if self.heads[head] <= 256 else torch.int32)
-                             .cpu().numpy(), target.cpu().numpy().astype(np.int32))  # fmt: skip
+            kept[s.order] = maps()
 
     def _release(self, head: str, order: int) -> None:
         """Forget an image's maps once neither heap holds it."""
