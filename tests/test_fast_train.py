@@ -273,3 +273,18 @@ def test_two_processes_with_fast_match_one_plain(tmp_path):
     b = load_checkpoint(tmp_path / "two" / "last.pt")["model"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("bands", [False, True])
+def test_caffenet_lrn_and_grouped_convs_train_exactly(bands):
+    """voc-fcn-alexnet (the release's CaffeNet FCN): its LRN runs on the core and on the
+    compact background alike (across channels, per position), its grouped conv2/4/5 by
+    torch's grouped conv; loss and every gradient equal the model's (float64), dropout on."""
+    model = randomize_(fcnseg.build_model("voc-fcn-alexnet", width=0.0625).double(), std=0.1)
+    model.train()
+    assert isinstance(model.norm1, nn.LocalResponseNorm) and model.conv2.groups == 2
+    fast = FastTrainFCN(model, bands=bands)
+    assert {s.kind for s in fast.steps} == {"conv", "pool", "lrn"}
+    for h, w in [(1, 1), (31, 45), (97, 130)]:
+        x, y = data(2, h, w, classes=model.num_classes)
+        assert_same_step(model, x, y, 1e-12, 1e-10, bands=bands)

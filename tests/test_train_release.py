@@ -177,6 +177,11 @@ def test_heavy_trains_voc_fcn_alexnet_with_the_release_solver(trees, runs, capsy
     assert ckpt["config"]["lr"] == 1e-4 and ckpt["config"]["solver"] == "heavy_alexnet"
     group = ckpt["optimizer"]["param_groups"][0]
     assert group["momentum"] == 0.9 and group["lr"] == 1e-4
+    # --fast trains CaffeNet (its LRN and grouped convs) to the same weights, up to rounding
+    assert main([*args[:-1], str(runs / "alexnet-fast"), "--fast"]) == 0, capsys.readouterr().err
+    fast = load_checkpoint(runs / "alexnet-fast" / "last.pt")["model"]
+    for k, v in ckpt["model"].items():
+        torch.testing.assert_close(fast[k], v, rtol=1e-4, atol=1e-6, msg=k)
 
 
 def test_data_help_lists_every_dataset(capsys):

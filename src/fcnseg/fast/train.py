@@ -89,7 +89,8 @@ class _AddBands(torch.autograd.Function):
 
 class FastTrainFCN(nn.Module):
     """The training (and any-mode) forward of a reference- or "same"-layout FCN with a plain
-    conv/ReLU/pool trunk (VGG16, AlexNet): ``FastTrainFCN(model)(x)`` equals ``model(x)``,
+    conv/ReLU/pool trunk (VGG16, AlexNet; CaffeNet's LRN, per position across channels, and
+    grouped convs too): ``FastTrainFCN(model)(x)`` equals ``model(x)``,
     and so do the gradients it gives the model's parameters (up to float rounding).
 
     Wraps `model` (its parameters are this module's ``model.*``): optimizers, checkpoints and
@@ -124,7 +125,7 @@ class FastTrainFCN(nn.Module):
         self.winograd, self.winograd_min_map = winograd, winograd_min_map
         self._scratch = train_ops.Scratch()
         try:
-            self.steps = parse_trunk(model)
+            self.steps = parse_trunk(model, lrn=True, groups=True)  # CaffeNet's too
         except ValueError as e:
             raise ValueError(f"{e}: train this model without --fast") from None
         self._drops = [
@@ -195,6 +196,8 @@ class FastTrainFCN(nn.Module):
 
     def _run(self, s: Step, x: torch.Tensor, padding=None) -> torch.Tensor:
         layer = s.layer
+        if s.kind == "lrn":  # across channels at each position: the model's own function
+            return layer(x)
         p = pair(layer.padding if padding is None else padding)
         if s.kind == "pool":
             return F.max_pool2d(x, layer.kernel_size, layer.stride, p, ceil_mode=layer.ceil_mode)
@@ -205,20 +208,21 @@ class FastTrainFCN(nn.Module):
             return train_ops.winograd_conv3x3(
                 x, w, b, p[0], relu=s.relu, m=4, wgrad=True, scratch=self._scratch
             )  # fmt: skip
-        y = F.conv2d(x, w, b, layer.stride, p)
+        y = F.conv2d(x, w, b, layer.stride, p, groups=layer.groups)
         return torch.relu_(y) if s.relu else y
 
     def _conv_bands(self, s: Step, core, bg, bands) -> torch.Tensor:
         w = s.layer.weight
         bg = F.pad(bg, (0, 1, 0, 1))
         t, left = bands[0][3][1], bands[2][4][1]
-        y = F.conv2d(core, w, s.layer.bias, 1, (t, left))
+        groups = s.layer.groups
+        y = F.conv2d(core, w, s.layer.bias, 1, (t, left), groups=groups)
         parts, spans = [], []
         for rows, cols, mask, orows, ocols in bands:
             x = self._gather(bg, rows, cols).to(core.dtype)
             if mask is not None:
                 x = x * mask.to(x.device, x.dtype)
-            parts.append(F.conv2d(x, w.to(x.dtype)))
+            parts.append(F.conv2d(x, w.to(x.dtype), groups=groups))
             spans.append((orows, ocols))
         y = _AddBands.apply(y, tuple(spans), *parts)
         return torch.relu_(y) if s.relu else y

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .plan import Geom, Step, geometry, out_len, pair, zones
+from .plan import Geom, Step, geometry, out_len, pair, window_of, zones
 
 __all__ = ["Plan", "index", "plan_steps"]
 
@@ -21,8 +21,7 @@ Interval = tuple[int, int]
 def _zones1(s: Step, axis: int, length: int, zin: Interval, uniform: bool) -> tuple[int, Interval]:
     """One step along one axis: output length and edge zones for an input of `length` whose
     zones are `zin` (plan.zones' rule, one step at a time)."""
-    k, st = pair(s.layer.kernel_size)[axis], pair(s.layer.stride)[axis]
-    p = pair(s.layer.padding)[axis]
+    k, st, p = window_of(s, axis)  # LRN: a 1x1 window
     out = out_len(length, k, st, p, s.kind == "pool" and s.layer.ceil_mode)
     if uniform and s.kind == "conv":  # zeros everywhere, padding included: a constant output
         return out, (0, 0)
@@ -35,7 +34,7 @@ def _zones1(s: Step, axis: int, length: int, zin: Interval, uniform: bool) -> tu
 def _compact_length(s: Step, axis: int, big: int, zin: Interval, zout: Interval, uniform) -> int:
     """The shortest input length big - m * stride that keeps both zones and leaves at least one
     interior position in input and output (so the big maps are gathers of the compact ones)."""
-    st = pair(s.layer.stride)[axis]
+    st = window_of(s, axis)[1]
     for cand in range(big % st or st, big, st):
         out, z = _zones1(s, axis, cand, zin, uniform)
         if cand - sum(zin) >= 1 and out - sum(z) >= 1 and z == zout:
@@ -127,12 +126,14 @@ def _bands(s: Step, g: Geom, small, zin):
     contribution to the output's 4 border bands: batch-1 convs of thin strips of the
     background (core zeroed), added in place. Returns [(rows, cols, mask, out rows, out cols)]
     or None where that does not apply (a core smaller than the kernel: bands would overlap)."""
+    if s.kind != "conv":
+        return None
     (h0, h1), (w0, w1) = g.window
     (c0, c1), (d0, d1) = g.in_core
     k = pair(s.layer.kernel_size)
     t, left = c0 - h0, d0 - w0
     ch, cw = c1 - c0, d1 - d0
-    if s.kind != "conv" or s.layer.stride != (1, 1) or (t, left) != (h1 - c1, w1 - d1):
+    if s.layer.stride != (1, 1) or (t, left) != (h1 - c1, w1 - d1):
         return None
     if ch < k[0] or cw < k[1] or min(t, left) < 1:
         return None
