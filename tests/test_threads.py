@@ -247,5 +247,22 @@ def test_training_and_evaluation_steps_run_under_the_chooser(monkeypatch, tmp_pa
                      "scale=1.0,1.5", "--out", str(tmp_path / "run")]) == 0  # fmt: skip
         assert len(calls) >= 2 + 3 + 2  # + the 3 steps + the final evaluation's batches
         assert torch.get_num_threads() == 2
+        # predict over a folder: each group of images under the chooser too, same labels
+        from PIL import Image
+
+        from fcnseg.predict_folder import predict_paths
+
+        photo = tmp_path / "p.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 52, 3), np.uint8)).save(
+            photo
+        )
+        seen = len(calls)
+        maps = {}
+        for others in (1, 0):
+            monkeypatch.setattr(threads, "others_running", lambda others=others: others)
+            predict_paths(model, [photo], tmp_path / f"out{others}", progress=False)
+            with Image.open(tmp_path / f"out{others}" / "p.png") as im:
+                maps[others] = np.asarray(im)
+        assert len(calls) == seen + 2 and (maps[1] == maps[0]).mean() > 0.999
     finally:
         torch.set_num_threads(before)

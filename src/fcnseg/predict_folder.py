@@ -24,6 +24,7 @@ inputs' outputs are written, replacing what an interrupted run left of them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -54,6 +55,7 @@ from .predict_inputs import (
     pair_files,
 )
 from .safety import atomic_write, check_outputs, check_range
+from .threads import StepThreads
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -385,6 +387,10 @@ def predict_paths(
                dynamic_ncols=True)  # fmt: skip
     bar.update(len(done) * world)  # rank 0's bar: its own share times the processes
     pending: dict[tuple[int, int], list[tuple[int, np.ndarray, dict, float]]] = {}
+    # on a CPU other programs share: each group on the faster thread count (FastFCN chooses
+    # its own per call)
+    cpu = torch.device(dev).type == "cpu" and not getattr(model, "adapt_threads", False)
+    threads = StepThreads() if cpu else contextlib.nullcontext
 
     def fail(i: int, msg: str) -> None:
         results[i] = {"input": str(files[i][0]), "ok": False, "error": msg.splitlines()[0]}
@@ -395,8 +401,9 @@ def predict_paths(
         group = pending.pop(key)
         t0 = time.perf_counter()
         try:
-            labels, probs = _run(model, [s for _, _, s, _ in group], dev,
-                                 _tile_plan(tile, None, *key), probs=save_probs)  # fmt: skip
+            with threads():
+                labels, probs = _run(model, [s for _, _, s, _ in group], dev,
+                                     _tile_plan(tile, None, *key), probs=save_probs)  # fmt: skip
         except (RuntimeError, ValueError) as e:  # e.g. out of memory: every image of the group
             for i, _, _, _ in group:
                 fail(i, f"{files[i][0]}: inference failed: {e}")
