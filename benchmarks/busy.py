@@ -29,7 +29,7 @@ from inference import PlainFCN8s, make_image, make_model, peers
 
 import fcnseg
 from fcnseg.amp import machine_name
-from fcnseg.threads import busy_cores, usable_cpus
+from fcnseg.threads import StepThreads, busy_cores, usable_cpus
 from fcnseg.timing import median_time
 
 
@@ -75,7 +75,7 @@ def main() -> None:
         for busy in args.busy:
             with busy_cores(busy):
                 time.sleep(0.5)
-                for _ in range(2 * 3 + 2):  # StepThreads' trial calls (3 each), untimed
+                for _ in range(StepThreads.SETTLE):  # StepThreads' trial calls, untimed
                     fitted(x)
                     bf16(x)
                 for name, f in paths.items():

@@ -27,7 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import fcnseg
 from fcnseg.amp import machine_name
-from fcnseg.threads import busy_cores
+from fcnseg.threads import StepThreads, busy_cores
 
 GRAIN = 32768  # at::internal::GRAIN_SIZE
 PHASES = (  # (phase, op-name fragments), first match wins
@@ -61,7 +61,7 @@ def _numel(shapes) -> int:
 
 def profile_calls(f, calls: int) -> tuple[dict, dict, float]:
     """Per step and per phase: [ms, ops, regions] summed over `calls`; and wall s per call."""
-    for _ in range(2 * 3 + 2):  # warm-up, and StepThreads' trial calls (3 per count)
+    for _ in range(StepThreads.SETTLE + 1):  # warm-up, and StepThreads' trial calls
         f()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         t = time.perf_counter()

@@ -103,7 +103,7 @@ def child(case: str, channels_last: bool, repeats: int, fast: bool = False) -> N
 
     step()  # warm-up (optimizer state allocated here)
     if others_running():  # beside other programs: StepThreads tries both counts first
-        for _ in range(2 * threads.tries):
+        for _ in range(StepThreads.SETTLE - 1):  # (the warm-up step saw the load once)
             step()
     times, cpu = [], []
     for _ in range(repeats):

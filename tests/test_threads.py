@@ -266,3 +266,18 @@ def test_training_and_evaluation_steps_run_under_the_chooser(monkeypatch, tmp_pa
         assert len(calls) == seen + 2 and (maps[1] == maps[0]).mean() > 0.999
     finally:
         torch.set_num_threads(before)
+
+
+def test_one_chooser_per_block_on_a_cpu_only():
+    """step_threads: a StepThreads on a CPU; none off it, nor around a FastFCN, which chooses
+    its own threads per call (two nested choosers would each measure the other's choice)."""
+    import contextlib
+
+    import fcnseg
+
+    model = fcnseg.build_model("fcn32s_vgg16", width=0.0625).eval()
+    assert isinstance(threads.step_threads("cpu", model), threads.StepThreads)
+    assert threads.step_threads(torch.device("meta")) is contextlib.nullcontext
+    assert threads.step_threads("cpu", fcnseg.FastFCN(model)) is contextlib.nullcontext
+    fixed = fcnseg.FastFCN(model, adapt_threads=False)  # chooses nothing itself
+    assert isinstance(threads.step_threads("cpu", fixed), threads.StepThreads)

@@ -92,7 +92,7 @@ def bench_inference(name: str = "fcn8s_vgg16", size: int = 500, *, repeats: int 
     heads = list(ref)
     rows, base = [], None
     busy = others_running()  # other programs running: FastFCN first tries its thread counts
-    trials = 2 * StepThreads().tries if busy else 0
+    trials = StepThreads.SETTLE if busy else 0
     for label, fn in paths.items():
         out = _outputs(fn())
         for _ in range(trials if label.startswith("FastFCN") else 0):

@@ -52,7 +52,7 @@ from .safety import (
     RunLockedError,
     check_outputs,
 )
-from .threads import StepThreads
+from .threads import step_threads
 from .weights import prepare
 
 __all__ = [
@@ -259,7 +259,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -
     # on a CPU shared with other programs, each step runs on the faster of torch's threads and
     # the free cores (measured on the steps: the step's parallel regions wait for their
     # slowest thread, and whether fewer threads win depends on the model and its input)
-    fitted = StepThreads() if device.type == "cpu" else contextlib.nullcontext
+    fitted = step_threads(device)
     if config.fast:  # the same forward and gradients, without the padding's waste
         from .fast.train import FastTrainFCN
 

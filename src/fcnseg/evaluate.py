@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
@@ -15,7 +14,7 @@ from torch import nn
 
 from .metrics import ConfusionMatrix
 from .safety import atomic_write, save_figure
-from .threads import StepThreads
+from .threads import step_threads
 
 __all__ = [
     "compute_metrics",
@@ -74,7 +73,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     # on a CPU shared with other programs: the faster of torch's threads and the free cores
-    threads = StepThreads() if device.type == "cpu" else contextlib.nullcontext
+    threads = step_threads(device, model)
     try:
         with torch.inference_mode():
             for batch in _progress(loader, progress):

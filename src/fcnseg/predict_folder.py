@@ -24,7 +24,6 @@ inputs' outputs are written, replacing what an interrupted run left of them.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import struct
@@ -55,7 +54,7 @@ from .predict_inputs import (
     pair_files,
 )
 from .safety import atomic_write, check_outputs, check_range
-from .threads import StepThreads
+from .threads import step_threads
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -389,8 +388,7 @@ def predict_paths(
     pending: dict[tuple[int, int], list[tuple[int, np.ndarray, dict, float]]] = {}
     # on a CPU other programs share: each group on the faster thread count (FastFCN chooses
     # its own per call)
-    cpu = torch.device(dev).type == "cpu" and not getattr(model, "adapt_threads", False)
-    threads = StepThreads() if cpu else contextlib.nullcontext
+    threads = step_threads(dev, model)
 
     def fail(i: int, msg: str) -> None:
         results[i] = {"input": str(files[i][0]), "ok": False, "error": msg.splitlines()[0]}

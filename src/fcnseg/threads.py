@@ -47,6 +47,7 @@ __all__ = [
     "fit_to_free_cores",
     "limit_threads",
     "others_running",
+    "step_threads",
     "threads_pinned",
     "usable_cpus",
 ]
@@ -102,7 +103,7 @@ def usable_cpus(root: str | os.PathLike = "/sys/fs/cgroup") -> int:
 def limit_threads(root: str | os.PathLike = "/sys/fs/cgroup") -> int | None:
     """torch's threads lowered to `usable_cpus()` (see the module doc); returns the new count,
     or None when nothing changed."""
-    if any(os.environ.get(k) for k in _USER_CHOICE):
+    if threads_pinned():
         wanted = os.environ.get("FCNSEG_THREADS")
         if wanted and wanted.isdigit() and int(wanted) > 0:
             import torch
@@ -214,10 +215,15 @@ class StepThreads:
     for that F are dropped and both tried again, since the load beside changes. Quiet, or
     with the count pinned by the user (`threads_pinned`): T, as if this were not there. The
     thread count is restored after each block; `torch.set_num_threads` sets T. ``chosen``
-    maps each F met to the count in use for it.
+    maps each F met to the count in use for it. Under steady load the choice is made after
+    ``SETTLE`` blocks (one to see the load twice, then the trials): benchmarks run that many
+    untimed first.
     """
 
-    def __init__(self, tries: int = 3, every: int = 200):
+    TRIES = 3
+    SETTLE = 1 + 2 * TRIES
+
+    def __init__(self, tries: int = TRIES, every: int = 200):
         self.tries, self.every = tries, every
         self._seconds: dict[tuple[int, int, int], list[float]] = {}  # (T, F, used) -> recent
         self._busy = 0
@@ -257,6 +263,17 @@ class StepThreads:
             runs = self._seconds.setdefault((before, fit, use), [])
             runs.append(time.perf_counter() - start)
             del runs[: -self.tries]
+
+
+def step_threads(device, model=None):
+    """The context for each repetition of a block on `device`: a new StepThreads on a CPU,
+    nothing elsewhere or for a model that chooses its threads per call itself (FastFCN's
+    ``adapt_threads``): one chooser, not two nested."""
+    import torch
+
+    if torch.device(device).type != "cpu" or getattr(model, "adapt_threads", False):
+        return contextlib.nullcontext
+    return StepThreads()
 
 
 @contextlib.contextmanager
