@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 import fcnseg
 from fcnseg.fast.train import FastTrainFCN
+from fcnseg.memory import keep_freed_memory
 from fcnseg.threads import StepThreads, busy_cores, others_running, usable_cpus
 from fcnseg.timing import peak_rss_gb
 
@@ -77,6 +78,7 @@ def build(case: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
 
 
 def child(case: str, channels_last: bool, repeats: int, fast: bool = False) -> None:
+    keep_freed_memory()  # as fcnseg's engine and command line do (FCNSEG_MALLOC=system: not)
     c = CASES[case]
     model, x, y = build(case)
     n = c["batch"]
@@ -200,7 +202,8 @@ def main() -> None:
         return profile()
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.machine()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, fp32, "
-          f"{args.busy} busy processes beside\n")  # fmt: skip
+          f"{args.busy} busy processes beside, malloc: "
+          f"{os.environ.get('FCNSEG_MALLOC') or 'freed memory kept'}\n")  # fmt: skip
     with busy_cores(args.busy):
         step_table(args)
 

@@ -170,8 +170,10 @@ def train(
 def _train(config: TrainConfig, resume: bool, progress: bool, overwrite: bool) -> dict:
     from .data.build import build_datasets, collate_items, make_loader
     from .evaluate import evaluate
+    from .memory import keep_freed_memory
     from .predict import resolve_device
 
+    keep_freed_memory()  # each step's large tensors reuse the last step's memory
     device = resolve_device(config.device)
     dist = Dist.from_env(config.device)
     if dist.world > 1 and device.type == "cuda":

@@ -7,6 +7,7 @@ import sys
 import traceback
 
 from ..feed import ChecksDone
+from ..memory import keep_freed_memory
 from ..threads import limit_threads
 from . import (
     bench,
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = argv
     limit_threads()  # no more torch threads than the CPUs this process may use
+    keep_freed_memory()  # large tensors reuse freed memory, not fresh pages (fcnseg.memory)
     ok = False
     try:
         code = args.func(args)
