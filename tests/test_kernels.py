@@ -95,6 +95,40 @@ def test_winograd_weight_gradient_equals_convs_in_float64(m, h, w, budget):
     assert rel_err(kernels.kernel_transform_grad(dU, m=m), ref) < 1e-12
 
 
+@pytest.mark.skipif(not kernels.available(torch.empty(0)), reason="torch built without oneDNN")
+@pytest.mark.parametrize("budget", [1, 1 << 22])  # bands of one tile row (each added); one band
+def test_weight_gradient_with_onednn_products_equals_convs_in_float32(budget):
+    """winograd_weight_grad's GEMMs by oneDNN on V's transposed copy (kernels.weight_products,
+    the buffer starting as NaN) give conv2d's weight gradient within float32 rounding, as
+    MKL's batched GEMM does; the transposed copy's buffer may be larger than a band."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 24, 22, 19, generator=g)
+    wt = torch.randn(16, 24, 3, 3, generator=g)
+    dy = torch.randn(1, 16, 20, 17, generator=g)
+    th, tw = kernels.winograd_tiles(20, 17, m=4)
+    cl = torch.channels_last
+    xp = x.new_zeros(1, 24, 4 * th + 2, 4 * tw + 2)
+    xp[:, :, :22, :19] = x
+    gp = x.new_zeros(1, 16, 4 * th, 4 * tw)
+    gp[:, :, :20, :17] = dy
+    plan = kernels.winograd_plan(1, th, tw, 24, 16, budget=budget, m=4)
+    assert (plan["band"] < th) == (budget == 1)
+    ref = torch.ops.aten.convolution_backward(
+        dy.double(), x.double(), wt.double(), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+        [False, True, False],
+    )[1]  # fmt: skip
+    grads = {}
+    for name in ("bmm", "onednn"):
+        arenas = {k: torch.full((plan[k],), float("nan")) for k in "abz"}
+        buffer = torch.full((plan["b"] + 7,), float("nan"))
+        products = kernels.weight_products(buffer) if name == "onednn" else None
+        dU = kernels.winograd_weight_grad(xp.to(memory_format=cl), gp.to(memory_format=cl),
+                                          plan, arenas, products)  # fmt: skip
+        grads[name] = kernels.kernel_transform_grad(dU, m=4)
+        assert rel_err(grads[name], ref) < 1e-5, name
+    assert rel_err(grads["onednn"], grads["bmm"]) < 1e-5
+
+
 @pytest.mark.parametrize("points", [None, (0, 1, -1, 2, -2), (0, 1, -1, Fraction(1, 2), 3)])
 def test_transforms_compute_the_correlation_exactly(points):
     """In exact arithmetic A^T [(G g) * (B^T d)] is the 1D correlation (Toom-Cook), for any

@@ -266,7 +266,7 @@ def kernel_transform_grad(dU: torch.Tensor, *, m: int = 2, points: tuple | None 
 
 
 def winograd_weight_grad(
-    x: torch.Tensor, g: torch.Tensor, plan: dict, arenas: dict[str, torch.Tensor]
+    x: torch.Tensor, g: torch.Tensor, plan: dict, arenas: dict[str, torch.Tensor], products=None
 ) -> torch.Tensor:
     """dU (a*a, C, O): the gradient of winograd_conv's output with respect to U for the output
     gradient g, so that kernel_transform_grad(dU) is conv2d's weight gradient.
@@ -276,7 +276,10 @@ def winograd_weight_grad(
     m x m blocks spread to a x a by A, and a^2 GEMMs (C x tiles) @ (tiles x O) summed band by
     band, as many multiply-adds as the forward's GEMMs (4x fewer than the direct weight
     gradient for F(4x4)). x: as winograd_conv's; g: (N, O, m*th, m*tw) channels_last, zeros
-    past the real output; arenas: "a", "b", "z" of the plan's sizes.
+    past the real output; arenas: "a", "b", "z" of the plan's sizes. products(V, z, dU, first):
+    dU[k] (=, or += unless `first`) V[k]^T @ z[k], (a*a, tiles, C) x (a*a, tiles, O) -> (a*a,
+    C, O) (default: MKL's batched GEMM, torch.bmm / baddbmm_ on V's transposed view;
+    fcnseg.kernels.weight_products: oneDNN's, one per component).
     """
     n, th, tw, c, o = plan["shape"]
     m = plan.get("m", 2)
@@ -293,9 +296,11 @@ def winograd_weight_grad(
         _apply(At, rows, [gh[:, m * t0 + i : m * (t0 + tb) : m] for i in range(m)])
         z = Z[: a * a * n * tb * tw * o].view(a, a, n, tb, tw, o)  # A dY A^T
         _apply(At, [z[:, j] for j in range(a)], [rows[:, :, :, i::m] for i in range(m)])
-        Vt, zt = V.view(a * a, -1, c).transpose(1, 2), z.view(a * a, -1, o)
-        if t0 == 0:
-            torch.bmm(Vt, zt, out=dU)
+        Vk, zk = V.view(a * a, -1, c), z.view(a * a, -1, o)
+        if products is not None:
+            products(Vk, zk, dU, t0 == 0)
+        elif t0 == 0:
+            torch.bmm(Vk.transpose(1, 2), zk, out=dU)
         else:
-            dU.baddbmm_(Vt, zt)
+            dU.baddbmm_(Vk.transpose(1, 2), zk)
     return dU

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import kernels
+from .. import cachefile, kernels
 from . import tuning
 
 __all__ = ["Scratch", "fc_gemm", "gemm_applies", "layout_of", "runs_on", "winograd_applies",
@@ -102,13 +102,9 @@ def _wino(x: torch.Tensor, U: torch.Tensor, b, plan: dict, out_hw, relu: bool, s
 def _products(U: torch.Tensor, plan: dict):
     """Winograd's a*a GEMMs for a band of this plan: MKL's batched GEMM (None) or oneDNN's one
     per component (kernels.component_products), whichever measured faster on this machine
-    for these shapes (fcnseg.fast.tuning: timed once, cached)."""
-    if not kernels.available(U):
-        return None
+    for these shapes (_gemm_choice)."""
     n, _, tw, c, o = plan["shape"]
     tiles = n * plan["band"] * tw
-    key = tuning.layer_key(kind="winograd products", dtype=str(U.dtype), components=len(U),
-                           tiles=tiles, in_channels=c, out_channels=o)  # fmt: skip
 
     def trial(name: str):
         v = torch.randn(len(U), tiles, c, dtype=U.dtype)
@@ -117,9 +113,49 @@ def _products(U: torch.Tensor, plan: dict):
             return lambda: torch.bmm(v, u, out=out)
         return lambda: kernels.component_products(u)(v, out)
 
-    if tuning.choose(key, ["bmm", "onednn"], trial) == "bmm":
+    if _gemm_choice("winograd products", U, len(U), tiles, c, o, trial) == "bmm":
         return None
     return kernels.component_products(U)
+
+
+def _weight_products(x: torch.Tensor, plan: dict, scratch: Scratch):
+    """The weight gradient's a*a GEMMs V[k]^T @ z[k] for a band of this plan: MKL's batched
+    GEMM on V's transposed view (None) or oneDNN's on a transposed copy of V
+    (kernels.weight_products), whichever measured faster here for these shapes."""
+    n, _, tw, c, o = plan["shape"]
+    tiles, k = n * plan["band"] * tw, (plan["m"] + 2) ** 2
+
+    def trial(name: str):
+        v, z = torch.randn(k, tiles, c, dtype=x.dtype), torch.randn(k, tiles, o, dtype=x.dtype)
+        out = torch.empty(k, c, o, dtype=x.dtype)
+        if name == "bmm":
+            return lambda: torch.bmm(v.transpose(1, 2), z, out=out)
+        products = kernels.weight_products(torch.empty(v.numel(), dtype=x.dtype))
+        return lambda: products(v, z, out, True)
+
+    if _gemm_choice("winograd weight products", x, k, tiles, c, o, trial) == "bmm":
+        return None
+    return kernels.weight_products(scratch.get("t", k * tiles * c, x))
+
+
+_chosen: dict[tuple, str] = {}  # choices made on a quiet machine, per process
+
+
+def _gemm_choice(kind: str, like: torch.Tensor, k: int, tiles: int, c: int, o: int, trial):
+    """MKL's ("bmm") or oneDNN's ("onednn") GEMMs for one shape of Winograd GEMMs, measured once by
+    fcnseg.fast.tuning (cached in its file); a choice made while quiet is kept for the
+    process (no key built, no load read on each of a step's ~30 calls)."""
+    if not kernels.available(like):
+        return "bmm"
+    short = (kind, like.dtype, k, tiles, c, o, torch.get_num_threads())
+    if short in _chosen:
+        return _chosen[short]
+    key = tuning.layer_key(kind=kind, dtype=str(like.dtype), components=k, tiles=tiles,
+                           in_channels=c, out_channels=o)  # fmt: skip
+    choice = tuning.choose(key, ["bmm", "onednn"], trial)
+    if not cachefile.busy(cachefile.load_average()):
+        _chosen[short] = choice
+    return choice
 
 
 def _padded(x: torch.Tensor, size, border: int, scratch: Scratch | None, key: str):
@@ -184,7 +220,8 @@ class _WinogradConv(torch.autograd.Function):
             (h, wd), plan = kernels.winograd_work(x.shape[0], g.shape[2:], w.shape[1], w.shape[0],
                                                   m=m)  # fmt: skip
             gp = _padded(g, (h - 2, wd - 2), 0, scratch, "pad")  # the tiles' output blocks
-            dU = kernels.winograd_weight_grad(x, gp, plan, scratch.arenas(plan, x, "abz"))
+            dU = kernels.winograd_weight_grad(x, gp, plan, scratch.arenas(plan, x, "abz"),
+                                              _weight_products(x, plan, scratch))  # fmt: skip
             dw = kernels.kernel_transform_grad(dU, m=m)
             db = g.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
         elif not ctx.wgrad and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
