@@ -95,6 +95,23 @@ def test_winograd_weight_gradient_equals_convs_in_float64(m, h, w, budget):
     assert rel_err(kernels.kernel_transform_grad(dU, m=m), ref) < 1e-12
 
 
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_transforms_equal_the_einsum(m, dtype):
+    """kernel_transform (float32 on CPU: one oneDNN GEMM) and kernel_transform_rotated (the
+    180-degree rotated, transposed kernel's, from w as it lies) equal G g G^T."""
+    g = torch.Generator().manual_seed(m)
+    wt = torch.randn(6, 5, 3, 3, generator=g, dtype=torch.float64)
+    G = torch.tensor([[float(v) for v in r] for r in winograd.transforms(m)[1]], dtype=wt.dtype)
+    a = (m + 2) ** 2
+    U = torch.einsum("ai,ocij,bj->abco", G, wt, G).reshape(a, 5, 6)
+    rot = wt.flip(2, 3).transpose(0, 1)
+    Ur = torch.einsum("ai,ocij,bj->abco", G, rot, G).reshape(a, 6, 5)
+    tol = 1e-14 if dtype == torch.float64 else 1e-6
+    assert rel_err(kernels.kernel_transform(wt.to(dtype), m=m), U) < tol
+    assert rel_err(kernels.kernel_transform_rotated(wt.to(dtype), m=m), Ur) < tol
+
+
 @pytest.mark.skipif(not kernels.available(torch.empty(0)), reason="torch built without oneDNN")
 @pytest.mark.parametrize("budget", [1, 1 << 22])  # bands of one tile row (each added); one band
 def test_weight_gradient_with_onednn_products_equals_convs_in_float32(budget):

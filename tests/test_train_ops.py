@@ -47,6 +47,27 @@ def test_winograd_conv_and_its_gradients_equal_conv2d_in_float64(pad, relu, bias
             torch.testing.assert_close(a, e, rtol=0, atol=1e-11)
 
 
+@pytest.mark.parametrize("pad", [0, 1, 2])
+@pytest.mark.parametrize("wgrad", [False, True])
+def test_winograd_weight_gradients_without_the_input_gradient(pad, wgrad):
+    """A first layer (its input needs no gradient): the weight and bias gradients through the
+    ReLU, with no input gradient's padded copy to share, equal conv2d's in float64."""
+    g = torch.Generator().manual_seed(pad)
+    x = torch.randn(2, 5, 14, 11, generator=g, dtype=torch.float64)
+    w = torch.randn(7, 5, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(7, generator=g, dtype=torch.float64)
+    r = torch.randn(2, 7, 12 + 2 * pad, 9 + 2 * pad, generator=g, dtype=torch.float64)
+    got = []
+    for fn in (lambda w, b: F.conv2d(x, w, b, padding=pad).relu(),
+               lambda w, b: train_ops.winograd_conv3x3(x, w, b, pad, relu=True, m=4,
+                                                       wgrad=wgrad)):  # fmt: skip
+        w1, b1 = w.clone().requires_grad_(), b.clone().requires_grad_()
+        (fn(w1, b1) * r).sum().backward()
+        got.append((w1.grad, b1.grad))
+    for a, e in zip(got[1], got[0], strict=True):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-11)
+
+
 @pytest.mark.parametrize(("m", "wgrad", "bounds"), [(2, False, (4, 4, 4)), (2, True, (4, 4, 4)),
                                                     (4, True, (20, 4, 4))])  # fmt: skip
 @pytest.mark.parametrize("products", ["bmm", "onednn"])

@@ -69,6 +69,26 @@ __all__ = ["FastTrainFCN", "background_maps"]
 WINOGRAD_MIN_MAP = 34
 
 
+class _Paste(torch.autograd.Function):
+    """A map from its pieces (the core, background strips around it, each already expanded
+    to the batch), written once in memory format `fmt`: one pass, where torch.cat and a
+    change of layout took two (and an NHWC core beside NCHW strips made cat transpose
+    slowly). The backward hands each piece its slice of the gradient (views)."""
+
+    @staticmethod
+    def forward(ctx, shape, fmt, spans, *pieces):
+        ctx.spans = spans
+        out = torch.empty(shape, dtype=pieces[0].dtype, device=pieces[0].device,
+                          memory_format=fmt)  # fmt: skip
+        for (r, c), t in zip(spans, pieces, strict=True):
+            out[:, :, r[0] : r[1], c[0] : c[1]].copy_(t)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return (None, None, None, *(g[:, :, r[0] : r[1], c[0] : c[1]] for r, c in ctx.spans))
+
+
 class _AddBands(torch.autograd.Function):
     """y[:, :, rows, cols] += band (batch 1, broadcast) for each band, in place; the bands'
     gradients are the output gradient's bands summed over the batch."""
@@ -250,11 +270,20 @@ class FastTrainFCN(nn.Module):
             t = self._gather(bg, r, c).to(core.dtype)
             return t.expand(n, -1, -1, -1)
 
-        mid = [t for t in (strip("left"), core, strip("right")) if t is not None]
-        mid = torch.cat(mid, 3) if len(mid) > 1 else core
-        parts = [t for t in (strip("top"), mid, strip("bottom")) if t is not None]
-        out = torch.cat(parts, 2) if len(parts) > 1 else mid
-        return out.contiguous(memory_format=fmt)
+        left, right, top, bottom = (strip(b) for b in ("left", "right", "top", "bottom"))
+        if left is None and right is None and top is None and bottom is None:
+            return core.contiguous(memory_format=fmt)
+        t0 = 0 if top is None else top.shape[2]
+        l0 = 0 if left is None else left.shape[3]
+        h1, w1 = t0 + core.shape[2], l0 + core.shape[3]
+        H = h1 + (0 if bottom is None else bottom.shape[2])
+        W = w1 + (0 if right is None else right.shape[3])
+        placed = [(core, (t0, h1), (l0, w1)), (left, (t0, h1), (0, l0)),
+                  (right, (t0, h1), (w1, W)), (top, (0, t0), (0, W)),
+                  (bottom, (h1, H), (0, W))]  # fmt: skip
+        placed = [(t, r, c) for t, r, c in placed if t is not None]
+        spans = tuple((r, c) for _, r, c in placed)
+        return _Paste.apply((n, core.shape[1], H, W), fmt, spans, *(t for t, _, _ in placed))
 
     def forward(self, x: torch.Tensor):
         m = self.model
@@ -262,7 +291,10 @@ class FastTrainFCN(nn.Module):
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"expected a float tensor (N, {m.in_channels['']}, H, W), got {got}")
         n, c, H, W = x.shape
-        fmt = train_ops.layout_of(x)
+        fmt = own = train_ops.layout_of(x)  # `own`: the model's, as it would run on x
+        if self.winograd is not None and train_ops.runs_on(x):  # NHWC throughout, as the
+            fmt = torch.channels_last  # Winograd kernels write it: no op mixes layouts
+            x = x.contiguous(memory_format=fmt)
         plans = self.plan(H, W)
         last_bg = self._last_background(plans)
         bg = x.new_zeros(1, c, *plans[0].small_in)  # the black image, compact
@@ -294,9 +326,11 @@ class FastTrainFCN(nn.Module):
                 y, full_mode = self._full(y, bg, p, n, fmt), True
                 whole = True
             if dropping:  # the mask is drawn over the model's own layout of the map
-                y = y.contiguous(memory_format=fmt)
+                y = y.contiguous(memory_format=own)
             for d in self._drops[i]:
                 y = d(y)
+            if dropping:
+                y = y.contiguous(memory_format=fmt)
             cur = y
             name = self._taps.get(i)
             if name is not None:

@@ -142,8 +142,8 @@ _chosen: dict[tuple, str] = {}  # choices made on a quiet machine, per process
 
 
 def _gemm_choice(kind: str, like: torch.Tensor, k: int, tiles: int, c: int, o: int, trial):
-    """MKL's ("bmm") or oneDNN's ("onednn") GEMMs for one shape of Winograd GEMMs, measured once by
-    fcnseg.fast.tuning (cached in its file); a choice made while quiet is kept for the
+    """MKL's ("bmm") or oneDNN's ("onednn") GEMMs for one shape of Winograd's, measured once
+    by fcnseg.fast.tuning (cached in its file); a choice made while quiet is kept for the
     process (no key built, no load read on each of a step's ~30 calls)."""
     if not kernels.available(like):
         return "bmm"
@@ -158,12 +158,16 @@ def _gemm_choice(kind: str, like: torch.Tensor, k: int, tiles: int, c: int, o: i
     return choice
 
 
-def _padded(x: torch.Tensor, size, border: int, scratch: Scratch | None, key: str):
+def _padded(x: torch.Tensor, size, border: int, scratch: Scratch | None, key: str,
+            relu_out: torch.Tensor | None = None):  # fmt: skip
     """x with `border` zeros on the top and left, then zeros up to `size` (h, w) rows and
     columns, channels_last (the Winograd kernels read NHWC), in scratch buffer `key` (None: a
-    new tensor)."""
+    new tensor). relu_out: x is an output gradient to pass back through a ReLU whose output
+    this is (zero where it was clipped), in the same pass as the copy."""
     n, c, h, w = x.shape
     if not border and (h, w) == tuple(size):
+        if relu_out is not None:
+            x = torch.ops.aten.threshold_backward(x, relu_out, 0)
         return x.contiguous(memory_format=torch.channels_last)
     shape = (n, *size, c)
     if scratch is None:
@@ -175,7 +179,10 @@ def _padded(x: torch.Tensor, size, border: int, scratch: Scratch | None, key: st
     buf[:, bottom:].zero_()
     buf[:, border:bottom, :border].zero_()
     buf[:, border:bottom, right:].zero_()
-    buf[:, border:bottom, border:right].copy_(x.permute(0, 2, 3, 1))
+    inside = buf[:, border:bottom, border:right].permute(0, 3, 1, 2)
+    inside.copy_(x)  # (an NCHW x: one transposing copy, fast; an op reading both layouts is not)
+    if relu_out is not None:  # in place, one layout: ~20x faster than x's NCHW beside y's NHWC
+        torch.ops.aten.threshold_backward.grad_input(inside, relu_out, 0, grad_input=inside)
     return buf.permute(0, 3, 1, 2)
 
 
@@ -207,31 +214,43 @@ class _WinogradConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, w, y = ctx.saved_tensors  # x: the padded input when wgrad
-        g = _through_relu(ctx, g, y)
         m, pad, scratch = ctx.m, ctx.pad, ctx.scratch
+        relu_out = y if ctx.relu else None
+        n, o, oh, ow = g.shape
         dx = dw = db = None
+        gp = None  # the output gradient through the ReLU, zero-padded for the input gradient
         if ctx.needs_input_grad[0]:
-            U = kernels.kernel_transform(w.flip(2, 3).transpose(0, 1), m=m)  # rotated: (a*a, O, C)
+            U = kernels.kernel_transform_rotated(w, m=m)  # (a*a, O, C)
             hw = tuple(ctx.x_shape[2:])
-            size, plan = kernels.winograd_work(g.shape[0], hw, w.shape[0], w.shape[1], m=m)
-            gp = _padded(g, size, 2 - pad, scratch, "pad")
+            size, plan = kernels.winograd_work(n, hw, o, w.shape[1], m=m)
+            gp = _padded(g, size, 2 - pad, scratch, "pad", relu_out)
             dx = _wino(gp, U, None, plan, hw, False, scratch)
         if ctx.wgrad and ctx.needs_input_grad[1]:
-            (h, wd), plan = kernels.winograd_work(x.shape[0], g.shape[2:], w.shape[1], w.shape[0],
-                                                  m=m)  # fmt: skip
-            gp = _padded(g, (h - 2, wd - 2), 0, scratch, "pad")  # the tiles' output blocks
-            dU = kernels.winograd_weight_grad(x, gp, plan, scratch.arenas(plan, x, "abz"),
+            (h, wd), plan = kernels.winograd_work(n, (oh, ow), w.shape[1], o, m=m)
+            # the tiles' output blocks, zeros past the output: inside the input gradient's
+            # padded copy where it reaches that far (the same values), else a copy of their own
+            top = 2 - pad
+            if gp is not None and min(gp.shape[2] - h, gp.shape[3] - wd) >= top - 2:
+                gw = gp[:, :, top : top + h - 2, top : top + wd - 2]
+            else:
+                gw = gp = _padded(g, (h - 2, wd - 2), 0, scratch, "pad", relu_out)
+            dU = kernels.winograd_weight_grad(x, gw, plan, scratch.arenas(plan, x, "abz"),
                                               _weight_products(x, plan, scratch))  # fmt: skip
             dw = kernels.kernel_transform_grad(dU, m=m)
-            db = g.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
-        elif not ctx.wgrad and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
-            g = g.contiguous(memory_format=layout_of(x))
-            _, dw, db = torch.ops.aten.convolution_backward(
-                g, x, w, [w.shape[0]] if ctx.has_bias else None, [1, 1], [pad, pad], [1, 1],
-                False, [0, 0], 1, [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
-            )  # fmt: skip
-        elif ctx.needs_input_grad[2]:
-            db = g.sum((0, 2, 3))
+            if ctx.needs_input_grad[2]:  # summed over the whole padded copy, zeros included
+                db = gp.permute(0, 2, 3, 1).reshape(-1, o).sum(0)  # (dense: a strided view's
+                # sum over (0, 2, 3) ran ~20x slower)
+        elif ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            g = _through_relu(ctx, g, y)
+            if not ctx.wgrad and ctx.needs_input_grad[1]:
+                g = g.contiguous(memory_format=layout_of(x))
+                _, dw, db = torch.ops.aten.convolution_backward(
+                    g, x, w, [w.shape[0]] if ctx.has_bias else None, [1, 1], [pad, pad],
+                    [1, 1], False, [0, 0], 1,
+                    [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
+                )  # fmt: skip
+            else:
+                db = g.sum((0, 2, 3))
         return dx, dw, db, None, None, None, None, None
 
 
