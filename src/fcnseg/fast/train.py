@@ -381,9 +381,17 @@ def _conv_gemm(x: torch.Tensor, w: torch.Tensor, b, padding, *, relu: bool) -> t
     oh, ow = x.shape[2] - kh + 1, x.shape[3] - kw + 1
     if kh * kw == 1:
         cols = x.permute(0, 2, 3, 1).reshape(n * oh * ow, -1)
+        w2 = w.reshape(w.shape[0], -1)
+    elif train_ops.layout_of(w) == torch.channels_last:  # the weight's own order, (kh, kw, C):
+        # a view of it, and its gradient laid out as it is (fc6's 411 MB weight in NCHW
+        # order was a copy, its gradient another, every step)
+        win = x.permute(0, 2, 3, 1).unfold(1, kh, 1).unfold(2, kw, 1)  # (n, oh, ow, C, kh, kw)
+        cols = win.permute(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, -1)
+        w2 = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
     else:
         cols = F.unfold(x, (kh, kw)).transpose(1, 2).reshape(n * oh * ow, -1)
-    y = train_ops.fc_gemm(cols, w.reshape(w.shape[0], -1), b, relu=relu)
+        w2 = w.reshape(w.shape[0], -1)
+    y = train_ops.fc_gemm(cols, w2, b, relu=relu)
     return y.view(n, oh, ow, -1).permute(0, 3, 1, 2)
 
 
