@@ -129,12 +129,13 @@ def component_products(u: torch.Tensor):
     """Winograd's a*a GEMMs by oneDNN, for winograd_conv's `products`: u (a*a, C, O), the
     transformed weight. Each component's (tiles, C) @ (C, O) runs as one oneDNN linear, its
     weight U[k]^T a transposed view (oneDNN reads it as it lies: faster than a contiguous
-    (O, C) copy at 128-256 channels), then one copy stacks them into `out`. AMD Zen 4, 2
-    threads: 1.5-2.0x MKL's batched GEMM (torch.bmm) at 128-512 channels
+    (O, C) copy at 128-256 channels); the a*a results are handed on as they are (the output
+    transform reads them: stacking them into one tensor was one more pass, ~5% of the conv).
+    AMD Zen 4, 2 threads: 1.5-2.0x MKL's batched GEMM (torch.bmm) at 128-512 channels
     (benchmarks/RESULTS.md)."""
 
-    def products(v: torch.Tensor, out: torch.Tensor) -> None:
-        torch.stack([linear(v[k], u[k].t(), None, relu=False) for k in range(len(u))], out=out)
+    def products(v: torch.Tensor) -> list[torch.Tensor]:
+        return [linear(v[k], u[k].t(), None, relu=False) for k in range(len(u))]
 
     return products
 

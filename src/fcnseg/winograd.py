@@ -202,8 +202,8 @@ def winograd_conv(
     plan's sizes, kept by the caller across calls (re-faulting ~100 MB a call costs more than
     the work) and shared by layers (a layer's buffers are dead once its output has been read).
     Returns the (N, O, out_h, out_w) output as a channels_last view into arenas["y"].
-    products(V, out): the a*a GEMMs out[k] = V[k] @ U[k], (a*a, tiles, C) -> (a*a, tiles, O)
-    (default: one batched torch.bmm; fcnseg.kernels.component_products: oneDNN's, one each).
+    products(V): the a*a GEMMs V[k] @ U[k], (a*a, tiles, C) -> a*a tensors (tiles, O) (default:
+    one batched torch.bmm into arena "a"; fcnseg.kernels.component_products: oneDNN's, one each).
     """
     n, th, tw, c, o = plan["shape"]
     m = plan.get("m", 2)
@@ -217,16 +217,17 @@ def winograd_conv(
     for t0 in range(0, th, plan["band"]):
         tb = min(plan["band"], th - t0)
         V = _input_tiles(xh, t0, tb, m, bt, A, B, tw)  # (a, a, N, tb, tw, C)
-        M = A[: a * a * n * tb * tw * o].view(a * a, n * tb * tw, o)  # `rows` is dead
+        S = B[: m * a * n * tb * tw * o].view(m, a, n, tb, tw, o)  # (`V` dead): A^T along H
         if products is None:  # (a*a, tiles, C) @ (a*a, C, O)
+            M = A[: a * a * n * tb * tw * o].view(a * a, n * tb * tw, o)  # `rows` is dead
             torch.bmm(V.view(a * a, -1, c), U, out=M)
-        else:
-            products(V.view(a * a, -1, c), M)
-        mm = M.view(a, a, n, tb, tw, o)
+            parts = list(M.view(a * a, n, tb, tw, o))
+        else:  # a*a separate results, read where they lie
+            parts = [p.view(n, tb, tw, o) for p in products(V.view(a * a, -1, c))]
         if b is not None and ones:
-            mm[ones[0], ones[0]] += b
-        S = B[: m * a * n * tb * tw * o].view(m, a, n, tb, tw, o)  # `V` is dead; A^T along H
-        _apply(at, S, mm)
+            parts[ones[0] * a + ones[0]] += b
+        for j in range(a):  # S[:, j] = A^T over the components (., j)
+            _apply(at, S[:, j], [parts[k * a + j] for k in range(a)])
         Yb = Y[:, t0 : t0 + tb]
         Yp = Yb.permute(2, 4, 0, 1, 3, 5)  # (m rows, m cols, N, tb, tw, O)
         _apply(at, [Yp[:, j] for j in range(m)], [S[:, k] for k in range(a)])

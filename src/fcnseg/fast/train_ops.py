@@ -111,7 +111,7 @@ def _products(U: torch.Tensor, plan: dict):
         u, out = torch.randn_like(U), torch.empty(len(U), tiles, o, dtype=U.dtype)
         if name == "bmm":
             return lambda: torch.bmm(v, u, out=out)
-        return lambda: kernels.component_products(u)(v, out)
+        return lambda: kernels.component_products(u)(v)
 
     if _gemm_choice("winograd products", U, len(U), tiles, c, o, trial) == "bmm":
         return None
