@@ -194,6 +194,7 @@ def winograd_conv(
     *,
     relu: bool,
     products=None,
+    keep_tiles: list | None = None,
 ) -> torch.Tensor:
     """relu(conv2d(x, w, b)) for a 3x3 kernel, stride 1, no padding, by F(m x m, 3x3).
 
@@ -204,6 +205,8 @@ def winograd_conv(
     Returns the (N, O, out_h, out_w) output as a channels_last view into arenas["y"].
     products(V): the a*a GEMMs V[k] @ U[k], (a*a, tiles, C) -> a*a tensors (tiles, O) (default:
     one batched torch.bmm into arena "a"; fcnseg.kernels.component_products: oneDNN's, one each).
+    keep_tiles: a list to append each band's transformed input V to (new tensors, not the
+    arena's), for winograd_weight_grad to reuse.
     """
     n, th, tw, c, o = plan["shape"]
     m = plan.get("m", 2)
@@ -216,7 +219,11 @@ def winograd_conv(
     xh = x.permute(0, 2, 3, 1)  # (N, H, W, C), contiguous
     for t0 in range(0, th, plan["band"]):
         tb = min(plan["band"], th - t0)
-        V = _input_tiles(xh, t0, tb, m, bt, A, B, tw)  # (a, a, N, tb, tw, C)
+        if keep_tiles is None:
+            V = _input_tiles(xh, t0, tb, m, bt, A, B, tw)  # (a, a, N, tb, tw, C)
+        else:
+            V = _input_tiles(xh, t0, tb, m, bt, A, x.new_empty(a * a * n * tb * tw * c), tw)
+            keep_tiles.append(V)
         S = B[: m * a * n * tb * tw * o].view(m, a, n, tb, tw, o)  # (`V` dead): A^T along H
         if products is None:  # (a*a, tiles, C) @ (a*a, C, O)
             M = A[: a * a * n * tb * tw * o].view(a * a, n * tb * tw, o)  # `rows` is dead
@@ -267,8 +274,9 @@ def kernel_transform_grad(dU: torch.Tensor, *, m: int = 2, points: tuple | None 
 
 
 def winograd_weight_grad(
-    x: torch.Tensor, g: torch.Tensor, plan: dict, arenas: dict[str, torch.Tensor], products=None
-) -> torch.Tensor:
+    x: torch.Tensor | None, g: torch.Tensor, plan: dict, arenas: dict[str, torch.Tensor],
+    products=None, tiles: list | None = None,
+) -> torch.Tensor:  # fmt: skip
     """dU (a*a, C, O): the gradient of winograd_conv's output with respect to U for the output
     gradient g, so that kernel_transform_grad(dU) is conv2d's weight gradient.
 
@@ -280,7 +288,8 @@ def winograd_weight_grad(
     past the real output; arenas: "a", "b", "z" of the plan's sizes. products(V, z, dU, first):
     dU[k] (=, or += unless `first`) V[k]^T @ z[k], (a*a, tiles, C) x (a*a, tiles, O) -> (a*a,
     C, O) (default: MKL's batched GEMM, torch.bmm / baddbmm_ on V's transposed view;
-    fcnseg.kernels.weight_products: oneDNN's, one per component).
+    fcnseg.kernels.weight_products: oneDNN's, one per component). tiles: the forward's V, band
+    by band (winograd_conv's keep_tiles), instead of transforming x again (x may then be None).
     """
     n, th, tw, c, o = plan["shape"]
     m = plan.get("m", 2)
@@ -288,11 +297,14 @@ def winograd_weight_grad(
     at, _, bt = transforms(m, plan.get("points"))
     At = tuple(zip(*at, strict=True))  # A (a x m)
     A, B, Z = arenas["a"], arenas["b"], arenas["z"]
-    xh, gh = x.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1)  # NHWC, contiguous
-    dU = x.new_empty(a * a, c, o)
-    for t0 in range(0, th, plan["band"]):
+    gh = g.permute(0, 2, 3, 1)  # NHWC
+    dU = g.new_empty(a * a, c, o)
+    for i, t0 in enumerate(range(0, th, plan["band"])):
         tb = min(plan["band"], th - t0)
-        V = _input_tiles(xh, t0, tb, m, bt, A, B, tw)  # (a, a, N, tb, tw, C)
+        if tiles is None:  # (a, a, N, tb, tw, C)
+            V = _input_tiles(x.permute(0, 2, 3, 1), t0, tb, m, bt, A, B, tw)
+        else:
+            V = tiles[i]
         rows = A[: a * n * tb * m * tw * o].view(a, n, tb, m * tw, o)  # A along H
         _apply(At, rows, [gh[:, m * t0 + i : m * (t0 + tb) : m] for i in range(m)])
         z = Z[: a * a * n * tb * tw * o].view(a, a, n, tb, tw, o)  # A dY A^T
