@@ -15,7 +15,7 @@ here it is recomputed every step, differentiably, and kept small:
   gives exactly the big background's gradient. Its cost: a few thousand positions per layer,
   batch 1, whatever the batch (vs FastFCN's one black image of 212x212 for 500x500).
 * Core: each layer runs only on the positions whose receptive field touches the image, on a
-  window = core + a rim of background (or zeros past the map's edges), built with torch.cat.
+  window = core + a rim of background (or zeros past the map's edges), written once (_Paste).
   ``bands=True`` instead runs a stride-1 conv on the core with zero padding (no window copy:
   ~0.1 GB lower peak at 500x500) and adds the rim's share to the output's four border bands
   (batch-1 convs of thin background strips); measured no faster here, so off by default.
@@ -38,9 +38,12 @@ Dropout (train mode) draws the same masks as the model: each Dropout runs on a t
 shape the model's own forward gives it, in the same order. Where its map is all core (every
 reference VGG16/AlexNet net from 1x1 up: fc6's receptive field is larger than the padding)
 that is the core itself; otherwise the full map is pasted first and the remaining layers run
-on full maps. Plain PyTorch ops (conv2d, max_pool2d, cat, index_select): CPU and CUDA,
-float32/float64, autocast, channels_last (follows the input's memory format), plus the CPU
-kernels of train_ops where they apply (each with its own backward, tested against autograd's).
+on full maps. Plain PyTorch ops (conv2d, max_pool2d, copies, index_select): CPU and CUDA,
+float32/float64, autocast, channels_last (follows the input's memory format; on CPU with
+Winograd on, NHWC throughout, the layout its kernels write: an op that reads one layout beside
+the other ran 10-20x slower, benchmarks/RESULTS.md; dropout masks still over the input's),
+plus the CPU kernels of train_ops where they apply (each with its own backward, tested against
+autograd's).
 
 Exactness: the same sums of the same products in another grouping (Winograd F(4x4): another
 factorisation, whose float32 rounding per conv is ~12x the direct kernels' for the output and

@@ -8,8 +8,14 @@ computes with fewer multiply-adds (fcnseg.winograd; 4x fewer for F(4x4), FastTra
 * input grad dx = g_pad2 * rot180(w)^T                (N, O, h+2, w+2) -> (N, C, h, w)
   (the "full" correlation of the output gradient with the flipped, transposed kernel)
 * weight grad dw = G^T [sum over tiles of (B^T d B) * (A g A^T)] G  (winograd_weight_grad:
-  the chain rule through the forward's own factorisation), db = g summed; or (wgrad=False)
-  oneDNN's (torch's convolution_backward with only those outputs)
+  the chain rule through the forward's own factorisation; B^T d B is the forward's, kept per
+  band), db = g summed; or (wgrad=False) oneDNN's (torch's convolution_backward)
+
+Each family of GEMMs (forward and input gradient: (tiles, C) @ (C, O) per component; weight
+gradient: V^T @ z) runs on MKL's batched GEMM or on oneDNN's, per shape whichever measured
+faster here (on AMD, oneDNN's at 256-512 channels: MKL runs ~190 GFLOP/s there). The output
+gradient goes through the ReLU in the same pass that copies it into the padded buffer the
+input gradient reads, and the weight gradient reads the same buffer.
 
 fc6 / fc7 as im2col + GEMM (FastTrainFCN's gemm_fc): the forward by oneDNN's linear with the
 ReLU fused, the input gradient g @ W and the weight gradient g^T @ cols by oneDNN's linear too
