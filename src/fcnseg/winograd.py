@@ -120,12 +120,15 @@ def winograd_work(n: int, out_hw: tuple[int, int], c: int, o: int, *, m: int = 2
 
 
 def winograd_plan(
-    n: int, th: int, tw: int, c: int, o: int, budget: int = 1 << 22, *, m: int = 2,
+    n: int, th: int, tw: int, c: int, o: int, budget: int = 1 << 23, *, m: int = 2,
     points: tuple | None = None,
 ) -> dict[str, int | tuple]:  # fmt: skip
     """How a layer's tiles are processed: in bands of `band` tile rows, so that the transformed
     input and the GEMMs' results (a*a values a tile and channel) stay under `budget` elements
-    (16 MB in float32) however large the image; and the elements each work arena needs.
+    (32 MB in float32) however large the image; and the elements each work arena needs.
+    (AMD Zen 5, 2 threads, FCN-8s 500x500, interleaved: 2M elements per band 1.71-1.74 s a
+    FastTrainFCN step, 4M 1.58-1.59, 8M 1.53, 16M 1.53-1.55; FastFCN forward 4M 0.446-0.450 s,
+    8M 0.432-0.434: fewer bands mean fewer, longer ops and fewer weight-gradient sums.)
 
     Arena "a" holds a band's input rows after B^T, then its GEMM results; "b" the band's
     B^T d B, then A^T applied along H; "y" the whole output (N, th, m, tw, m, O); "z" (only
