@@ -46,13 +46,14 @@ import time
 
 import torch
 import torch.nn.functional as F
+from cpu_options import add_cpu_options
 from torch import nn
 
 import fcnseg
 from fcnseg.amp import machine_name
 from fcnseg.fast import FastFCN, bf16_forward
 from fcnseg.flops import count_macs
-from fcnseg.threads import busy_cores, usable_cpus
+from fcnseg.threads import busy_cores
 from fcnseg.timing import median_time, peak_rss_gb
 
 # ---------------------------------------------------------------- (a) the plain eager baseline
@@ -359,14 +360,7 @@ def part2(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (median)")
-    parser.add_argument("--threads", type=int, default=min(torch.get_num_threads(), usable_cpus()))
-    parser.add_argument(
-        "--busy",
-        type=int,
-        default=0,
-        metavar="N",
-        help="N single-thread busy processes beside every measurement",
-    )
+    add_cpu_options(parser)  # --threads, --busy
     parser.add_argument("--sizes", type=int, nargs="*", default=[224, 500, 1024, 2048])
     parser.add_argument("--skip-part1", action="store_true", help="only the sizes table")
     parser.add_argument("--bf16-layers", action="store_true",

@@ -33,11 +33,12 @@ import time
 
 import torch
 import torch.nn.functional as F
+from cpu_options import add_cpu_options
 
 import fcnseg
 from fcnseg.fast.train import FastTrainFCN
 from fcnseg.memory import keep_freed_memory
-from fcnseg.threads import StepThreads, busy_cores, others_running, usable_cpus
+from fcnseg.threads import StepThreads, busy_cores, others_running
 from fcnseg.timing import peak_rss_gb
 
 CASES = {
@@ -179,14 +180,7 @@ def profile(case: str = "fast8") -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per case (median)")
-    parser.add_argument("--threads", type=int, default=min(torch.get_num_threads(), usable_cpus()))
-    parser.add_argument(
-        "--busy",
-        type=int,
-        default=0,
-        metavar="N",
-        help="N single-thread busy processes beside every measurement",
-    )
+    add_cpu_options(parser)  # --threads, --busy
     parser.add_argument("--cases", nargs="*", choices=list(CASES), default=list(FAST))
     parser.add_argument("--agreement", action="store_true", help="gradient agreement table")
     parser.add_argument("--profile", action="store_true", help="the fast step's profile")
