@@ -227,7 +227,8 @@ def winograd_conv(
         else:
             V = _input_tiles(xh, t0, tb, m, bt, A, x.new_empty(a * a * n * tb * tw * c), tw)
             keep_tiles.append(V)
-        S = B[: m * a * n * tb * tw * o].view(m, a, n, tb, tw, o)  # (`V` dead): A^T along H
+        S = B[: m * a * n * tb * tw * o].view(m, a, n, tb, tw, o)  # A^T along H (written
+        # once the products below have read V, which may lie in B)
         if products is None:  # (a*a, tiles, C) @ (a*a, C, O)
             M = A[: a * a * n * tb * tw * o].view(a * a, n * tb * tw, o)  # `rows` is dead
             torch.bmm(V.view(a * a, -1, c), U, out=M)
@@ -302,12 +303,12 @@ def winograd_weight_grad(
     A, B, Z = arenas["a"], arenas["b"], arenas["z"]
     gh = g.permute(0, 2, 3, 1)  # NHWC
     dU = g.new_empty(a * a, c, o)
-    for i, t0 in enumerate(range(0, th, plan["band"])):
+    for band, t0 in enumerate(range(0, th, plan["band"])):
         tb = min(plan["band"], th - t0)
         if tiles is None:  # (a, a, N, tb, tw, C)
             V = _input_tiles(x.permute(0, 2, 3, 1), t0, tb, m, bt, A, B, tw)
         else:
-            V = tiles[i]
+            V = tiles[band]
         rows = A[: a * n * tb * m * tw * o].view(a, n, tb, m * tw, o)  # A along H
         _apply(At, rows, [gh[:, m * t0 + i : m * (t0 + tb) : m] for i in range(m)])
         z = Z[: a * a * n * tb * tw * o].view(a, a, n, tb, tw, o)  # A dY A^T
