@@ -137,9 +137,12 @@ def choose(
     stale = entry is not None and busy(entry.get("load")) and not busy(load)
     if entry is not None and entry["choice"] in candidates and not stale:
         return entry["choice"]
-    seconds = measure({name: make_trial(name) for name in candidates}, rounds)
+    measured = measure({name: make_trial(name) for name in candidates}, rounds)
+    # picked on the times as written (4 significant digits), so every cache entry's choice
+    # follows from its own seconds: rounding to microseconds after picking could not promise that
+    seconds = {k: float(f"{v:.4g}") for k, v in measured.items()}
     choice = pick(seconds, candidates)
-    entry = {"choice": choice, "seconds": {k: round(v, 6) for k, v in seconds.items()},
+    entry = {"choice": choice, "seconds": seconds,
              "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
              "load": load}  # fmt: skip
     entries[key] = entry
