@@ -231,8 +231,7 @@ class FastTrainFCN(nn.Module):
             return train_ops.winograd_conv3x3(
                 x, w, b, p[0], relu=s.relu, m=4, wgrad=True, scratch=self._scratch
             )  # fmt: skip
-        y = F.conv2d(x, w, b, layer.stride, p, groups=layer.groups)
-        return torch.relu_(y) if s.relu else y
+        return train_ops.direct_conv(x, w, b, layer.stride, p, groups=layer.groups, relu=s.relu)
 
     def _conv_bands(self, s: Step, core, bg, bands) -> torch.Tensor:
         w = s.layer.weight
@@ -392,7 +391,7 @@ def _conv_gemm(x: torch.Tensor, w: torch.Tensor, b, padding, *, relu: bool) -> t
         cols = win.permute(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, -1)
         w2 = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
     else:
-        cols = F.unfold(x, (kh, kw)).transpose(1, 2).reshape(n * oh * ow, -1)
+        cols = F.unfold(x, (kh, kw)).transpose(1, 2).reshape(n * oh * ow, -1).contiguous()
         w2 = w.reshape(w.shape[0], -1)
     y = train_ops.fc_gemm(cols, w2, b, relu=relu)
     return y.view(n, oh, ow, -1).permute(0, 3, 1, 2)
