@@ -156,3 +156,33 @@ def test_winograd_gradients_of_what_is_not_frozen(wgrad, needs):
     out = [torch.autograd.grad((y * r).sum(), want) for y in ys]
     for a, e in zip(out[1], out[0], strict=True):
         torch.testing.assert_close(a, e, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize(
+    ("stride", "pad", "groups"), [(1, 1, 1), (4, 0, 1), (1, 2, 2), (2, 100, 1)]
+)
+@pytest.mark.parametrize("needs", [(True, True, True), (False, True, True), (True, False, False)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_direct_conv_and_its_gradients_equal_conv2d(layout, stride, pad, groups, needs, relu):
+    """The convs FastTrainFCN leaves to torch's kernels (conv1_1 - conv2_1, CaffeNet's strided
+    and grouped convs, the reference layout's 100-pixel padding): its own backward (the bias
+    gradient summed over the gradient's memory as it lies) gives conv2d's gradients, in float64
+    to rounding and in float32 (oneDNN's kernels) to float32's."""
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        g = torch.Generator().manual_seed(stride * 10 + pad)
+        x, w, b = (torch.randn(*s, generator=g, dtype=torch.float64).to(dtype) for s in
+                   ((2, 4, 13, 11), (6, 4 // groups, 3, 3), (6,)))  # fmt: skip
+        x = x.contiguous(memory_format=layout)
+        for t, need in zip((x, w, b), needs, strict=True):
+            t.requires_grad_(need)
+        y0 = F.conv2d(x, w, b, stride, pad, groups=groups)
+        y0 = y0.relu() if relu else y0
+        y1 = train_ops.direct_conv(x, w, b, (stride, stride), (pad, pad), groups=groups,
+                                   relu=relu)  # fmt: skip
+        torch.testing.assert_close(y1, y0, rtol=tol, atol=tol)
+        r = torch.randn(y0.shape, generator=g, dtype=torch.float64).to(dtype)
+        want = [t for t in (x, w, b) if t.requires_grad]
+        out = [torch.autograd.grad((y * r).sum(), want) for y in (y0, y1)]
+        for a, e in zip(out[1], out[0], strict=True):
+            torch.testing.assert_close(a, e, rtol=tol, atol=tol * e.abs().max().item())

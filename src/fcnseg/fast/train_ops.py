@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from .. import cachefile, kernels
 from . import tuning
 
-__all__ = ["Scratch", "fc_gemm", "gemm_applies", "layout_of", "runs_on", "winograd_applies",
-           "winograd_conv3x3"]  # fmt: skip
+__all__ = ["Scratch", "direct_conv", "fc_gemm", "gemm_applies", "layout_of", "runs_on",
+           "winograd_applies", "winograd_conv3x3"]  # fmt: skip
 
 
 def layout_of(x: torch.Tensor) -> torch.memory_format:
@@ -193,6 +193,15 @@ def _padded(x: torch.Tensor, size, border: int, scratch: Scratch | None, key: st
     return buf.permute(0, 3, 1, 2)
 
 
+def _bias_grad(g: torch.Tensor) -> torch.Tensor:
+    """g (N, O, h, w) summed per channel, over its memory as it lies: an NHWC g as one dense
+    (N*h*w, O) sum (its strided sum over (0, 2, 3) ran ~20x slower), NCHW over (0, 2, 3).
+    oneDNN's bias gradient in convolution_backward took ~10 ms more for conv1_2 at 500x500."""
+    if layout_of(g) == torch.channels_last:
+        return g.permute(0, 2, 3, 1).reshape(-1, g.shape[1]).sum(0)
+    return g.sum((0, 2, 3))
+
+
 def _keep(ctx, relu: bool, b, *inputs: torch.Tensor, y: torch.Tensor) -> None:
     """Save what the backward needs: the inputs, and the output when a ReLU was fused."""
     ctx.relu, ctx.has_bias = relu, b is not None
@@ -257,13 +266,12 @@ class _WinogradConv(torch.autograd.Function):
             g = _through_relu(ctx, g, y)
             if not ctx.wgrad and ctx.needs_input_grad[1]:
                 g = g.contiguous(memory_format=layout_of(x))
-                _, dw, db = torch.ops.aten.convolution_backward(
-                    g, x, w, [w.shape[0]] if ctx.has_bias else None, [1, 1], [pad, pad],
-                    [1, 1], False, [0, 0], 1,
-                    [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
-                )  # fmt: skip
-            else:
-                db = g.sum((0, 2, 3))
+                dw = torch.ops.aten.convolution_backward(
+                    g, x, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1,
+                    [False, True, False],
+                )[1]  # fmt: skip
+            if ctx.needs_input_grad[2]:
+                db = _bias_grad(g)
         return dx, dw, db, None, None, None, None, None
 
 
@@ -276,6 +284,43 @@ def winograd_conv3x3(
     (N, C, h, w) -> (N, O, h+2p-2, w+2p-2), a channels_last view. `scratch`: the caller's
     reused work buffers (a new set when None)."""
     return _WinogradConv.apply(x, w, b, padding, relu, m, wgrad, scratch or Scratch())
+
+
+class _DirectConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, stride, padding, groups: int, relu: bool):
+        y = F.conv2d(x, w, b, stride, padding, groups=groups)
+        if relu:
+            y = torch.relu_(y)
+        ctx.conv = (list(stride), list(padding), groups)
+        _keep(ctx, relu, b, x, w, y=y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w, y = ctx.saved_tensors
+        g = _through_relu(ctx, g, y)
+        stride, padding, groups = ctx.conv
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx = dw = None
+        if need_x or need_w:  # oneDNN's (or torch's) kernels, without the bias gradient
+            g = g.contiguous(memory_format=layout_of(x))
+            dx, dw, _ = torch.ops.aten.convolution_backward(
+                g, x, w, None, stride, padding, [1, 1], False, [0, 0], groups,
+                [need_x, need_w, False],
+            )  # fmt: skip
+        return dx, dw, _bias_grad(g) if need_b else None, None, None, None, None
+
+
+def direct_conv(x, w, b, stride, padding, *, groups: int = 1, relu: bool):
+    """relu(conv2d(x, w, b)) by torch's kernels, its backward with the ReLU's and the bias's
+    gradients by _bias_grad (dense) rather than inside oneDNN's convolution_backward (~15 ms a
+    FastTrainFCN step at 500x500: conv1_1 - conv2_1). Where runs_on does not hold (CUDA,
+    autocast, other dtypes): F.conv2d, autograd's."""
+    if not (runs_on(x) and w.dtype == x.dtype and torch.is_grad_enabled()):
+        y = F.conv2d(x, w, b, stride, padding, groups=groups)
+        return torch.relu_(y) if relu else y
+    return _DirectConv.apply(x, w, b, tuple(stride), tuple(padding), groups, relu)
 
 
 class _GemmFC(torch.autograd.Function):
