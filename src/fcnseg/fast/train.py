@@ -15,7 +15,7 @@ here it is recomputed every step, differentiably, and kept small:
   gives exactly the big background's gradient. Its cost: a few thousand positions per layer,
   batch 1, whatever the batch (vs FastFCN's one black image of 212x212 for 500x500).
 * Core: each layer runs only on the positions whose receptive field touches the image, on a
-  window = core + a rim of background (or zeros past the map's edges), written once (_Paste).
+  window = core + a rim of background (or zeros past the map's edges), written once (maps.Paste).
   ``bands=True`` instead runs a stride-1 conv on the core with zero padding (no window copy:
   ~0.1 GB lower peak at 500x500) and adds the rim's share to the output's four border bands
   (batch-1 convs of thin background strips); measured no faster here, so off by default.
@@ -53,14 +53,12 @@ and every parameter gradient against the model's own, float64 and float32.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models.fcn import FCN
-from . import train_ops
+from . import maps, train_ops
 from .plan import Step, pair, parse_trunk
 from .train_plan import Plan, index, plan_steps
 
@@ -70,44 +68,6 @@ __all__ = ["FastTrainFCN", "background_maps"]
 # input rows / columns, 8 x 8 tiles of F(4x4)), such as the compact backgrounds, the direct
 # conv is faster
 WINOGRAD_MIN_MAP = 34
-
-
-class _Paste(torch.autograd.Function):
-    """A map from its pieces (the core, background strips around it, each already expanded
-    to the batch), written once in memory format `fmt`: one pass, where torch.cat and a
-    change of layout took two (and an NHWC core beside NCHW strips made cat transpose
-    slowly). The backward hands each piece its slice of the gradient (views)."""
-
-    @staticmethod
-    def forward(ctx, shape, fmt, spans, *pieces):
-        ctx.spans = spans
-        out = torch.empty(shape, dtype=pieces[0].dtype, device=pieces[0].device,
-                          memory_format=fmt)  # fmt: skip
-        for (r, c), t in zip(spans, pieces, strict=True):
-            out[:, :, r[0] : r[1], c[0] : c[1]].copy_(t)
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        return (None, None, None, *(g[:, :, r[0] : r[1], c[0] : c[1]] for r, c in ctx.spans))
-
-
-class _AddBands(torch.autograd.Function):
-    """y[:, :, rows, cols] += band (batch 1, broadcast) for each band, in place; the bands'
-    gradients are the output gradient's bands summed over the batch."""
-
-    @staticmethod
-    def forward(ctx, y, spans, *bands):
-        ctx.spans = spans
-        ctx.mark_dirty(y)
-        for (r, c), b in zip(spans, bands, strict=True):
-            y[:, :, r[0] : r[1], c[0] : c[1]] += b
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        grads = [g[:, :, r[0] : r[1], c[0] : c[1]].sum(0, keepdim=True) for r, c in ctx.spans]
-        return (g, None, *grads)
 
 
 class FastTrainFCN(nn.Module):
@@ -194,9 +154,9 @@ class FastTrainFCN(nn.Module):
         backward then sums each repeated row with torch's (cascaded) reductions, not one
         long serial index_add (1e-5 off in float32 at 1000x600)."""
         if rows is not None:
-            x = _take(x, 2, rows)
+            x = maps.take(x, 2, rows)
         if cols is not None:
-            x = _take(x, 3, cols)
+            x = maps.take(x, 3, cols)
         return x
 
     def _as_gemm(self, s: Step, x: torch.Tensor, padding) -> bool:
@@ -226,7 +186,7 @@ class FastTrainFCN(nn.Module):
             return F.max_pool2d(x, layer.kernel_size, layer.stride, p, ceil_mode=layer.ceil_mode)
         w, b = layer.weight, layer.bias
         if self._as_gemm(s, x, p):
-            return _conv_gemm(x, w, b, p, relu=s.relu)
+            return train_ops.conv_gemm(x, w, b, p, relu=s.relu)
         if self._winograd(x, w, layer, p):
             return train_ops.winograd_conv3x3(
                 x, w, b, p[0], relu=s.relu, m=4, wgrad=True, scratch=self._scratch
@@ -246,7 +206,7 @@ class FastTrainFCN(nn.Module):
                 x = x * mask.to(x.device, x.dtype)
             parts.append(F.conv2d(x, w.to(x.dtype), groups=groups))
             spans.append((orows, ocols))
-        y = _AddBands.apply(y, tuple(spans), *parts)
+        y = maps.AddBands.apply(y, tuple(spans), *parts)
         return torch.relu_(y) if s.relu else y
 
     def _full(self, core, bg_out, p: Plan, n: int, fmt) -> torch.Tensor:
@@ -285,7 +245,7 @@ class FastTrainFCN(nn.Module):
                   (bottom, (h1, H), (0, W))]  # fmt: skip
         placed = [(t, r, c) for t, r, c in placed if t is not None]
         spans = tuple((r, c) for _, r, c in placed)
-        return _Paste.apply((n, core.shape[1], H, W), fmt, spans, *(t for t, _, _ in placed))
+        return maps.Paste.apply((n, core.shape[1], H, W), fmt, spans, *(t for t, _, _ in placed))
 
     def forward(self, x: torch.Tensor):
         m = self.model
@@ -341,60 +301,6 @@ class FastTrainFCN(nn.Module):
         if m.head_names is None:
             return m.forward_head(feats, top, H, W)
         return {k: m.forward_head(feats, top, H, W, output=k) for k in m.head_names}
-
-
-@functools.lru_cache(maxsize=4096)
-def _runs(idx: tuple[int, ...]) -> list[tuple[int, int, bool]]:
-    """An index list as runs (start, length, repeated): ascending by one, or one index."""
-    runs: list[tuple[int, int, bool]] = []
-    j = 0
-    while j < len(idx):
-        k = j + 1
-        if k < len(idx) and idx[k] == idx[j]:
-            while k < len(idx) and idx[k] == idx[j]:
-                k += 1
-            runs.append((idx[j], k - j, True))
-        else:
-            while k < len(idx) and idx[k] == idx[k - 1] + 1:
-                k += 1
-            runs.append((idx[j], k - j, False))
-        j = k
-    return runs
-
-
-def _take(x: torch.Tensor, dim: int, idx: list[int]) -> torch.Tensor:
-    parts = []
-    for start, length, repeated in _runs(tuple(idx)):
-        if repeated:
-            shape = list(x.shape)
-            shape[dim] = length
-            parts.append(x.narrow(dim, start, 1).expand(shape))
-        else:
-            parts.append(x.narrow(dim, start, length))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
-
-
-def _conv_gemm(x: torch.Tensor, w: torch.Tensor, b, padding, *, relu: bool) -> torch.Tensor:
-    """conv2d (stride 1), then ReLU, as im2col + one GEMM (train_ops.fc_gemm): (n, C, h, w)
-    -> (n, O, oh, ow), laid out channels_last (a view of the GEMM's (n * oh * ow, O) output)."""
-    n, kh, kw = x.shape[0], w.shape[2], w.shape[3]
-    if padding != (0, 0):
-        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-    oh, ow = x.shape[2] - kh + 1, x.shape[3] - kw + 1
-    if kh * kw == 1:
-        cols = x.permute(0, 2, 3, 1).reshape(n * oh * ow, -1)
-        w2 = w.reshape(w.shape[0], -1)
-    elif train_ops.layout_of(w) == torch.channels_last:  # the weight's own order, (kh, kw, C):
-        # a view of it, and its gradient laid out as it is (fc6's 411 MB weight in NCHW
-        # order was a copy, its gradient another, every step)
-        win = x.permute(0, 2, 3, 1).unfold(1, kh, 1).unfold(2, kw, 1)  # (n, oh, ow, C, kh, kw)
-        cols = win.permute(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, -1)
-        w2 = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
-    else:
-        cols = F.unfold(x, (kh, kw)).transpose(1, 2).reshape(n * oh * ow, -1).contiguous()
-        w2 = w.reshape(w.shape[0], -1)
-    y = train_ops.fc_gemm(cols, w2, b, relu=relu)
-    return y.view(n, oh, ow, -1).permute(0, 3, 1, 2)
 
 
 @torch.no_grad()
