@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from .. import cachefile, kernels
 from . import tuning
 
-__all__ = ["Scratch", "conv_gemm", "direct_conv", "fc_gemm", "gemm_applies", "layout_of", "runs_on",
-           "winograd_applies", "winograd_conv3x3"]  # fmt: skip
+__all__ = ["Scratch", "conv_gemm", "direct_conv", "fc_gemm", "gemm_applies", "layout_of",
+           "runs_on", "winograd_applies", "winograd_conv3x3"]  # fmt: skip
 
 
 def layout_of(x: torch.Tensor) -> torch.memory_format:
@@ -202,9 +202,9 @@ def _bias_grad(g: torch.Tensor) -> torch.Tensor:
     return g.sum((0, 2, 3))
 
 
-def _keep(ctx, relu: bool, b, *inputs: torch.Tensor, y: torch.Tensor) -> None:
+def _keep(ctx, relu: bool, *inputs: torch.Tensor, y: torch.Tensor) -> None:
     """Save what the backward needs: the inputs, and the output when a ReLU was fused."""
-    ctx.relu, ctx.has_bias = relu, b is not None
+    ctx.relu = relu
     ctx.save_for_backward(*inputs, y if relu else None)
 
 
@@ -229,7 +229,7 @@ class _WinogradConv(torch.autograd.Function):
                       ctx.tiles)  # fmt: skip
         ctx.pad, ctx.m, ctx.wgrad, ctx.scratch = pad, m, wgrad, scratch
         ctx.x_shape = x.shape
-        _keep(ctx, relu, b, None if wgrad else x, w, y=y)
+        _keep(ctx, relu, None if wgrad else x, w, y=y)
         return y
 
     @staticmethod
@@ -293,7 +293,7 @@ class _DirectConv(torch.autograd.Function):
         if relu:
             y = torch.relu_(y)
         ctx.conv = (list(stride), list(padding), groups)
-        _keep(ctx, relu, b, x, w, y=y)
+        _keep(ctx, relu, x, w, y=y)
         return y
 
     @staticmethod
@@ -327,7 +327,7 @@ class _GemmFC(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cols, w2, b, relu: bool):
         y = kernels.linear(cols, w2, b, relu=relu)
-        _keep(ctx, relu, b, cols, w2, y=y)
+        _keep(ctx, relu, cols, w2, y=y)
         return y
 
     @staticmethod
